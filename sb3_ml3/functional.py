@@ -1,0 +1,204 @@
+"""The ML3 inner and outer step as pure functions on :mod:`torch.func`.
+
+Everything here is written once and called by every experiment (supervised, model-based and
+model-free ML3). The caller supplies two pure functions of explicit parameter dictionaries:
+
+* ``learned_loss(params, meta_params, batch) -> scalar``: the learned loss
+  L_learned = E[M_phi(y, f_theta(x))] (Eq. 3) of the optimizee with parameters ``params`` under
+  the meta-loss with parameters ``meta_params`` (phi);
+* ``task_loss(params, query) -> scalar``: the task loss L_T of the optimizee (Eq. 5, 7).
+
+The **inner step** (Eq. 2) is theta' = theta - alpha * grad_theta L_learned(theta, phi), repeated K
+times. Because it is computed with :func:`torch.func.grad`, theta' remains a differentiable function
+of phi. The **outer step** differentiates L_T(theta'(phi)) with respect to phi (Eq. 5-6); the
+gradient w.r.t. phi flows only through grad_theta M_phi, i.e. through the mixed second derivative.
+
+``vmap`` over a leading task dimension batches independent tasks in one call
+(:func:`batched_meta_gradient`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, grad_and_value, vmap
+
+Params = dict[str, torch.Tensor]
+LearnedLossFn = Callable[[Params, Params, Any], torch.Tensor]
+TaskLossFn = Callable[[Params, Any], torch.Tensor]
+
+__all__ = [
+    "Params",
+    "parameters_of",
+    "functional_call",
+    "inner_update",
+    "meta_objective",
+    "meta_gradient",
+    "batched_meta_gradient",
+    "MetaStepResult",
+    "apply_meta_gradient",
+]
+
+
+def parameters_of(module: nn.Module, requires_grad: bool = False) -> Params:
+    """Detached copies of a module's parameters, keyed by name, for use with :func:`functional_call`."""
+    return {name: p.detach().clone().requires_grad_(requires_grad) for name, p in module.named_parameters()}
+
+
+def _steps_and_batches(batch: Any, steps: int | None) -> list[Any]:
+    if isinstance(batch, list):
+        if steps is not None and steps != len(batch):
+            raise ValueError(f"inner_update got {len(batch)} minibatches but steps={steps}; give one or the other.")
+        if not batch:
+            raise ValueError("inner_update needs at least one minibatch.")
+        return batch
+    steps = 1 if steps is None else steps
+    if steps < 1:
+        raise ValueError(f"The number of inner steps must be at least 1, got {steps}.")
+    return [batch] * steps
+
+
+def inner_update(
+    learned_loss: LearnedLossFn,
+    params: Params,
+    meta_params: Params,
+    batch: Any,
+    inner_lr: float,
+    steps: int | None = None,
+    first_order: bool = False,
+) -> Params:
+    """K plain-SGD steps of the optimizee on the learned loss (Eq. 2), differentiable w.r.t. phi.
+
+    :param learned_loss: ``(params, meta_params, batch) -> scalar`` L_learned.
+    :param params: the optimizee parameters theta.
+    :param meta_params: the meta-loss parameters phi.
+    :param batch: one batch reused for every step, or a ``list`` of K minibatches (one per step).
+    :param inner_lr: the inner step size alpha.
+    :param steps: K, the number of unrolled steps (default 1, as in the paper; or ``len(batch)``).
+    :param first_order: drop the dependence of each step's gradient on the earlier steps
+        (theta_k enters grad_theta M_phi as a constant). The meta-gradient then keeps the direct
+        terms -alpha * d/dphi grad_theta M_phi(theta_k) of every step but no products of Hessians
+        through the unroll: cheaper and more stable for long unrolls; exact for K = 1.
+    :return: theta_K as a new dictionary.
+    """
+    gradient = grad(learned_loss)
+    for minibatch in _steps_and_batches(batch, steps):
+        point = {k: v.detach() for k, v in params.items()} if first_order else params
+        grads = gradient(point, meta_params, minibatch)
+        params = {name: value - inner_lr * grads[name] for name, value in params.items()}  # Eq. 2
+    return params
+
+
+def meta_objective(
+    learned_loss: LearnedLossFn,
+    task_loss: TaskLossFn,
+    params: Params,
+    meta_params: Params,
+    batch: Any,
+    query: Any,
+    inner_lr: float,
+    steps: int | None = None,
+    first_order: bool = False,
+) -> torch.Tensor:
+    """L_T(theta'(phi)): the task loss of the optimizee after the inner update (Eq. 5-6)."""
+    updated = inner_update(learned_loss, params, meta_params, batch, inner_lr, steps, first_order)
+    return task_loss(updated, query)
+
+
+def meta_gradient(
+    learned_loss: LearnedLossFn,
+    task_loss: TaskLossFn,
+    params: Params,
+    meta_params: Params,
+    batch: Any,
+    query: Any,
+    inner_lr: float,
+    steps: int | None = None,
+    first_order: bool = False,
+) -> tuple[Params, torch.Tensor]:
+    """The outer-step gradient grad_phi L_T(theta'(phi)) and the task loss value (Eq. 5-6).
+
+    ``params`` are treated as constants (theta_0 does not depend on phi).
+    """
+
+    def objective(phi: Params) -> torch.Tensor:
+        return meta_objective(learned_loss, task_loss, params, phi, batch, query, inner_lr, steps, first_order)
+
+    return grad_and_value(objective)(meta_params)
+
+
+def batched_meta_gradient(
+    learned_loss: LearnedLossFn,
+    task_loss: TaskLossFn,
+    params: Params,
+    meta_params: Params,
+    batch: Any,
+    query: Any,
+    inner_lr: float,
+    steps: int | None = None,
+    first_order: bool = False,
+    params_batched: bool = True,
+) -> tuple[Params, torch.Tensor]:
+    """Meta-gradients of N independent tasks in one vectorised call (``vmap`` over dim 0).
+
+    :param batch: a pytree whose tensors have a leading task dimension N (a list of K minibatches
+        for K steps, each with the task dimension).
+    :param query: the task-loss data, with the same leading task dimension.
+    :param params_batched: whether ``params`` carry a leading task dimension (one optimizee per
+        task) or are shared by all tasks.
+    :return: the meta-gradient averaged over tasks, and the N per-task task losses.
+    """
+
+    def one_task(theta: Params, phi: Params, task_batch: Any, task_query: Any) -> tuple[Params, torch.Tensor]:
+        return meta_gradient(learned_loss, task_loss, theta, phi, task_batch, task_query, inner_lr, steps, first_order)
+
+    grads, values = vmap(one_task, in_dims=(0 if params_batched else None, None, 0, 0))(params, meta_params, batch, query)
+    return {name: g.mean(0) for name, g in grads.items()}, values
+
+
+@dataclass
+class MetaStepResult:
+    """What one outer step did: whether phi changed, and the figures to log."""
+
+    applied: bool
+    task_loss: float
+    grad_norm: float
+    reason: str = ""
+
+
+def apply_meta_gradient(
+    meta_optimizer: torch.optim.Optimizer,
+    meta_loss: nn.Module,
+    grads: Mapping[str, torch.Tensor],
+    task_loss: torch.Tensor | float,
+    max_grad_norm: float | None = None,
+) -> MetaStepResult:
+    """The outer step phi <- phi - eta * grad_phi L_T, through ``meta_optimizer``; refuses bad values.
+
+    A non-finite task loss or meta-gradient never reaches phi: the step is skipped and the result
+    says why, so that the caller counts and reports it. ``max_grad_norm`` clips the meta-gradient's
+    global norm.
+    """
+    value = float(task_loss)
+    norm = float(torch.sqrt(sum((g.detach().double() ** 2).sum() for g in grads.values()))) if grads else 0.0
+    if not math.isfinite(value):
+        return MetaStepResult(False, value, norm, "non-finite task loss")
+    if not math.isfinite(norm):
+        return MetaStepResult(False, value, norm, "non-finite meta-gradient")
+    scale = 1.0
+    if max_grad_norm is not None and norm > max_grad_norm:
+        scale = max_grad_norm / (norm + 1e-12)
+    named = dict(meta_loss.named_parameters())
+    unknown = set(grads) - set(named)
+    if unknown:
+        raise KeyError(f"Meta-gradient for unknown meta-loss parameters {sorted(unknown)}.")
+    meta_optimizer.zero_grad(set_to_none=True)
+    for name, g in grads.items():
+        named[name].grad = (g.detach() * scale).to(named[name].dtype)
+    meta_optimizer.step()
+    return MetaStepResult(True, value, norm)

@@ -1,0 +1,358 @@
+"""The learned loss M_phi of ML3 (paper Eq. 3) and its input specification.
+
+A :class:`MetaLoss` is a small MLP that maps a named, ordered set of input
+fields (for example ``y_pred:1, y_target:1`` in regression, or
+``obs:11, action:2, mean:2, std:2, goal:2`` in model-free RL) to one loss
+value per sample.  The optimizee is trained by gradient descent on the mean of
+these values; the loss parameters phi are themselves meta-trained.
+
+A meta-loss is meant to travel: it is saved on its own as a zip archive with
+
+* ``meta_loss.json``: format version, the input spec, the architecture and any
+  JSON metadata (e.g. the observation normalisation it was trained with);
+* ``phi.pt``: the weights, read back with ``torch.load(weights_only=True)`` so
+  that loading a file never executes code.
+
+Loading checks the archive, the architecture and, when asked, the input spec
+against the setting it is loaded into, and says what differs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+FORMAT_VERSION = 1
+_SPEC_FILE = "meta_loss.json"
+_WEIGHTS_FILE = "phi.pt"
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+    "gelu": nn.GELU,
+}
+
+
+def _square(x: torch.Tensor) -> torch.Tensor:
+    return x * x
+
+
+#: Output transforms applied to the last layer: they decide whether the loss is bounded below.
+OUTPUTS: dict[str, Any] = {
+    "identity": lambda x: x,
+    "softplus": nn.functional.softplus,
+    "square": _square,
+    "abs": torch.abs,
+}
+
+
+class MetaLossSpecError(ValueError):
+    """A meta-loss does not fit the setting it is used in (inputs, widths or file)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Ordered, named input fields of a meta-loss with their widths.
+
+    ``InputSpec.parse("y_pred:1, y_target:1")`` or
+    ``InputSpec.parse([("obs", 11), ("action", 2)])`` or ``InputSpec.parse({"obs": 11})``.
+    """
+
+    fields: tuple[tuple[str, int], ...]
+
+    def __post_init__(self) -> None:
+        if not self.fields:
+            raise MetaLossSpecError("A meta-loss needs at least one input field, e.g. 'y_pred:1, y_target:1'.")
+        names = [name for name, _ in self.fields]
+        if len(set(names)) != len(names):
+            raise MetaLossSpecError(f"Input field names must be unique, got {names}.")
+        for name, width in self.fields:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise MetaLossSpecError(f"Input field name {name!r} must be a Python identifier.")
+            if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+                raise MetaLossSpecError(f"Input field {name!r} must have a positive integer width, got {width!r}.")
+
+    @classmethod
+    def parse(cls, spec: Union["InputSpec", str, Mapping[str, int], Sequence[tuple[str, int]]]) -> "InputSpec":
+        if isinstance(spec, InputSpec):
+            return spec
+        if isinstance(spec, str):
+            fields = []
+            for part in spec.split(","):
+                part = part.strip()
+                if not part:
+                    continue
+                name, sep, width = part.partition(":")
+                if not sep or not width.strip().isdigit():
+                    raise MetaLossSpecError(f"Cannot parse input field {part!r}: write it as 'name:width', e.g. 'obs:11'.")
+                fields.append((name.strip(), int(width)))
+            return cls(tuple(fields))
+        if isinstance(spec, Mapping):
+            return cls(tuple((str(k), int(v)) for k, v in spec.items()))
+        try:
+            return cls(tuple((str(name), int(width)) for name, width in spec))
+        except (TypeError, ValueError) as exc:
+            raise MetaLossSpecError(
+                f"Cannot read an input spec from {spec!r}: give 'name:width, ...', a dict or (name, width) pairs."
+            ) from exc
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.fields)
+
+    @property
+    def dim(self) -> int:
+        return sum(width for _, width in self.fields)
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name}:{width}" for name, width in self.fields)
+
+    def to_json(self) -> list[list[Any]]:
+        return [[name, width] for name, width in self.fields]
+
+    def require(self, expected: Union["InputSpec", str, Mapping[str, int], Sequence[tuple[str, int]]], what: str) -> None:
+        """Raise :class:`MetaLossSpecError` naming both sides unless ``expected`` equals this spec."""
+        expected = InputSpec.parse(expected)
+        if expected != self:
+            raise MetaLossSpecError(
+                f"{what}: the meta-loss was built for inputs [{self}] but this setting provides [{expected}]. "
+                "Use a meta-loss meta-trained on the same inputs (same fields, order and widths), "
+                "or meta-train a new one for this setting."
+            )
+
+    def concat(self, fields: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Concatenate the named tensors in spec order along the last dimension, checking widths.
+
+        A width-1 field may be given without its trailing dimension (shape ``(B,)``).
+        """
+        missing = [name for name in self.names if name not in fields]
+        extra = [name for name in fields if name not in self.names]
+        if missing or extra:
+            given = ", ".join(f"{k}:{_width(v)}" for k, v in fields.items())
+            raise MetaLossSpecError(
+                f"The meta-loss expects inputs [{self}] but was called with [{given}]"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unexpected {extra}" if extra else "")
+                + "."
+            )
+        parts = []
+        for name, width in self.fields:
+            x = fields[name]
+            if width == 1 and (x.dim() == 0 or x.shape[-1] != 1):
+                x = x.unsqueeze(-1)
+            if x.shape[-1] != width:
+                given = ", ".join(f"{k}:{_width(v)}" for k, v in fields.items())
+                raise MetaLossSpecError(
+                    f"The meta-loss expects inputs [{self}] but field {name!r} has width {x.shape[-1]} "
+                    f"(inputs given: [{given}])."
+                )
+            parts.append(x)
+        shapes = {tuple(p.shape[:-1]) for p in parts}
+        if len(shapes) > 1:
+            raise MetaLossSpecError(f"All meta-loss input fields must share their batch shape, got {sorted(shapes)}.")
+        return torch.cat(parts, dim=-1)
+
+
+def _width(x: torch.Tensor) -> int:
+    return int(x.shape[-1]) if x.dim() > 0 else 1
+
+
+class MetaLoss(nn.Module):
+    """The learned loss M_phi: an MLP from the named input fields to one loss value per sample.
+
+    :param inputs: the input spec, e.g. ``"y_pred:1, y_target:1"`` (see :class:`InputSpec`).
+    :param hidden_sizes: widths of the hidden layers; the paper uses two layers of 40 (Sec. IV.A).
+    :param activation: hidden activation, one of :data:`ACTIVATIONS`.
+    :param output: output transform, one of :data:`OUTPUTS`; ``"softplus"`` bounds the loss below,
+        which keeps the optimizee from being driven to infinity by an unbounded learned loss.
+    :param bias: whether the linear layers have biases.
+    :param metadata: JSON-serialisable facts saved with the loss (task, normalisation, ...).
+
+    Call it with one tensor per field, as keywords (``meta_loss(y_pred=p, y_target=y)``), a mapping,
+    or positionally in spec order. It returns the per-sample loss with the batch shape of its inputs;
+    :meth:`loss` returns the mean, the scalar the optimizee descends (Eq. 2-3).
+    """
+
+    def __init__(
+        self,
+        inputs: Union[InputSpec, str, Mapping[str, int], Sequence[tuple[str, int]]],
+        hidden_sizes: Sequence[int] = (40, 40),
+        activation: str = "relu",
+        output: str = "identity",
+        bias: bool = True,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec = InputSpec.parse(inputs)
+        if activation not in ACTIVATIONS:
+            raise MetaLossSpecError(f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
+        if output not in OUTPUTS:
+            raise MetaLossSpecError(f"Unknown output transform {output!r}; choose one of {sorted(OUTPUTS)}.")
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        if any(h < 1 for h in self.hidden_sizes):
+            raise MetaLossSpecError(f"Hidden sizes must be positive, got {self.hidden_sizes}.")
+        self.activation = activation
+        self.output = output
+        self.bias = bool(bias)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        layers: list[nn.Module] = []
+        width = self.spec.dim
+        for hidden in self.hidden_sizes:
+            layers += [nn.Linear(width, hidden, bias=self.bias), ACTIVATIONS[activation]()]
+            width = hidden
+        layers.append(nn.Linear(width, 1, bias=self.bias))
+        self.net = nn.Sequential(*layers)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Xavier-uniform weights and zero biases (the initialisation of the paper's code)."""
+        for module in self.net:
+            if isinstance(module, nn.Linear):
+                fan_out, fan_in = module.weight.shape
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                with torch.no_grad():
+                    module.weight.uniform_(-bound, bound, generator=generator)
+                    if module.bias is not None:
+                        module.bias.zero_()
+
+    # ------------------------------------------------------------------ evaluation
+    def _fields(self, args: tuple, kwargs: dict) -> Mapping[str, torch.Tensor]:
+        if len(args) == 1 and isinstance(args[0], Mapping) and not kwargs:
+            return args[0]
+        if args and kwargs:
+            raise MetaLossSpecError("Call the meta-loss with positional tensors or with keywords, not both.")
+        if args:
+            if len(args) != len(self.spec.fields):
+                raise MetaLossSpecError(
+                    f"The meta-loss expects {len(self.spec.fields)} inputs [{self.spec}] but got {len(args)} tensors."
+                )
+            return dict(zip(self.spec.names, args))
+        return kwargs
+
+    def forward(self, *args: Any, **kwargs: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss values M_phi(inputs), with the inputs' batch shape."""
+        x = self.spec.concat(self._fields(args, kwargs))
+        x = x.to(self.net[0].weight.dtype)
+        return OUTPUTS[self.output](self.net(x)).squeeze(-1)
+
+    def loss(self, *args: Any, **kwargs: torch.Tensor) -> torch.Tensor:
+        """The scalar learned loss L_learned = E[M_phi(inputs)] (Eq. 3) the optimizee descends."""
+        return self.forward(*args, **kwargs).mean()
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """The JSON description of this meta-loss: enough to rebuild it without its weights."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "inputs": self.spec.to_json(),
+            "hidden_sizes": list(self.hidden_sizes),
+            "activation": self.activation,
+            "output": self.output,
+            "bias": self.bias,
+            "dtype": str(self.net[0].weight.dtype).replace("torch.", ""),
+            "metadata": self.metadata,
+        }
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the meta-loss to ``path`` (a zip archive: JSON spec + weights)."""
+        try:
+            spec_text = json.dumps(self.config(), indent=2, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise MetaLossSpecError(f"Meta-loss metadata must be JSON-serialisable and finite: {exc}") from exc
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, buffer)
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(_SPEC_FILE, spec_text)
+            archive.writestr(_WEIGHTS_FILE, buffer.getvalue())
+
+    @classmethod
+    def load(
+        cls,
+        path: Union[str, os.PathLike],
+        inputs: Union[InputSpec, str, Mapping[str, int], Sequence[tuple[str, int]], None] = None,
+        map_location: Union[str, torch.device] = "cpu",
+    ) -> "MetaLoss":
+        """Read a meta-loss written by :meth:`save`.
+
+        :param inputs: when given, the input spec of the setting it is loaded into; a mismatch raises
+            :class:`MetaLossSpecError` naming both specs.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No meta-loss file at {path!r}.")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+                if _SPEC_FILE not in names or _WEIGHTS_FILE not in names:
+                    raise MetaLossSpecError(
+                        f"{path!r} is not a meta-loss archive: it lacks {_SPEC_FILE} or {_WEIGHTS_FILE}. "
+                        "Save meta-losses with MetaLoss.save() (or ML3.save_meta_loss())."
+                    )
+                config = json.loads(archive.read(_SPEC_FILE).decode("utf-8"))
+                weights = archive.read(_WEIGHTS_FILE)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
+            raise MetaLossSpecError(f"Cannot read meta-loss file {path!r}: it is corrupted or not a meta-loss ({exc}).") from exc
+        return cls.from_config(config, weights, map_location=map_location, inputs=inputs, source=path)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        weights: bytes | Mapping[str, torch.Tensor],
+        map_location: Union[str, torch.device] = "cpu",
+        inputs: Union[InputSpec, str, Mapping[str, int], Sequence[tuple[str, int]], None] = None,
+        source: str = "meta-loss",
+    ) -> "MetaLoss":
+        """Rebuild a meta-loss from its :meth:`config` and a state dict (or its ``torch.save`` bytes)."""
+        version = config.get("format_version")
+        if version != FORMAT_VERSION:
+            raise MetaLossSpecError(
+                f"{source}: meta-loss format version {version!r} is not supported (this sb3-ml3 reads {FORMAT_VERSION})."
+            )
+        try:
+            meta_loss = cls(
+                inputs=[tuple(f) for f in config["inputs"]],
+                hidden_sizes=config["hidden_sizes"],
+                activation=config["activation"],
+                output=config["output"],
+                bias=config["bias"],
+                metadata=config.get("metadata") or {},
+            )
+        except KeyError as exc:
+            raise MetaLossSpecError(f"{source}: the meta-loss spec lacks the key {exc}.") from exc
+        if inputs is not None:
+            meta_loss.spec.require(inputs, f"Loading {source}")
+        if isinstance(weights, (bytes, bytearray)):
+            try:
+                state = torch.load(io.BytesIO(weights), map_location=map_location, weights_only=True)
+            except Exception as exc:  # torch raises several types for damaged pickles
+                raise MetaLossSpecError(f"{source}: the meta-loss weights are corrupted ({exc}).") from exc
+        else:
+            state = dict(weights)
+        expected = meta_loss.state_dict()
+        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+            got = {k: tuple(v.shape) for k, v in state.items()}
+            want = {k: tuple(v.shape) for k, v in expected.items()}
+            raise MetaLossSpecError(f"{source}: the weights do not fit the saved architecture (expected {want}, found {got}).")
+        if not all(torch.isfinite(v).all() for v in state.values()):
+            raise MetaLossSpecError(f"{source}: the meta-loss weights contain NaN or inf; the file is unusable.")
+        dtype = getattr(torch, str(config.get("dtype", "float32")), torch.float32)
+        meta_loss.to(dtype=dtype)
+        meta_loss.load_state_dict(state)
+        return meta_loss.to(map_location)
+
+    def extra_repr(self) -> str:
+        return f"inputs=[{self.spec}], output={self.output}"
