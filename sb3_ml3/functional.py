@@ -37,7 +37,6 @@ __all__ = [
     "parameters_of",
     "functional_call",
     "inner_update",
-    "meta_objective",
     "meta_gradient",
     "batched_meta_gradient",
     "MetaStepResult",
@@ -94,22 +93,6 @@ def inner_update(
     return params
 
 
-def meta_objective(
-    learned_loss: LearnedLossFn,
-    task_loss: TaskLossFn,
-    params: Params,
-    meta_params: Params,
-    batch: Any,
-    query: Any,
-    inner_lr: float,
-    steps: int | None = None,
-    first_order: bool = False,
-) -> torch.Tensor:
-    """L_T(theta'(phi)): the task loss of the optimizee after the inner update (Eq. 5-6)."""
-    updated = inner_update(learned_loss, params, meta_params, batch, inner_lr, steps, first_order)
-    return task_loss(updated, query)
-
-
 def meta_gradient(
     learned_loss: LearnedLossFn,
     task_loss: TaskLossFn,
@@ -120,16 +103,23 @@ def meta_gradient(
     inner_lr: float,
     steps: int | None = None,
     first_order: bool = False,
-) -> tuple[Params, torch.Tensor]:
+    return_updated: bool = False,
+) -> tuple[Params, torch.Tensor] | tuple[Params, torch.Tensor, Params]:
     """The outer-step gradient grad_phi L_T(theta'(phi)) and the task loss value (Eq. 5-6).
 
-    ``params`` are treated as constants (theta_0 does not depend on phi).
+    ``params`` are treated as constants (theta_0 does not depend on phi). With ``return_updated``
+    the updated optimizee theta' (detached) comes back as a third value, so that a caller who keeps
+    training theta (Alg. 1 with M > 1 inner steps before a reset) need not recompute it.
     """
 
-    def objective(phi: Params) -> torch.Tensor:
-        return meta_objective(learned_loss, task_loss, params, phi, batch, query, inner_lr, steps, first_order)
+    def objective(phi: Params) -> tuple[torch.Tensor, Params]:
+        updated = inner_update(learned_loss, params, phi, batch, inner_lr, steps, first_order)
+        return task_loss(updated, query), updated
 
-    return grad_and_value(objective)(meta_params)
+    (grads, (value, updated)) = grad_and_value(objective, has_aux=True)(meta_params)
+    if return_updated:
+        return grads, value, updated
+    return grads, value
 
 
 def batched_meta_gradient(
@@ -184,7 +174,7 @@ def apply_meta_gradient(
     says why, so that the caller counts and reports it. ``max_grad_norm`` clips the meta-gradient's
     global norm.
     """
-    value = float(task_loss)
+    value = float(task_loss.detach()) if isinstance(task_loss, torch.Tensor) else float(task_loss)
     norm = float(torch.sqrt(sum((g.detach().double() ** 2).sum() for g in grads.values()))) if grads else 0.0
     if not math.isfinite(value):
         return MetaStepResult(False, value, norm, "non-finite task loss")
