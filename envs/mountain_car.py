@@ -61,13 +61,14 @@ def numpy_step(state: np.ndarray, action: np.ndarray) -> np.ndarray:
     """One step for numpy arrays ``state (..., 2) = (x, v)``, ``action (..., 1)``."""
     state = np.asarray(state, dtype=np.float64)
     x, v = state[..., 0], state[..., 1]
-    a = np.clip(np.asarray(action, dtype=np.float64)[..., 0], -MAX_FORCE, MAX_FORCE)
-    v = np.clip(v + DT * (GRAVITY * MASS * np.cos(3.0 * x) + a / MASS - FRICTION * v), -MAX_SPEED, MAX_SPEED)
+    a = np.minimum(np.maximum(np.asarray(action, dtype=np.float64)[..., 0], -MAX_FORCE), MAX_FORCE)
+    v = v + DT * (GRAVITY * MASS * np.cos(3.0 * x) + a / MASS - FRICTION * v)
+    v = np.minimum(np.maximum(v, -MAX_SPEED), MAX_SPEED)
     x = x + DT * v
     at_left, at_right = x <= MIN_POSITION, x >= MAX_POSITION
     v = np.where(at_left, np.maximum(v, 0.0), np.where(at_right, np.minimum(v, 0.0), v))
-    x = np.clip(x, MIN_POSITION, MAX_POSITION)
-    return np.stack([x, v], axis=-1)
+    x = np.minimum(np.maximum(x, MIN_POSITION), MAX_POSITION)
+    return np.stack((x, v), axis=-1)
 
 
 def numpy_reward(next_state: np.ndarray, action: np.ndarray, goal: np.ndarray) -> np.ndarray:
@@ -176,8 +177,8 @@ class MountainCarGoalEnv(GoalTaskMixin, gym.Env):
     def step(self, action):
         a = self._check_action(action)
         self._state = numpy_step(self._state, a)
-        reward = float(numpy_reward(self._state, a, self._goal))
-        return self._obs(), reward, False, False, self._info()
+        info = self._info()
+        return self._obs(), -info["distance"], False, False, info
 
     def _info(self) -> dict[str, Any]:
         info = self._task_info()

@@ -49,21 +49,22 @@ CTRL_COST_WEIGHT = 0.01
 
 def numpy_step(state: np.ndarray, action: np.ndarray, dt: float = DT, max_speed: float = MAX_SPEED, arena: float = ARENA) -> np.ndarray:
     """One step of the point mass for numpy arrays ``state (..., 4)``, ``action (..., 2)``."""
+    # np.minimum/np.maximum instead of np.clip: same result, a fraction of the call overhead
     state = np.asarray(state, dtype=np.float64)
-    a = np.clip(np.asarray(action, dtype=np.float64), -MAX_ACCEL, MAX_ACCEL)
-    v = np.clip(state[..., 2:4] + dt * a, -max_speed, max_speed)
+    a = np.minimum(np.maximum(np.asarray(action, dtype=np.float64), -MAX_ACCEL), MAX_ACCEL)
+    v = np.minimum(np.maximum(state[..., 2:4] + dt * a, -max_speed), max_speed)
     p = state[..., 0:2] + dt * v
     hit = np.abs(p) > arena
-    p = np.clip(p, -arena, arena)
+    p = np.minimum(np.maximum(p, -arena), arena)
     v = np.where(hit, 0.0, v)
-    return np.concatenate([p, v], axis=-1)
+    return np.concatenate((p, v), axis=-1)
 
 
 def numpy_reward(next_state: np.ndarray, action: np.ndarray, goal: np.ndarray, ctrl_cost_weight: float = CTRL_COST_WEIGHT) -> np.ndarray:
     """``-|p' - g| - ctrl_cost_weight * |clip(a)|^2`` for numpy arrays (batched over leading dims)."""
-    a = np.clip(np.asarray(action, dtype=np.float64), -MAX_ACCEL, MAX_ACCEL)
-    dist = np.linalg.norm(np.asarray(next_state)[..., 0:2] - np.asarray(goal), axis=-1)
-    return -dist - ctrl_cost_weight * np.sum(a * a, axis=-1)
+    a = np.minimum(np.maximum(np.asarray(action, dtype=np.float64), -MAX_ACCEL), MAX_ACCEL)
+    diff = np.asarray(next_state)[..., 0:2] - np.asarray(goal)
+    return -np.sqrt(np.sum(diff * diff, axis=-1)) - ctrl_cost_weight * np.sum(a * a, axis=-1)
 
 
 def torch_step(state: torch.Tensor, action: torch.Tensor, dt: float = DT, max_speed: float = MAX_SPEED, arena: float = ARENA) -> torch.Tensor:
@@ -155,7 +156,7 @@ class PointmassGoalEnv(GoalTaskMixin, gym.Env):
         return np.concatenate([self._state, self._goal]).astype(np.float32)
 
     def _distance(self) -> float:
-        return float(np.linalg.norm(self._state[:2] - self._goal))
+        return math.hypot(self._state[0] - self._goal[0], self._state[1] - self._goal[1])
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -168,15 +169,17 @@ class PointmassGoalEnv(GoalTaskMixin, gym.Env):
     def step(self, action):
         a = self._check_action(action)
         self._state = numpy_step(self._state, a)
-        reward = float(numpy_reward(self._state, a, self._goal, self.ctrl_cost_weight))
-        info = self._info()
-        info["reward_dist"] = -info["distance"]
-        info["reward_ctrl"] = -self.ctrl_cost_weight * float(a @ a)
-        return self._obs(), reward, False, False, info
+        # numpy_reward, unrolled for one 2-vector (a third of the time per step)
+        d = self._distance()
+        ctrl = self.ctrl_cost_weight * float(a[0] * a[0] + a[1] * a[1])
+        info = self._info(d)
+        info["reward_dist"] = -d
+        info["reward_ctrl"] = -ctrl
+        return self._obs(), -d - ctrl, False, False, info
 
-    def _info(self) -> dict[str, Any]:
+    def _info(self, distance: float | None = None) -> dict[str, Any]:
         info = self._task_info()
-        info["distance"] = self._distance()
+        info["distance"] = self._distance() if distance is None else distance
         info["initial_distance"] = self._initial_distance
         return info
 
@@ -185,9 +188,12 @@ class PointmassGoalEnv(GoalTaskMixin, gym.Env):
             return None
         lim = (-ARENA, ARENA)
         c = Canvas(256, lim, lim)
-        X, _ = c.grid()
-        # tint the half of the arena the test goals come from
-        c.fill_where(X < 0, (232, 236, 246))
-        c.disc(self._goal, 0.12, (220, 60, 60))
-        c.disc(self._state[:2], 0.08, (40, 90, 200))
+        X, Y = c.grid()
+        R = np.hypot(X, Y)
+        # the goal annulus: test half (x < 0) tinted blue, train half (x > 0) tinted green
+        ring = (R >= GOAL_R_MIN) & (R <= GOAL_R_MAX)
+        c.fill_where(ring & (X < 0), (226, 232, 248))
+        c.fill_where(ring & (X >= 0), (228, 244, 228))
+        c.disc(self._goal, 0.15, (220, 60, 60))
+        c.disc(self._state[:2], 0.11, (40, 90, 200))
         return c.image

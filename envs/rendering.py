@@ -6,7 +6,9 @@ variable and defaults to GLFW, which needs a display.  So that rendering works o
 machine, importing ``sb3_ml3.envs`` calls :func:`configure_headless_gl`, which -- only when
 ``MUJOCO_GL`` is unset, the platform is Linux and there is no ``DISPLAY``/``WAYLAND_DISPLAY`` --
 sets ``MUJOCO_GL=egl`` if ``libEGL`` can be found, else ``MUJOCO_GL=osmesa`` if ``libOSMesa`` can
-(``apt-get install libegl1`` or ``libosmesa6``).  A value you set yourself is never changed, and
+(``apt-get install libegl1`` or ``libosmesa6``), provided PyOpenGL is installed (MuJoCo loads the
+backend through it as soon as ``mujoco`` is imported, so a backend whose library is missing would
+break ``import mujoco`` itself -- which is also what happens if you set such a value yourself).  A value you set yourself is never changed, and
 nothing is set when neither library exists: rendering MuJoCo envs then fails with Gymnasium's
 own error, while stepping them works as usual.
 
@@ -17,6 +19,7 @@ no GL at all.
 from __future__ import annotations
 
 import ctypes.util
+import importlib.util
 import os
 import sys
 
@@ -32,6 +35,10 @@ def configure_headless_gl() -> str | None:
     if current:
         return current
     if not sys.platform.startswith("linux") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    # MuJoCo imports the chosen backend through PyOpenGL when it is imported itself, so choose
+    # one only if both PyOpenGL and the backend's library are there (else importing mujoco fails).
+    if importlib.util.find_spec("OpenGL") is None:
         return None
     for backend, lib in (("egl", "EGL"), ("osmesa", "OSMesa")):
         if ctypes.util.find_library(lib):

@@ -312,7 +312,7 @@ class GoalTaskMixin:
                     f"(bounds {space.low.tolist()} .. {space.high.tolist()}); got shape {a.shape}. "
                     "Pass a single action per step; to step many envs at once use a vector env."
                 )
-        return np.clip(a, space.low, space.high)
+        return np.minimum(np.maximum(a, space.low), space.high)
 
     def _remember_for_pickle(self, goal: np.ndarray | None) -> None:
         # MuJoCo envs pickle through gymnasium's EzPickle, which rebuilds the env from its
