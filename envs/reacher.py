@@ -5,7 +5,8 @@
 
 * the **goal**: drawn from a task split instead of uniformly from the disc of radius 0.2;
 * the **reward** (ML3, Appendix A): ``R = -d + 1 / (d + 0.001) - sum_i |a_i|`` where ``d`` is the
-  distance from the fingertip to the goal after the step and ``a`` the applied (clipped) action;
+  distance from the fingertip to the goal after the step (the fingertip position MuJoCo reports
+  after ``mj_step``, as Reacher-v5's ``reward_dist`` uses) and ``a`` the applied (clipped) action;
 * the **observation**: Reacher-v5's 10 values as float32 -- ``cos(q1), cos(q2), sin(q1), sin(q2),
   gx, gy, dq1, dq2, (fingertip - goal)_x, (fingertip - goal)_y`` -- so ``goal_slice = slice(4, 6)``.
 
@@ -26,6 +27,7 @@ backend choice.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -86,7 +88,8 @@ class ReacherGoalEnv(GoalTaskMixin, ReacherEnv):
         return self.data.xpos[self._fingertip_id, :2]
 
     def _distance(self) -> float:
-        return float(np.linalg.norm(self._fingertip() - self._goal))
+        tip, goal = self._fingertip(), self._goal
+        return math.hypot(tip[0] - goal[0], tip[1] - goal[1])
 
     def reset_model(self) -> np.ndarray:
         goal = self._next_goal()
@@ -99,7 +102,7 @@ class ReacherGoalEnv(GoalTaskMixin, ReacherEnv):
         return self._get_obs()
 
     def _get_reset_info(self) -> dict[str, Any]:
-        return self._info()
+        return self._info(self._initial_distance)
 
     def _get_obs(self) -> np.ndarray:
         qpos, qvel = self.data.qpos, self.data.qvel

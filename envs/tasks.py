@@ -89,7 +89,8 @@ class AnnulusSectors(GoalRegion):
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         u_sector, u_angle, u_radius = rng.random(3)
-        a0, a1 = self.sectors[min(int(np.searchsorted(self._cum, u_sector, side="right")), len(self.sectors) - 1)]
+        i = 0 if len(self.sectors) == 1 else min(int(np.searchsorted(self._cum, u_sector, side="right")), len(self.sectors) - 1)
+        a0, a1 = self.sectors[i]
         angle = a0 + u_angle * (a1 - a0)
         radius = math.sqrt(self.r_min**2 + u_radius * (self.r_max**2 - self.r_min**2))
         return self.center + radius * np.array([math.cos(angle), math.sin(angle)])
