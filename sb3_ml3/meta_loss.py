@@ -311,12 +311,16 @@ class MetaLoss(nn.Module):
     def from_config(
         cls,
         config: Mapping[str, Any],
-        weights: bytes | Mapping[str, torch.Tensor],
+        weights: bytes | Mapping[str, torch.Tensor] | None = None,
         map_location: Union[str, torch.device] = "cpu",
         inputs: Union[InputSpec, str, Mapping[str, int], Sequence[tuple[str, int]], None] = None,
         source: str = "meta-loss",
     ) -> "MetaLoss":
-        """Rebuild a meta-loss from its :meth:`config` and a state dict (or its ``torch.save`` bytes)."""
+        """Rebuild a meta-loss from its :meth:`config` and a state dict (or its ``torch.save`` bytes).
+
+        With ``weights=None`` the architecture is rebuilt with fresh weights, for a caller that loads
+        them afterwards (as ``ML3.load`` does).
+        """
         version = config.get("format_version")
         if version != FORMAT_VERSION:
             raise MetaLossSpecError(
@@ -335,6 +339,9 @@ class MetaLoss(nn.Module):
             raise MetaLossSpecError(f"{source}: the meta-loss spec lacks the key {exc}.") from exc
         if inputs is not None:
             meta_loss.spec.require(inputs, f"Loading {source}")
+        dtype = getattr(torch, str(config.get("dtype", "float32")), torch.float32)
+        if weights is None:
+            return meta_loss.to(dtype=dtype).to(map_location)
         if isinstance(weights, (bytes, bytearray)):
             try:
                 state = torch.load(io.BytesIO(weights), map_location=map_location, weights_only=True)
@@ -349,7 +356,6 @@ class MetaLoss(nn.Module):
             raise MetaLossSpecError(f"{source}: the weights do not fit the saved architecture (expected {want}, found {got}).")
         if not all(torch.isfinite(v).all() for v in state.values()):
             raise MetaLossSpecError(f"{source}: the meta-loss weights contain NaN or inf; the file is unusable.")
-        dtype = getattr(torch, str(config.get("dtype", "float32")), torch.float32)
         meta_loss.to(dtype=dtype)
         meta_loss.load_state_dict(state)
         return meta_loss.to(map_location)

@@ -1,0 +1,581 @@
+"""ML3: model-free Meta-Learning via Learned Loss as a Stable-Baselines3 on-policy algorithm.
+
+The policy pi_theta is a diagonal Gaussian. Its only update is plain SGD on a learned loss
+(paper Eq. 2, Sec. III.B.2)::
+
+    theta' = theta - alpha * grad_theta  mean_{minibatch} M_phi(s, a, mu_theta(s), sigma_theta, g)
+
+where (s, a) come from the rollout buffer as constants, mu_theta and sigma_theta are recomputed from
+theta, and g is the goal read from the observation (the env's ``goal_slice``).
+
+**Meta-test** (Algorithm 5, ``meta_train=False``): phi is frozen; every ``train()`` runs ``n_epochs``
+passes of SGD over minibatches of the rollout, exactly like PPO's loop but on M_phi.
+
+**Meta-train** (Algorithm 4, ``meta_train=True``) maps onto SB3's collect/train cycle. Iteration i
+collects tau_i with theta_i; ``train()`` then
+
+1. *outer step* for the previous update: theta_i(phi) is recomputed from theta_{i-1} and the stored
+   minibatches of tau_{i-1} with :func:`sb3_ml3.functional.inner_update` (differentiable in phi),
+   and phi takes a step on the REINFORCE task loss of the updated policy on its own rollout
+   (Eq. 7-8)::
+
+       L_T(phi) = - mean_{(s, a) in tau_i} [ w(s, a) * log pi_{theta_i(phi)}(a | s) ]
+
+   with w the GAE advantage (value head as baseline, ``task_loss="advantage"``) or the centred
+   discounted return (``task_loss="return"``). A non-finite L_T or meta-gradient is skipped,
+   counted (``train/skipped_meta_steps``) and never written into phi;
+2. *inner step* on tau_i with the updated phi: theta_{i+1} = theta_i - alpha grad M_phi (the same
+   code path as meta-test), remembering theta_i and the minibatches for the next outer step;
+3. every ``policy_reset_interval`` iterations the actor is re-initialised (Algorithm 4, line 4), so
+   the loss keeps learning to train fresh policies.
+
+With several minibatches per rollout, the meta-gradient is first-order through the unroll by
+default (``first_order=True``; exact for a single minibatch step), see
+:func:`sb3_ml3.functional.inner_update`.
+
+The critic (value head) is trained by regression on the GAE returns with its own Adam optimizer; it
+only provides the advantages of the task loss (and optional meta-loss inputs).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.vec_env import VecNormalize
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from sb3_ml3.functional import Params, apply_meta_gradient, meta_gradient
+from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
+from sb3_ml3.ml3.policies import ML3Policy
+
+SelfML3 = TypeVar("SelfML3", bound="ML3")
+
+#: The meta-loss inputs of the paper (Sec. III.B.2 and its appendix notes on mean and std).
+DEFAULT_META_INPUTS = ("obs", "action", "mean", "std", "goal")
+#: Further per-sample inputs a meta-loss may read (each of width 1).
+OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "timestep")
+TASK_LOSSES = ("advantage", "return")
+#: ``timestep`` enters the meta-loss as t / TIMESTEP_SCALE so that it stays O(1).
+TIMESTEP_SCALE = 100.0
+
+
+class ML3(OnPolicyAlgorithm):
+    """Meta-Learning via Learned Loss for model-free RL (Bechtle et al., Algorithms 4 and 5).
+
+    :param policy: ``"MlpPolicy"`` (an :class:`~sb3_ml3.ml3.policies.ML3Policy`) or a subclass of it.
+    :param env: the environment or its registered id (e.g. ``"ReacherGoal-v0"``).
+    :param learning_rate: the inner step size alpha of the SGD step on the meta-loss (or a schedule).
+    :param n_steps: steps per environment per rollout.
+    :param batch_size: minibatch size of the inner SGD steps.
+    :param n_epochs: passes over each rollout for the inner SGD steps.
+    :param gamma: discount factor.
+    :param gae_lambda: GAE lambda for the advantages of the task loss.
+    :param meta_loss: ``None`` (a new meta-loss for ``meta_inputs``), a :class:`MetaLoss`, or the path
+        of a saved one. A loaded meta-loss must fit this env's spaces and ``meta_inputs``.
+    :param meta_train: whether ``learn()`` also trains phi (Algorithm 4) or only uses it (Algorithm 5).
+    :param meta_lr: the outer step size eta (Adam).
+    :param meta_inputs: the fields the meta-loss reads, from :data:`DEFAULT_META_INPUTS` and
+        :data:`OPTIONAL_META_INPUTS`.
+    :param meta_loss_kwargs: arguments of a new :class:`MetaLoss` (``hidden_sizes``, ``output``, ...).
+    :param task_loss: the weight of the REINFORCE task loss: ``"advantage"`` or ``"return"``.
+    :param task_ent_coef: entropy bonus in the task loss (lets phi learn to keep exploring).
+    :param policy_reset_interval: re-initialise the actor every this many iterations while
+        meta-training (Algorithm 4's theta_0); ``None`` never resets.
+    :param first_order: first-order meta-gradient through several inner minibatch steps.
+    :param meta_max_grad_norm: clip the meta-gradient's norm (``None``: no clipping).
+    :param vf_learning_rate: Adam step size of the critic.
+    :param normalize_advantage: normalise the task-loss weights per rollout.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": ML3Policy}
+    policy: ML3Policy
+
+    def __init__(
+        self,
+        policy: str | type[ML3Policy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-2,
+        n_steps: int = 256,
+        batch_size: int = 256,
+        n_epochs: int = 1,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        meta_loss: MetaLoss | str | os.PathLike | None = None,
+        meta_train: bool = False,
+        meta_lr: float = 1e-3,
+        meta_inputs: Sequence[str] = DEFAULT_META_INPUTS,
+        meta_loss_kwargs: dict[str, Any] | None = None,
+        task_loss: str = "advantage",
+        task_ent_coef: float = 0.0,
+        policy_reset_interval: int | None = None,
+        first_order: bool = True,
+        meta_max_grad_norm: float | None = 1.0,
+        vf_learning_rate: float = 1e-3,
+        normalize_advantage: bool = True,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=0.0,
+            vf_coef=0.0,
+            max_grad_norm=float("inf"),
+            use_sde=False,
+            sde_sample_freq=-1,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+        )
+        if self.action_space is not None and not isinstance(self.action_space, spaces.Box):
+            raise ValueError(
+                f"ML3 needs a continuous Box action space (its meta-loss reads the Gaussian policy's mean and std), "
+                f"got {self.action_space}. Use PPO or A2C for discrete actions."
+            )
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.meta_train = meta_train
+        self.meta_lr = meta_lr
+        self.meta_inputs = tuple(meta_inputs)
+        self.meta_loss_kwargs = dict(meta_loss_kwargs or {})
+        self.task_loss = task_loss
+        self.task_ent_coef = task_ent_coef
+        self.policy_reset_interval = policy_reset_interval
+        self.first_order = first_order
+        self.meta_max_grad_norm = meta_max_grad_norm
+        self.vf_learning_rate = vf_learning_rate
+        self.normalize_advantage = normalize_advantage
+        self._meta_loss_source = meta_loss
+        self._meta_loss_config: dict[str, Any] | None = None
+        self.goal_slice: slice | None = None
+        self._n_meta_updates = 0
+        self._n_iterations = 0
+        self.skipped_meta_steps = 0
+        self.skipped_inner_steps = 0
+        self._check_arguments()
+        if _init_setup_model:
+            self._setup_model()
+
+    # ------------------------------------------------------------------ set-up
+    def _check_arguments(self) -> None:
+        unknown = [f for f in self.meta_inputs if f not in DEFAULT_META_INPUTS + OPTIONAL_META_INPUTS]
+        if unknown or not self.meta_inputs or len(set(self.meta_inputs)) != len(self.meta_inputs):
+            raise ValueError(
+                f"meta_inputs {self.meta_inputs} must be distinct names from "
+                f"{DEFAULT_META_INPUTS + OPTIONAL_META_INPUTS}" + (f"; unknown: {unknown}" if unknown else "") + "."
+            )
+        if not any(f in self.meta_inputs for f in ("mean", "std")):
+            raise ValueError("meta_inputs must include 'mean' or 'std': the learned loss reaches theta through them.")
+        if self.task_loss not in TASK_LOSSES:
+            raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {self.task_loss!r}.")
+        if self.batch_size < 1 or self.n_epochs < 1:
+            raise ValueError(f"batch_size and n_epochs must be positive, got {self.batch_size} and {self.n_epochs}.")
+        if self.policy_reset_interval is not None and self.policy_reset_interval < 1:
+            raise ValueError(f"policy_reset_interval must be None or >= 1, got {self.policy_reset_interval}.")
+        if self.env is not None:
+            buffer_size = self.n_steps * self.env.num_envs
+            if self.batch_size > buffer_size:
+                raise ValueError(
+                    f"batch_size ({self.batch_size}) exceeds the rollout size n_steps * n_envs = {buffer_size}."
+                )
+            if buffer_size % self.batch_size:
+                warnings.warn(
+                    f"The rollout size {buffer_size} is not a multiple of batch_size {self.batch_size}: "
+                    "the last, smaller minibatch of each epoch is dropped.",
+                    stacklevel=3,
+                )
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.policy.optimizer = torch.optim.SGD(self.policy.actor_parameters().values(), lr=self.lr_schedule(1))
+        self.value_optimizer = torch.optim.Adam(self.policy.critic_parameters(), lr=self.vf_learning_rate)
+        if self.env is not None:
+            self.goal_slice = self._goal_slice_of_env()
+        spec = self.meta_input_spec()
+        self.meta_loss = self._build_meta_loss(spec).to(self.device)
+        self._sync_observation_normalization()
+        self.meta_loss.requires_grad_(self.meta_train)
+        self.meta_optimizer = torch.optim.Adam(self.meta_loss.parameters(), lr=self.meta_lr) if self.meta_train else None
+        self._pending: tuple[Params, list[dict[str, torch.Tensor]], float] | None = None
+        self._episode_t = np.zeros(self.n_envs, dtype=np.int64)
+
+    def _goal_slice_of_env(self) -> slice | None:
+        try:
+            goal_slice = self.env.get_attr("goal_slice")[0]
+        except AttributeError:
+            goal_slice = None
+        if goal_slice is None and "goal" in self.meta_inputs:
+            raise ValueError(
+                "The meta-loss input 'goal' needs a goal-conditioned env whose unwrapped env has a 'goal_slice' "
+                "attribute (where the goal lies in the observation), e.g. the sb3_ml3.envs environments. "
+                "For an env without goals pass meta_inputs without 'goal', e.g. ('obs', 'action', 'mean', 'std')."
+            )
+        if goal_slice is not None and not isinstance(self.observation_space, spaces.Box):
+            raise ValueError(f"ML3 reads the goal from a flat Box observation, got {self.observation_space}.")
+        return goal_slice
+
+    def meta_input_spec(self) -> InputSpec:
+        """The meta-loss inputs this setting provides, with their widths."""
+        if not isinstance(self.observation_space, spaces.Box) or len(self.observation_space.shape) != 1:
+            raise ValueError(f"ML3 feeds flat Box observations to the meta-loss, got {self.observation_space}.")
+        obs_dim = int(self.observation_space.shape[0])
+        goal_dim = 0
+        if self.goal_slice is not None:
+            goal_dim = len(range(obs_dim)[self.goal_slice])
+        action_dim = int(np.prod(self.action_space.shape))
+        widths = {"obs": obs_dim - goal_dim, "action": action_dim, "mean": action_dim, "std": action_dim,
+                  "goal": goal_dim}
+        return InputSpec(tuple((name, widths.get(name, 1)) for name in self.meta_inputs))
+
+    def _build_meta_loss(self, spec: InputSpec) -> MetaLoss:
+        if self._meta_loss_config is not None:  # ML3.load(): architecture from the file, weights follow
+            meta_loss = MetaLoss.from_config(self._meta_loss_config, source="the saved ML3 model")
+            meta_loss.spec.require(spec, "Loading an ML3 model")
+            return meta_loss
+        source = self._meta_loss_source
+        if source is None:
+            return MetaLoss(spec, **self.meta_loss_kwargs)
+        if isinstance(source, MetaLoss):
+            source.spec.require(spec, "ML3(meta_loss=...)")
+            return source
+        return MetaLoss.load(source, inputs=spec)
+
+    def _sync_observation_normalization(self) -> None:
+        """A meta-loss sees observations as they were normalised when it was meta-trained: keep that true."""
+        saved = self.meta_loss.metadata.get("obs_normalization")
+        vec_normalize = self.get_vec_normalize_env()
+        normalizing = vec_normalize is not None and vec_normalize.norm_obs
+        if self.env is None or (saved is None and not normalizing):
+            return
+        if saved is not None and not normalizing:
+            raise MetaLossSpecError(
+                "This meta-loss was meta-trained on VecNormalize-d observations but this env does not normalise "
+                "observations: wrap it in VecNormalize(env, norm_obs=True)."
+            )
+        if saved is None and normalizing and self._meta_loss_source is not None and not self.meta_train:
+            raise MetaLossSpecError(
+                "This env normalises observations (VecNormalize) but the meta-loss was meta-trained on raw "
+                "observations: use norm_obs=False, or meta-train the loss with VecNormalize."
+            )
+        if saved is not None:
+            mean = np.asarray(saved["mean"], dtype=np.float64)
+            if mean.shape != vec_normalize.obs_rms.mean.shape:
+                raise MetaLossSpecError(
+                    f"The meta-loss's observation normalisation has shape {mean.shape}, this env's "
+                    f"{vec_normalize.obs_rms.mean.shape}."
+                )
+            vec_normalize.obs_rms.mean = mean
+            vec_normalize.obs_rms.var = np.asarray(saved["var"], dtype=np.float64)
+            vec_normalize.obs_rms.count = float(saved.get("count", 1e4))
+
+    # ------------------------------------------------------------------ meta-loss inputs
+    def _rollout_tensors(self) -> dict[str, torch.Tensor]:
+        """The rollout buffer as flat tensors (env-major, like SB3's minibatches), plus derived fields."""
+        buffer = self.rollout_buffer
+        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
+        starts = buffer.episode_starts.astype(np.int64)
+        timesteps = np.empty((n_steps, n_envs), dtype=np.float32)
+        t = self._episode_t.copy()
+        for k in range(n_steps):
+            t = np.where(starts[k] > 0, 0, t)
+            timesteps[k] = t
+            t = t + 1
+        self._episode_t = np.where(self._last_episode_starts, 0, t)
+
+        def flat(array: np.ndarray) -> torch.Tensor:
+            array = array.swapaxes(0, 1).reshape(n_steps * n_envs, *array.shape[2:])
+            return torch.as_tensor(array, device=self.device, dtype=torch.float32)
+
+        return {
+            "observations": flat(buffer.observations),
+            "actions": flat(buffer.actions),
+            "rewards": flat(buffer.rewards),
+            "returns": flat(buffer.returns),
+            "advantages": flat(buffer.advantages),
+            "episode_starts": flat(buffer.episode_starts),
+            "timesteps": flat(timesteps),
+            "values": flat(buffer.values),
+            "log_probs": flat(buffer.log_probs),
+        }
+
+    def _meta_fields(self, batch: dict[str, torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The named meta-loss inputs for a minibatch; only mean and std depend on theta."""
+        obs = batch["observations"]
+        fields: dict[str, torch.Tensor] = {}
+        for name in self.meta_inputs:
+            if name == "obs":
+                if self.goal_slice is None:
+                    fields[name] = obs
+                else:
+                    keep = torch.ones(obs.shape[-1], dtype=torch.bool, device=obs.device)
+                    keep[self.goal_slice] = False
+                    fields[name] = obs[..., keep]
+            elif name == "goal":
+                fields[name] = obs[..., self.goal_slice]
+            elif name == "action":
+                fields[name] = batch["actions"]
+            elif name == "mean":
+                fields[name] = mean
+            elif name == "std":
+                fields[name] = std
+            elif name == "reward":
+                fields[name] = batch["rewards"]
+            elif name == "return":
+                fields[name] = batch["returns"]
+            elif name == "advantage":
+                fields[name] = batch["advantages"]
+            elif name == "episode_start":
+                fields[name] = batch["episode_starts"]
+            elif name == "timestep":
+                fields[name] = batch["timesteps"] / TIMESTEP_SCALE
+        return fields
+
+    def learned_loss(self, params: Params | None, meta_params: Params | None, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L_learned(theta, phi) = mean M_phi(s, a, mu_theta(s), sigma_theta, g) over a minibatch (Eq. 2-3).
+
+        ``None`` for either parameter set uses the live module's parameters.
+        """
+        mean, std = self.policy.actor_mean_std(params, batch["observations"])
+        fields = self._meta_fields(batch, mean, std)
+        if meta_params is None:
+            return self.meta_loss(fields).mean()
+        return functional_call(self.meta_loss, meta_params, (fields,)).mean()
+
+    def _task_weights(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.task_loss == "advantage":
+            weights = data["advantages"]
+        else:
+            weights = data["returns"] - data["returns"].mean()
+        if self.normalize_advantage and weights.numel() > 1:
+            weights = (weights - weights.mean()) / (weights.std() + 1e-8)
+        return weights
+
+    def reinforce_task_loss(self, params: Params | None, data: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L_T = -mean[w * log pi_theta(a|s)] - c_H * entropy on the rollout ``data`` (Eq. 7-8)."""
+        mean, std = self.policy.actor_mean_std(params, data["observations"])
+        dist = torch.distributions.Normal(mean, std)
+        log_prob = dist.log_prob(data["actions"]).sum(-1)
+        loss = -(data["task_weights"] * log_prob).mean()
+        if self.task_ent_coef:
+            loss = loss - self.task_ent_coef * dist.entropy().sum(-1).mean()
+        return loss
+
+    # ------------------------------------------------------------------ training
+    def _minibatches(self, data: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        size = next(iter(data.values())).shape[0]
+        keys = ("observations", "actions", "rewards", "returns", "advantages", "episode_starts", "timesteps")
+        batches = []
+        for _ in range(self.n_epochs):
+            order = torch.as_tensor(np.random.permutation(size), device=self.device)
+            for start in range(0, size - self.batch_size + 1, self.batch_size):
+                index = order[start:start + self.batch_size]
+                batches.append({k: data[k][index] for k in keys})
+        return batches
+
+    def inner_step(self, minibatches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """theta <- theta - alpha grad_theta L_learned on each minibatch, in place (Eq. 2; Alg. 5 line 4).
+
+        Used by both meta-test and meta-train, so the update a learned loss is trained for is the update
+        it performs. A non-finite learned loss or gradient skips that minibatch (counted and logged).
+        """
+        actor = list(self.policy.actor_parameters().values())
+        losses, norms = [], []
+        for batch in minibatches:
+            loss = self.learned_loss(None, None, batch)
+            grads = torch.autograd.grad(loss, actor)
+            norm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))
+            if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                self.skipped_inner_steps += 1
+                continue
+            for p, g in zip(actor, grads):
+                p.grad = g
+            self.policy.optimizer.step()
+            losses.append(loss.item())
+            norms.append(norm.item())
+        self.policy.optimizer.zero_grad(set_to_none=True)
+        return {
+            "meta_loss": float(np.mean(losses)) if losses else float("nan"),
+            "inner_grad_norm": float(np.mean(norms)) if norms else float("nan"),
+        }
+
+    def outer_step(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
+        """phi <- phi - eta grad_phi L_T(theta_i(phi)) on the rollout of theta_i (Eq. 5-8, Alg. 4 line 13)."""
+        assert self._pending is not None and self.meta_optimizer is not None
+        params, minibatches, inner_lr = self._pending
+        phi = {name: p.detach() for name, p in self.meta_loss.named_parameters()}
+        grads, value = meta_gradient(
+            self.learned_loss, self.reinforce_task_loss, params, phi, minibatches, data, inner_lr,
+            first_order=self.first_order,
+        )
+        result = apply_meta_gradient(self.meta_optimizer, self.meta_loss, grads, value, self.meta_max_grad_norm)
+        if result.applied:
+            self._n_meta_updates += 1
+        else:
+            self.skipped_meta_steps += 1
+            if self.verbose:
+                print(f"ML3: skipped a meta-step ({result.reason}); phi unchanged")
+        return {"task_loss": result.task_loss, "meta_grad_norm": result.grad_norm}
+
+    def _train_critic(self, data: dict[str, torch.Tensor]) -> float:
+        losses = []
+        size = data["observations"].shape[0]
+        for _ in range(self.n_epochs):
+            order = torch.as_tensor(np.random.permutation(size), device=self.device)
+            for start in range(0, size, self.batch_size):
+                index = order[start:start + self.batch_size]
+                values = self.policy.predict_values(data["observations"][index]).flatten()
+                loss = F.mse_loss(data["returns"][index], values)
+                self.value_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.value_optimizer.step()
+                losses.append(loss.item())
+        return float(np.mean(losses))
+
+    def train(self) -> None:
+        """One ML3 update on the last rollout: outer step (meta-train), inner step, critic regression."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        inner_lr = float(self.lr_schedule(self._current_progress_remaining))
+        data = self._rollout_tensors()
+        data["task_weights"] = self._task_weights(data)
+        self._n_iterations += 1
+        stats: dict[str, float] = {}
+
+        if self.meta_train and self._pending is not None:
+            stats.update(self.outer_step(data))
+        self._pending = None
+
+        reset = (self.meta_train and self.policy_reset_interval is not None
+                 and self._n_iterations % self.policy_reset_interval == 0)
+        if reset:
+            self.policy.reset_actor()  # Alg. 4 line 4: the next rollout comes from a fresh theta_0
+        else:
+            minibatches = self._minibatches(data)
+            with torch.no_grad():
+                old_mean, old_std = self.policy.actor_mean_std(None, data["observations"])
+            if self.meta_train:
+                before = {k: v.detach().clone() for k, v in self.policy.actor_parameters().items()}
+                self._pending = (before, minibatches, inner_lr)
+            stats.update(self.inner_step(minibatches))
+            with torch.no_grad():
+                new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
+                kl = torch.distributions.kl_divergence(
+                    torch.distributions.Normal(old_mean, old_std), torch.distributions.Normal(new_mean, new_std)
+                ).sum(-1).mean()
+            stats["approx_kl"] = kl.item()
+        value_loss = self._train_critic(data)
+
+        self._n_updates += 1
+        for key, value in stats.items():
+            self.logger.record(f"train/{key}", value)
+        self.logger.record("train/value_loss", value_loss)
+        self.logger.record("train/explained_variance",
+                           explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))
+        self.logger.record("train/std", torch.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if self.meta_train:
+            self.logger.record("train/n_meta_updates", self._n_meta_updates)
+            self.logger.record("train/skipped_meta_steps", self.skipped_meta_steps)
+            self.logger.record("train/policy_reset", int(reset))
+        self.logger.record("train/skipped_inner_steps", self.skipped_inner_steps)
+
+    def learn(
+        self: SelfML3,
+        total_timesteps: int,
+        callback: Any = None,
+        log_interval: int = 1,
+        tb_log_name: str = "ML3",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfML3:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+    # ------------------------------------------------------------------ files
+    def save_meta_loss(self, path: str | os.PathLike) -> None:
+        """Save the meta-loss on its own, with its input spec and the observation normalisation it saw."""
+        metadata = dict(self.meta_loss.metadata)
+        metadata.update({
+            "algorithm": "ML3",
+            "meta_inputs": list(self.meta_inputs),
+            "observation_shape": list(self.observation_space.shape),
+            "action_shape": list(self.action_space.shape),
+            "goal_slice": None if self.goal_slice is None else [self.goal_slice.start, self.goal_slice.stop],
+            "inner_lr": float(self.lr_schedule(1)),
+            "n_steps": self.n_steps,
+            "batch_size": self.batch_size,
+            "n_epochs": self.n_epochs,
+        })
+        env_id = self._env_id()
+        if env_id:
+            metadata["env_id"] = env_id
+        vec_normalize = self.get_vec_normalize_env()
+        if vec_normalize is not None and vec_normalize.norm_obs:
+            metadata["obs_normalization"] = {
+                "mean": vec_normalize.obs_rms.mean.tolist(),
+                "var": vec_normalize.obs_rms.var.tolist(),
+                "count": float(vec_normalize.obs_rms.count),
+                "clip_obs": float(vec_normalize.clip_obs),
+                "epsilon": float(vec_normalize.epsilon),
+            }
+        else:
+            metadata.pop("obs_normalization", None)
+        self.meta_loss.metadata = metadata
+        self.meta_loss.save(path)
+
+    def _env_id(self) -> str | None:
+        if self.env is None:
+            return None
+        try:
+            spec = self.env.get_attr("spec")[0]
+        except AttributeError:
+            return None
+        return getattr(spec, "id", None)
+
+    def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
+        self._meta_loss_config = self.meta_loss.config()
+        super().save(path, exclude=exclude, include=include)
+
+    def _excluded_save_params(self) -> list[str]:
+        return super()._excluded_save_params() + [
+            "meta_loss", "meta_optimizer", "value_optimizer", "_meta_loss_source", "_pending",
+        ]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts = ["policy", "policy.optimizer", "value_optimizer", "meta_loss"]
+        if self.meta_optimizer is not None:
+            state_dicts.append("meta_optimizer")
+        return state_dicts, []
+
+
+__all__ = ["ML3", "DEFAULT_META_INPUTS", "OPTIONAL_META_INPUTS"]

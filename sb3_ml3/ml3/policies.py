@@ -1,0 +1,136 @@
+"""ML3Policy: SB3's ActorCriticPolicy with a pure (params, obs) -> (mean, std) for torch.func.
+
+The ML3 inner step differentiates the learned loss M_phi(s, a, mu_theta(s), sigma_theta, g) with
+respect to the actor's parameters theta, and the outer step differentiates through that update.
+Both need the Gaussian's mean and standard deviation as a *function of explicit parameters*, which
+:meth:`ML3Policy.actor_mean_std` provides through :func:`torch.func.functional_call`.
+
+It deliberately does not go through SB3's distribution object: a policy reuses one distribution
+instance, whose state would be overwritten by nested evaluations.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.distributions import DiagGaussianDistribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
+from torch import nn
+from torch.func import functional_call
+
+from sb3_ml3.functional import Params
+
+#: Prefixes of the parameters the learned loss trains (the actor); everything else is the critic's.
+ACTOR_PREFIXES = ("features_extractor.", "mlp_extractor.policy_net.", "action_net.", "log_std")
+
+
+class _ActorView(nn.Module):
+    """The actor half of an ActorCriticPolicy as its own module, sharing the policy's submodules.
+
+    Its parameter names equal the policy's (``mlp_extractor.policy_net.0.weight``, ``log_std``, ...),
+    so a dictionary of actor parameters applies to both. It is kept out of the policy's children so
+    that the policy's ``state_dict`` is unchanged.
+    """
+
+    def __init__(self, policy: ActorCriticPolicy) -> None:
+        super().__init__()
+        self.features_extractor = policy.pi_features_extractor
+        self.mlp_extractor = policy.mlp_extractor
+        self.action_net = policy.action_net
+        self.log_std = policy.log_std
+        self._observation_space = policy.observation_space
+        self._normalize_images = policy.normalize_images
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(self._observation_space, spaces.Box) and obs.is_floating_point():
+            features_in = obs  # preprocess_obs would only cast to float32; keep float64 for exact checks
+        else:
+            features_in = preprocess_obs(obs, self._observation_space, self._normalize_images)
+        features = self.features_extractor(features_in)
+        mean = self.action_net(self.mlp_extractor.forward_actor(features))
+        std = torch.exp(self.log_std).expand_as(mean)
+        return mean, std
+
+
+class ML3Policy(ActorCriticPolicy):
+    """Actor-critic policy for ML3 (``"MlpPolicy"``): a diagonal Gaussian over a ``Box`` action space.
+
+    Accepts every argument of :class:`~stable_baselines3.common.policies.ActorCriticPolicy` except
+    gSDE, which has no fixed (mean, std) per state to feed the meta-loss.
+    """
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Any,
+                 *args: Any, **kwargs: Any) -> None:
+        if not isinstance(action_space, spaces.Box):
+            raise ValueError(
+                f"ML3 needs a continuous Box action space (its meta-loss reads the Gaussian's mean and std), "
+                f"got {action_space}. For discrete actions use PPO or A2C."
+            )
+        if kwargs.get("use_sde"):
+            raise ValueError("ML3 does not support gSDE (use_sde=True): its meta-loss needs a per-state mean and std.")
+        super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
+        if not isinstance(self.action_dist, DiagGaussianDistribution):
+            raise ValueError(f"ML3Policy needs a diagonal Gaussian action distribution, got {type(self.action_dist)}.")
+        object.__setattr__(self, "_actor_view", _ActorView(self))
+
+    # ------------------------------------------------------------------ parameters
+    def actor_parameter_names(self) -> list[str]:
+        return [name for name, _ in self.named_parameters() if name.startswith(ACTOR_PREFIXES)]
+
+    def actor_parameters(self) -> Params:
+        """The live actor parameters theta (``nn.Parameter`` objects), keyed by name."""
+        named = dict(self.named_parameters())
+        return {name: named[name] for name in self.actor_parameter_names()}
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        actor = set(self.actor_parameter_names())
+        return [p for name, p in self.named_parameters() if name not in actor]
+
+    @torch.no_grad()
+    def load_actor_parameters(self, params: Params) -> None:
+        """Write theta (e.g. the result of an inner update) into the policy."""
+        live = self.actor_parameters()
+        if set(params) != set(live):
+            raise KeyError(f"Actor parameters differ: expected {sorted(live)}, got {sorted(params)}.")
+        for name, value in params.items():
+            live[name].copy_(value)
+
+    @torch.no_grad()
+    def reset_actor(self) -> None:
+        """Re-initialise the actor as SB3 initialises a new policy (Algorithm 4, line 4: theta_0)."""
+        gain = np.sqrt(2) if self.ortho_init else None
+        for module in (self.pi_features_extractor, self.mlp_extractor.policy_net):
+            if gain is None:
+                module.apply(_reset_module)
+            else:
+                module.apply(partial(self.init_weights, gain=gain))
+        self.action_net.apply(partial(self.init_weights, gain=0.01) if self.ortho_init else _reset_module)
+        self.log_std.fill_(self.log_std_init)
+
+    # ------------------------------------------------------------------ the pure actor
+    def actor_mean_std(self, params: Params | None, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu_theta(s) and sigma_theta for observations ``obs`` under actor parameters ``params``.
+
+        ``params=None`` uses the policy's own parameters. Pure in ``params``: safe under ``grad``/``vmap``.
+        """
+        if params is None:
+            return self._actor_view(obs)
+        return functional_call(self._actor_view, params, (obs,))
+
+    def actor_log_prob(self, params: Params | None, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log pi_theta(a|s) of the diagonal Gaussian, summed over action dimensions."""
+        mean, std = self.actor_mean_std(params, obs)
+        return torch.distributions.Normal(mean, std).log_prob(actions).sum(-1)
+
+
+def _reset_module(module: nn.Module) -> None:
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+
+
+MlpPolicy = ML3Policy

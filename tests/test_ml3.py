@@ -1,0 +1,214 @@
+"""The ML3 algorithm: meta-gradients, code-path equivalence, files, SB3 integration and bad input."""
+
+import copy
+import os
+
+import gymnasium as gym
+import higher
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
+
+from sb3_ml3 import ML3, MetaLoss, MetaLossSpecError
+from sb3_ml3.functional import inner_update, meta_gradient
+
+ENV = "PointmassGoal-v0"
+SMALL = dict(n_steps=16, batch_size=32, n_epochs=1, policy_kwargs={"net_arch": [8]}, meta_loss_kwargs={"hidden_sizes": (8,)})
+
+
+def _vec(n=2, seed=0, **kwargs):
+    return make_vec_env(ENV, n_envs=n, seed=seed, env_kwargs={"task_split": "train", **kwargs})
+
+
+def _collected(model: ML3):
+    """A model whose rollout buffer holds one real rollout; returns its data and minibatches."""
+    model._setup_learn(model.n_steps * model.n_envs, None)
+    model.collect_rollouts(model.env, model._init_callback(None), model.rollout_buffer, model.n_steps)
+    data = model._rollout_tensors()
+    data["task_weights"] = model._task_weights(data)
+    return data, model._minibatches(data)
+
+
+def test_meta_gradient_through_policy_inner_step_matches_higher_and_finite_differences():
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, learning_rate=0.1, **SMALL)
+    data, minibatches = _collected(model)
+    model.policy.double()
+    model.meta_loss.double()
+    with torch.no_grad():
+        for p in model.meta_loss.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    data = {k: v.double() for k, v in data.items()}
+    batch = {k: v.double() for k, v in minibatches[0].items()}
+    params = {k: v.detach().clone() for k, v in model.policy.actor_parameters().items()}
+    phi = {k: v.detach().clone() for k, v in model.meta_loss.named_parameters()}
+    grads, value = meta_gradient(model.learned_loss, model.reinforce_task_loss, params, phi, [batch], data, 0.1)
+
+    # oracle 1: higher differentiating through one SGD step of the actor on the meta-loss
+    view = copy.deepcopy(model.policy._actor_view)
+    model.meta_loss.zero_grad()
+    with higher.innerloop_ctx(view, torch.optim.SGD(view.parameters(), lr=0.1), copy_initial_weights=True) as (fview, diffopt):
+        mean, std = fview(batch["observations"])
+        diffopt.step(model.meta_loss(model._meta_fields(batch, mean, std)).mean())
+        mean, std = fview(data["observations"])
+        log_prob = torch.distributions.Normal(mean, std).log_prob(data["actions"]).sum(-1)
+        task_loss = -(data["task_weights"] * log_prob).mean()
+        task_loss.backward()
+    assert torch.allclose(value, task_loss, rtol=1e-10)
+    for name, p in model.meta_loss.named_parameters():
+        oracle = torch.zeros_like(p) if p.grad is None else p.grad  # the output bias cannot move theta
+        assert torch.allclose(grads[name], oracle, rtol=1e-7, atol=1e-12), name
+    assert sum(float(g.abs().sum()) for g in grads.values()) > 0
+
+    # oracle 2: central finite differences along random directions
+    def objective(meta_params):
+        updated = inner_update(model.learned_loss, params, meta_params, [batch], 0.1)
+        return model.reinforce_task_loss(updated, data)
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        d = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in phi.items()}
+        eps = 1e-6
+        numeric = (objective({k: phi[k] + eps * d[k] for k in phi}) - objective({k: phi[k] - eps * d[k] for k in phi})) / (2 * eps)
+        analytic = sum((grads[k] * d[k]).sum() for k in phi)
+        assert torch.allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
+
+
+def test_meta_train_and_meta_test_paths_make_the_same_inner_update():
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=1, learning_rate=0.05, **{**SMALL, "batch_size": 8})
+    data, minibatches = _collected(model)
+    params = {k: v.detach().clone() for k, v in model.policy.actor_parameters().items()}
+    phi = {k: v.detach() for k, v in model.meta_loss.named_parameters()}
+    functional = inner_update(model.learned_loss, params, phi, minibatches, 0.05)
+    model.inner_step(minibatches)  # the in-place path that meta-test uses
+    live = model.policy.actor_parameters()
+    assert len(minibatches) == 4
+    for name in params:
+        assert torch.allclose(functional[name], live[name], rtol=1e-5, atol=1e-7), name
+    assert all(not torch.equal(params[name], live[name]) for name in params)
+
+
+def test_rollout_inputs_are_constants():
+    """Actions and observations enter the meta-loss as data: only mean and std carry theta's graph."""
+    model = ML3("MlpPolicy", _vec(), seed=0, **SMALL)
+    _, minibatches = _collected(model)
+    batch = minibatches[0]
+    assert not any(v.requires_grad for v in batch.values())
+    mean, std = model.policy.actor_mean_std(None, batch["observations"])
+    fields = model._meta_fields(batch, mean, std)
+    assert [k for k, v in fields.items() if v.requires_grad] == ["mean", "std"]
+    assert fields["goal"].shape[-1] == 2 and fields["obs"].shape[-1] == 4
+
+
+def test_save_load_identical_actions_and_resumed_meta_training(tmp_path):
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, **SMALL)
+    model.learn(3 * 16 * 2)
+    assert model._n_meta_updates >= 1
+    path = tmp_path / "ml3.zip"
+    model.save(path)
+    loaded = ML3.load(path, env=_vec())
+    obs = np.stack([gym.make(ENV).observation_space.sample() for _ in range(5)])
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    for (name, a), b in zip(model.meta_loss.state_dict().items(), loaded.meta_loss.state_dict().values()):
+        assert torch.equal(a, b), name
+    state_a, state_b = model.meta_optimizer.state_dict(), loaded.meta_optimizer.state_dict()
+    assert state_a["state"].keys() == state_b["state"].keys()
+    for key in state_a["state"]:
+        for field in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(torch.as_tensor(state_a["state"][key][field]), torch.as_tensor(state_b["state"][key][field]))
+    assert loaded.meta_train and loaded.meta_loss.spec == model.meta_loss.spec
+    before = {k: v.clone() for k, v in loaded.meta_loss.state_dict().items()}
+    loaded.learn(3 * 16 * 2, reset_num_timesteps=False)
+    assert loaded._n_meta_updates > model._n_meta_updates
+    assert any(not torch.equal(before[k], v) for k, v in loaded.meta_loss.state_dict().items())
+
+
+def test_meta_loss_file_trains_a_new_architecture_and_refuses_other_dimensions(tmp_path):
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, **SMALL)
+    model.learn(64)
+    path = tmp_path / "loss.zip"
+    model.save_meta_loss(path)
+    other = ML3("MlpPolicy", _vec(task_split="test"), meta_loss=str(path), policy_kwargs={"net_arch": [32, 32, 32]},
+                n_steps=16, batch_size=32)
+    assert not other.meta_train and not any(p.requires_grad for p in other.meta_loss.parameters())
+    frozen = {k: v.clone() for k, v in other.meta_loss.state_dict().items()}
+    other.learn(64)
+    assert all(torch.equal(frozen[k], v) for k, v in other.meta_loss.state_dict().items())
+    with pytest.raises(MetaLossSpecError, match="obs:4, action:2, mean:2, std:2, goal:2.*obs:4, action:2, mean:2, std:2, goal:2, reward:1"):
+        ML3("MlpPolicy", _vec(), meta_loss=str(path), meta_inputs=("obs", "action", "mean", "std", "goal", "reward"))
+    reacher_like = make_vec_env("MountainCarGoal-v0", n_envs=1)
+    with pytest.raises(MetaLossSpecError, match="obs:4.*obs:2"):
+        ML3("MlpPolicy", reacher_like, meta_loss=str(path))
+
+
+def test_integrates_with_subproc_vecnormalize_and_callbacks(tmp_path):
+    # "sb3_ml3:<id>" makes each worker process import sb3_ml3 (and so register the envs) first
+    env = VecNormalize(make_vec_env("sb3_ml3:" + ENV, n_envs=2, seed=0, vec_env_cls=SubprocVecEnv,
+                                    env_kwargs={"task_split": "train"}))
+    model = ML3("MlpPolicy", env, meta_train=True, seed=0, tensorboard_log=str(tmp_path / "tb"), **SMALL)
+    eval_env = VecNormalize(_vec(1, task_split="test"), training=False)
+    callbacks = [EvalCallback(eval_env, eval_freq=32, n_eval_episodes=1, log_path=str(tmp_path / "eval")),
+                 CheckpointCallback(save_freq=32, save_path=str(tmp_path / "ckpt"))]
+    model.learn(4 * 32, callback=callbacks)
+    assert (tmp_path / "eval" / "evaluations.npz").exists()
+    assert any(name.endswith(".zip") for name in os.listdir(tmp_path / "ckpt"))
+    # the loss remembers the normalisation it saw, and a meta-test env takes it over
+    model.save_meta_loss(tmp_path / "loss.zip")
+    saved = MetaLoss.load(tmp_path / "loss.zip").metadata["obs_normalization"]
+    np.testing.assert_allclose(saved["mean"], env.obs_rms.mean)
+    test_env = VecNormalize(_vec(2, task_split="test"))
+    ML3("MlpPolicy", test_env, meta_loss=str(tmp_path / "loss.zip"), **{k: SMALL[k] for k in ("n_steps", "batch_size")})
+    np.testing.assert_allclose(test_env.obs_rms.mean, env.obs_rms.mean)
+    with pytest.raises(MetaLossSpecError, match="VecNormalize"):
+        ML3("MlpPolicy", _vec(), meta_loss=str(tmp_path / "loss.zip"))
+    env.close()
+    # tensorboard received the train/ keys
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = os.path.join(tmp_path / "tb", os.listdir(tmp_path / "tb")[0])
+    tags = set(EventAccumulator(run).Reload().Tags()["scalars"])
+    for key in ("train/meta_loss", "train/task_loss", "train/meta_grad_norm", "train/inner_grad_norm", "train/approx_kl"):
+        assert key in tags, (key, sorted(tags))
+
+
+def test_non_finite_task_loss_is_skipped_counted_and_never_written():
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, **SMALL)
+    original = model.reinforce_task_loss
+    model.reinforce_task_loss = lambda params, data: original(params, data) * float("nan")
+    before = {k: v.clone() for k, v in model.meta_loss.state_dict().items()}
+    model.learn(4 * 32)
+    assert model.skipped_meta_steps >= 2 and model._n_meta_updates == 0
+    assert all(torch.equal(before[k], v) for k, v in model.meta_loss.state_dict().items())
+    assert model.logger.name_to_value["train/skipped_meta_steps"] == model.skipped_meta_steps
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "MultiDiscreteStub"])
+def test_discrete_action_spaces_are_refused(env_id):
+    if env_id == "MultiDiscreteStub":
+        class Stub(gym.Env):
+            observation_space = gym.spaces.Box(-1, 1, (3,))
+            action_space = gym.spaces.MultiDiscrete([2, 3])
+        env = Stub()
+    else:
+        env = env_id
+    with pytest.raises(ValueError, match="continuous Box action space"):
+        ML3("MlpPolicy", env)
+
+
+def test_goal_input_needs_a_goal_env():
+    with pytest.raises(ValueError, match="goal_slice"):
+        ML3("MlpPolicy", "Pendulum-v1")
+    model = ML3("MlpPolicy", "Pendulum-v1", meta_inputs=("obs", "action", "mean", "std"), n_steps=32, batch_size=32)
+    assert str(model.meta_loss.spec) == "obs:3, action:1, mean:1, std:1"
+    model.learn(64)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="unknown"):
+        ML3("MlpPolicy", _vec(), meta_inputs=("obs", "action", "mean", "std", "goal", "logprob"))
+    with pytest.raises(ValueError, match="task_loss"):
+        ML3("MlpPolicy", _vec(), task_loss="ppo")
+    with pytest.raises(ValueError, match="exceeds"):
+        ML3("MlpPolicy", _vec(), n_steps=8, batch_size=64)
