@@ -5,9 +5,9 @@
 ReacherGoal-v0 is compared with Reacher-v5 and AntGoal-v0 with Ant-v5, in one process: each env
 is warmed up, then timed over ``--steps`` steps of pre-drawn random actions (resetting when an
 episode ends, so resets count for both), repeats interleaved between the two envs; the medians
-of the repeats are reported, and the ratio is the median of the per-repeat ratios.  Two settings: the bare env (``env.unwrapped``: the cost our subclass
-adds) and the env as ``gym.make`` returns it (with Gymnasium's TimeLimit / order-enforcing /
-checker wrappers).  PointmassGoal-v0 and MountainCarGoal-v0 (pure numpy) are timed for reference.
+of the repeats are reported, and the ratio is the median of the per-repeat ratios.  Two
+settings: the bare env (``env.unwrapped``: the cost our subclass adds) and the env as
+``gym.make`` returns it (with Gymnasium's TimeLimit / order-enforcing / checker wrappers).  PointmassGoal-v0 and MountainCarGoal-v0 (pure numpy) are timed for reference.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def bench(env_ids: list[str], bare: bool, steps: int, repeats: int, warmup: int)
     envs = {i: make(i, bare) for i in env_ids}
     rng = np.random.default_rng(0)
     actions = {
-        i: rng.uniform(e.action_space.low, e.action_space.high, size=(steps, *e.action_space.shape)).astype(np.float32)
+        i: rng.uniform(e.action_space.low, e.action_space.high, size=(steps, *e.action_space.shape)).astype(
+            np.float32
+        )
         for i, e in envs.items()
     }
     for i, e in envs.items():
@@ -101,13 +103,14 @@ def main(argv: list[str] | None = None) -> dict:
                          "baseline_us_per_step": statistics.median(t[base]) * 1e6, "ratio": ratio})
         t = bench(SOLO, bare, args.steps, args.repeats, args.warmup)
         for i in SOLO:
-            rows.append({"setting": setting, "env": i, "baseline": None, "us_per_step": statistics.median(t[i]) * 1e6,
-                         "baseline_us_per_step": None, "ratio": None})
+            rows.append({"setting": setting, "env": i, "baseline": None,
+                         "us_per_step": statistics.median(t[i]) * 1e6, "baseline_us_per_step": None, "ratio": None})
 
     cmd = "python " + " ".join([os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else argv))
     print(f"$ {cmd}")
     print(f"machine: {machine()}")
-    print(f"median of {args.repeats} interleaved repeats x {args.steps} steps, {args.warmup} warm-up steps, random actions;")
+    print(f"median of {args.repeats} interleaved repeats x {args.steps} steps, {args.warmup} warm-up steps, "
+          "random actions;")
     print("ratio = median of the per-repeat ratios (ours / baseline)\n")
     print("| setting | env | us/step | baseline | baseline us/step | ratio |")
     print("|---|---|---:|---|---:|---:|")

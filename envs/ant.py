@@ -69,7 +69,9 @@ class AntGoalEnv(GoalTaskMixin, AntEnv):
     ) -> None:
         for fixed in ("include_cfrc_ext_in_observation", "exclude_current_positions_from_observation"):
             if fixed in kwargs:
-                raise ValueError(f"AntGoalEnv fixes {fixed} (the observation layout and goal_slice depend on it); remove it.")
+                raise ValueError(
+                    f"AntGoalEnv fixes {fixed} (the observation layout and goal_slice depend on it); remove it."
+                )
         AntEnv.__init__(
             self,
             terminate_when_unhealthy=terminate_when_unhealthy,
@@ -97,7 +99,9 @@ class AntGoalEnv(GoalTaskMixin, AntEnv):
     @classmethod
     def build_task_regions(cls, goal_radius: float = DEFAULT_GOAL_RADIUS) -> dict[str, AnnulusSectors]:
         if not (np.isfinite(goal_radius) and 0 < goal_radius <= FLOOR_HALF_SIZE):
-            raise ValueError(f"goal_radius must be in (0, {FLOOR_HALF_SIZE}] (the floor's half-size); got {goal_radius!r}")
+            raise ValueError(
+                f"goal_radius must be in (0, {FLOOR_HALF_SIZE}] (the floor's half-size); got {goal_radius!r}"
+            )
         r = float(goal_radius)
         return {
             "train": AnnulusSectors(r, r, alternating_sectors(N_ARCS, 0)),

@@ -197,7 +197,8 @@ class MountainCarGoalEnv(GoalTaskMixin, gym.Env):
 
         xs = np.linspace(MIN_POSITION, MAX_POSITION, 200)
         X, Y = c.grid()
-        c.fill_where((Y < height(np.clip(X, MIN_POSITION, MAX_POSITION))) & (X >= MIN_POSITION) & (X <= MAX_POSITION), (214, 204, 180))
+        on_track = (X >= MIN_POSITION) & (X <= MAX_POSITION)
+        c.fill_where(on_track & (Y < height(np.clip(X, MIN_POSITION, MAX_POSITION))), (214, 204, 180))
         c.polyline(xs, height(xs), 0.02, (90, 80, 60))
         g = float(self._goal[0])
         c.polyline(np.array([g, g]), np.array([height(g), height(g) + 0.25]), 0.02, (60, 60, 60))

@@ -47,7 +47,9 @@ GOAL_R_MIN, GOAL_R_MAX = 0.5, 2.0
 CTRL_COST_WEIGHT = 0.01
 
 
-def numpy_step(state: np.ndarray, action: np.ndarray, dt: float = DT, max_speed: float = MAX_SPEED, arena: float = ARENA) -> np.ndarray:
+def numpy_step(
+    state: np.ndarray, action: np.ndarray, dt: float = DT, max_speed: float = MAX_SPEED, arena: float = ARENA
+) -> np.ndarray:
     """One step of the point mass for numpy arrays ``state (..., 4)``, ``action (..., 2)``."""
     # np.minimum/np.maximum instead of np.clip: same result, a fraction of the call overhead
     state = np.asarray(state, dtype=np.float64)
@@ -60,14 +62,18 @@ def numpy_step(state: np.ndarray, action: np.ndarray, dt: float = DT, max_speed:
     return np.concatenate((p, v), axis=-1)
 
 
-def numpy_reward(next_state: np.ndarray, action: np.ndarray, goal: np.ndarray, ctrl_cost_weight: float = CTRL_COST_WEIGHT) -> np.ndarray:
+def numpy_reward(
+    next_state: np.ndarray, action: np.ndarray, goal: np.ndarray, ctrl_cost_weight: float = CTRL_COST_WEIGHT
+) -> np.ndarray:
     """``-|p' - g| - ctrl_cost_weight * |clip(a)|^2`` for numpy arrays (batched over leading dims)."""
     a = np.minimum(np.maximum(np.asarray(action, dtype=np.float64), -MAX_ACCEL), MAX_ACCEL)
     diff = np.asarray(next_state)[..., 0:2] - np.asarray(goal)
     return -np.sqrt(np.sum(diff * diff, axis=-1)) - ctrl_cost_weight * np.sum(a * a, axis=-1)
 
 
-def torch_step(state: torch.Tensor, action: torch.Tensor, dt: float = DT, max_speed: float = MAX_SPEED, arena: float = ARENA) -> torch.Tensor:
+def torch_step(
+    state: torch.Tensor, action: torch.Tensor, dt: float = DT, max_speed: float = MAX_SPEED, arena: float = ARENA
+) -> torch.Tensor:
     """Batched, differentiable :func:`numpy_step`: ``state (..., 4)``, ``action (..., 2)`` -> ``(..., 4)``."""
     a = torch.clamp(action, -MAX_ACCEL, MAX_ACCEL)
     v = torch.clamp(state[..., 2:4] + dt * a, -max_speed, max_speed)
@@ -78,7 +84,9 @@ def torch_step(state: torch.Tensor, action: torch.Tensor, dt: float = DT, max_sp
     return torch.cat([p, v], dim=-1)
 
 
-def torch_reward(next_state: torch.Tensor, action: torch.Tensor, goal: torch.Tensor, ctrl_cost_weight: float = CTRL_COST_WEIGHT) -> torch.Tensor:
+def torch_reward(
+    next_state: torch.Tensor, action: torch.Tensor, goal: torch.Tensor, ctrl_cost_weight: float = CTRL_COST_WEIGHT
+) -> torch.Tensor:
     """Batched, differentiable :func:`numpy_reward` -> shape ``(...)``."""
     a = torch.clamp(action, -MAX_ACCEL, MAX_ACCEL)
     dist = torch.linalg.vector_norm(next_state[..., 0:2] - goal, dim=-1)

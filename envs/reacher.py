@@ -57,7 +57,9 @@ class ReacherGoalEnv(GoalTaskMixin, ReacherEnv):
     reach = REACH
     _obs_dim = 10
 
-    def __init__(self, task_split: str = "train", goal: Any = None, render_mode: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, task_split: str = "train", goal: Any = None, render_mode: str | None = None, **kwargs: Any
+    ) -> None:
         ReacherEnv.__init__(self, render_mode=render_mode, **kwargs)
         # EzPickle rebuilds the env from these on unpickling (set_task keeps "goal" current).
         utils.EzPickle.__init__(self, task_split=task_split, goal=goal, render_mode=render_mode, **kwargs)

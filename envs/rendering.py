@@ -1,16 +1,16 @@
 """Headless rendering: the MuJoCo GL backend choice and a tiny numpy canvas.
 
 MuJoCo envs (ReacherGoal, ReacherGoal4D, AntGoal) render ``render_mode="rgb_array"`` through
-Gymnasium's MuJoCo renderer, which picks its OpenGL backend from the ``MUJOCO_GL`` environment
-variable and defaults to GLFW, which needs a display.  So that rendering works on a headless
+Gymnasium's MuJoCo renderer, which picks its OpenGL backend from the ``MUJOCO_GL``
+environment variable and defaults to GLFW, which needs a display.  So that rendering works on a headless
 machine, importing ``sb3_ml3.envs`` calls :func:`configure_headless_gl`, which -- only when
 ``MUJOCO_GL`` is unset, the platform is Linux and there is no ``DISPLAY``/``WAYLAND_DISPLAY`` --
 sets ``MUJOCO_GL=egl`` if ``libEGL`` can be found, else ``MUJOCO_GL=osmesa`` if ``libOSMesa`` can
 (``apt-get install libegl1`` or ``libosmesa6``), provided PyOpenGL is installed (MuJoCo loads the
 backend through it as soon as ``mujoco`` is imported, so a backend whose library is missing would
-break ``import mujoco`` itself -- which is also what happens if you set such a value yourself).  A value you set yourself is never changed, and
-nothing is set when neither library exists: rendering MuJoCo envs then fails with Gymnasium's
-own error, while stepping them works as usual.
+break ``import mujoco`` itself -- which is also what happens if you set such a value yourself).
+A value you set yourself is never changed, and nothing is set when neither library exists:
+rendering MuJoCo envs then fails with Gymnasium's own error, while stepping them works as usual.
 
 PointmassGoal and MountainCarGoal draw their frames with plain numpy (:class:`Canvas`) and need
 no GL at all.
@@ -50,7 +50,9 @@ def configure_headless_gl() -> str | None:
 class Canvas:
     """An RGB image with world coordinates: enough to draw discs, polylines and rectangles."""
 
-    def __init__(self, size: int, xlim: tuple[float, float], ylim: tuple[float, float], background=(245, 245, 245)) -> None:
+    def __init__(
+        self, size: int, xlim: tuple[float, float], ylim: tuple[float, float], background=(245, 245, 245)
+    ) -> None:
         self.size = int(size)
         self.xlim, self.ylim = xlim, ylim
         self.image = np.empty((self.size, self.size, 3), dtype=np.uint8)

@@ -89,7 +89,9 @@ class AnnulusSectors(GoalRegion):
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         u_sector, u_angle, u_radius = rng.random(3)
-        i = 0 if len(self.sectors) == 1 else min(int(np.searchsorted(self._cum, u_sector, side="right")), len(self.sectors) - 1)
+        i = 0
+        if len(self.sectors) > 1:
+            i = min(int(np.searchsorted(self._cum, u_sector, side="right")), len(self.sectors) - 1)
         a0, a1 = self.sectors[i]
         angle = a0 + u_angle * (a1 - a0)
         radius = math.sqrt(self.r_min**2 + u_radius * (self.r_max**2 - self.r_min**2))
@@ -259,7 +261,9 @@ class GoalTaskMixin:
         self._remember_for_pickle(None)
 
     @_class_or_instance_method
-    def sample_tasks(owner, n: int, split: str = "train", seed: int | np.random.Generator | None = None, **task_kwargs: Any) -> np.ndarray:  # noqa: N805
+    def sample_tasks(  # noqa: N805  (owner: the class or the instance, see _class_or_instance_method)
+        owner, n: int, split: str = "train", seed: int | np.random.Generator | None = None, **task_kwargs: Any
+    ) -> np.ndarray:
         """``n`` goals (float64, shape ``(n, goal_dim)``) drawn from ``split``, deterministic per ``seed``.
 
         Works on the class (``PointmassGoalEnv.sample_tasks(10, "test", seed=0)``, default task
