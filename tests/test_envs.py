@@ -152,6 +152,7 @@ def test_subproc_vec_env_runs():
         assert obs.shape == (2, 10)
         obs, rew, done, infos = venv.step(np.zeros((2, 2), dtype=np.float32))
         assert rew.shape == (2,) and "goal" in infos[0]
+        assert venv.get_attr("goal_slice") == [slice(4, 6)] * 2  # how ML3 finds the goal in the observation
     finally:
         venv.close()
 
