@@ -192,6 +192,7 @@ class MetaLoss(nn.Module):
         output: str = "identity",
         bias: bool = True,
         metadata: Mapping[str, Any] | None = None,
+        quadratic: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.spec = InputSpec.parse(inputs)
@@ -206,12 +207,20 @@ class MetaLoss(nn.Module):
         self.output = output
         self.bias = bool(bias)
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.quadratic = tuple(quadratic)
+        unknown = [name for name in self.quadratic if name not in self.spec.names]
+        if unknown or len(set(self.quadratic)) != len(self.quadratic):
+            raise MetaLossSpecError(f"quadratic fields {list(self.quadratic)} must be distinct input fields of [{self.spec}].")
+        if self.quadratic and len(self.quadratic) == len(self.spec.fields):
+            raise MetaLossSpecError("A quadratic meta-loss needs at least one input field that is not quadratic (its context).")
+        widths = dict(self.spec.fields)
+        self._quadratic_dim = sum(widths[name] for name in self.quadratic)
         layers: list[nn.Module] = []
-        width = self.spec.dim
+        width = self.spec.dim - self._quadratic_dim
         for hidden in self.hidden_sizes:
             layers += [nn.Linear(width, hidden, bias=self.bias), ACTIVATIONS[activation]()]
             width = hidden
-        layers.append(nn.Linear(width, 1, bias=self.bias))
+        layers.append(nn.Linear(width, 2 * self._quadratic_dim if self.quadratic else 1, bias=self.bias))
         self.net = nn.Sequential(*layers)
         self.reset_parameters()
 
@@ -242,9 +251,24 @@ class MetaLoss(nn.Module):
 
     def forward(self, *args: Any, **kwargs: torch.Tensor) -> torch.Tensor:
         """Per-sample loss values M_phi(inputs), with the inputs' batch shape."""
-        x = self.spec.concat(self._fields(args, kwargs))
-        x = x.to(self.net[0].weight.dtype)
-        return OUTPUTS[self.output](self.net(x)).squeeze(-1)
+        fields = self._fields(args, kwargs)
+        x = self.spec.concat(fields).to(self.net[0].weight.dtype)
+        if not self.quadratic:
+            return OUTPUTS[self.output](self.net(x)).squeeze(-1)
+        # Quadratic form: M = sum_j softplus(w_j(c)) * (q_j - t_j(c))^2 for the quadratic fields q, with the
+        # target t and weight w computed from the context c (the other fields). Bounded below by zero.
+        widths = dict(self.spec.fields)
+        offsets, start = {}, 0
+        for name, width in self.spec.fields:
+            offsets[name] = (start, start + width)
+            start += width
+        context = torch.cat([x[..., slice(*offsets[n])] for n in self.spec.names if n not in self.quadratic], dim=-1)
+        q = torch.cat([x[..., slice(*offsets[n])] for n in self.quadratic], dim=-1)
+        out = self.net(context)
+        target, weight = out[..., : self._quadratic_dim], out[..., self._quadratic_dim :]
+        del widths
+        loss = (nn.functional.softplus(weight) * (q - target) ** 2).sum(-1)
+        return OUTPUTS[self.output](loss)
 
     def loss(self, *args: Any, **kwargs: torch.Tensor) -> torch.Tensor:
         """The scalar learned loss L_learned = E[M_phi(inputs)] (Eq. 3) the optimizee descends."""
@@ -260,6 +284,7 @@ class MetaLoss(nn.Module):
             "activation": self.activation,
             "output": self.output,
             "bias": self.bias,
+            "quadratic": list(self.quadratic),
             "dtype": str(self.net[0].weight.dtype).replace("torch.", ""),
             "metadata": self.metadata,
         }
@@ -333,6 +358,7 @@ class MetaLoss(nn.Module):
                 activation=config["activation"],
                 output=config["output"],
                 bias=config["bias"],
+                quadratic=config.get("quadratic", ()),
                 metadata=config.get("metadata") or {},
             )
         except KeyError as exc:

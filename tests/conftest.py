@@ -1,9 +1,5 @@
 """Shared pytest settings: deterministic, single-threaded torch so timings and numbers repeat."""
 
-import os
-
-os.environ.setdefault("MUJOCO_GL", "egl")
-
 import pytest
 import torch
 

@@ -45,6 +45,7 @@ class _ActorView(nn.Module):
         self.log_std = policy.log_std
         self._observation_space = policy.observation_space
         self._normalize_images = policy.normalize_images
+        self._log_std_min = policy.log_std_min
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(self._observation_space, spaces.Box) and obs.is_floating_point():
@@ -53,7 +54,7 @@ class _ActorView(nn.Module):
             features_in = preprocess_obs(obs, self._observation_space, self._normalize_images)
         features = self.features_extractor(features_in)
         mean = self.action_net(self.mlp_extractor.forward_actor(features))
-        std = torch.exp(self.log_std).expand_as(mean)
+        std = torch.exp(self.log_std.clamp(min=self._log_std_min)).expand_as(mean)
         return mean, std
 
 
@@ -61,11 +62,14 @@ class ML3Policy(ActorCriticPolicy):
     """Actor-critic policy for ML3 (``"MlpPolicy"``): a diagonal Gaussian over a ``Box`` action space.
 
     Accepts every argument of :class:`~stable_baselines3.common.policies.ActorCriticPolicy` except
-    gSDE, which has no fixed (mean, std) per state to feed the meta-loss.
+    gSDE, which has no fixed (mean, std) per state to feed the meta-loss, plus ``log_std_min``: a floor
+    on log sigma in sampling and in the meta-loss inputs. A learned loss can drive sigma to zero within
+    a few updates (exploration then stops, and log-probabilities overflow); the floor keeps it finite.
     """
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Any,
-                 *args: Any, **kwargs: Any) -> None:
+                 *args: Any, log_std_min: float = -5.0, **kwargs: Any) -> None:
+        self.log_std_min = float(log_std_min)
         if not isinstance(action_space, spaces.Box):
             raise ValueError(
                 f"ML3 needs a continuous Box action space (its meta-loss reads the Gaussian's mean and std), "
@@ -77,6 +81,15 @@ class ML3Policy(ActorCriticPolicy):
         if not isinstance(self.action_dist, DiagGaussianDistribution):
             raise ValueError(f"ML3Policy needs a diagonal Gaussian action distribution, got {type(self.action_dist)}.")
         object.__setattr__(self, "_actor_view", _ActorView(self))
+
+    def _get_action_dist_from_latent(self, latent_pi: torch.Tensor) -> DiagGaussianDistribution:
+        mean_actions = self.action_net(latent_pi)
+        return self.action_dist.proba_distribution(mean_actions, self.log_std.clamp(min=self.log_std_min))
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data["log_std_min"] = self.log_std_min
+        return data
 
     # ------------------------------------------------------------------ parameters
     def actor_parameter_names(self) -> list[str]:
