@@ -57,13 +57,14 @@ from torch.nn import functional as F
 
 from sb3_ml3.functional import Params, apply_meta_gradient, meta_gradient
 from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
-from sb3_ml3.ml3.policies import ML3Policy
+from sb3_ml3.ml3.policies import ML3Policy, gaussian_entropy, gaussian_kl, gaussian_log_prob
 
 SelfML3 = TypeVar("SelfML3", bound="ML3")
 
 #: The meta-loss inputs of the paper (Sec. III.B.2 and its appendix notes on mean and std).
 DEFAULT_META_INPUTS = ("obs", "action", "mean", "std", "goal")
-#: Further per-sample inputs a meta-loss may read (each of width 1).
+#: Further per-sample inputs a meta-loss may read (each of width 1). ``advantage`` is the task loss's
+#: weight (GAE advantage or centred return, normalised per rollout when ``normalize_advantage``).
 OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "timestep")
 TASK_LOSSES = ("advantage", "return")
 #: ``timestep`` enters the meta-loss as t / TIMESTEP_SCALE so that it stays O(1).
@@ -347,7 +348,7 @@ class ML3(OnPolicyAlgorithm):
             elif name == "return":
                 fields[name] = batch["returns"]
             elif name == "advantage":
-                fields[name] = batch["advantages"]
+                fields[name] = batch["task_weights"]
             elif name == "episode_start":
                 fields[name] = batch["episode_starts"]
             elif name == "timestep":
@@ -377,17 +378,15 @@ class ML3(OnPolicyAlgorithm):
     def reinforce_task_loss(self, params: Params | None, data: dict[str, torch.Tensor]) -> torch.Tensor:
         """L_T = -mean[w * log pi_theta(a|s)] - c_H * entropy on the rollout ``data`` (Eq. 7-8)."""
         mean, std = self.policy.actor_mean_std(params, data["observations"])
-        dist = torch.distributions.Normal(mean, std)
-        log_prob = dist.log_prob(data["actions"]).sum(-1)
-        loss = -(data["task_weights"] * log_prob).mean()
+        loss = -(data["task_weights"] * gaussian_log_prob(mean, std, data["actions"])).mean()  # Eq. 7-8
         if self.task_ent_coef:
-            loss = loss - self.task_ent_coef * dist.entropy().sum(-1).mean()
+            loss = loss - self.task_ent_coef * gaussian_entropy(std).mean()
         return loss
 
     # ------------------------------------------------------------------ training
     def _minibatches(self, data: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         size = next(iter(data.values())).shape[0]
-        keys = ("observations", "actions", "rewards", "returns", "advantages", "episode_starts", "timesteps")
+        keys = ("observations", "actions", "rewards", "returns", "task_weights", "episode_starts", "timesteps")
         batches = []
         for _ in range(self.n_epochs):
             order = torch.as_tensor(np.random.permutation(size), device=self.device)
@@ -483,9 +482,7 @@ class ML3(OnPolicyAlgorithm):
             stats.update(self.inner_step(minibatches))
             with torch.no_grad():
                 new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
-                kl = torch.distributions.kl_divergence(
-                    torch.distributions.Normal(old_mean, old_std), torch.distributions.Normal(new_mean, new_std)
-                ).sum(-1).mean()
+                kl = gaussian_kl(old_mean, old_std, new_mean, new_std).mean()
             stats["approx_kl"] = kl.item()
         value_loss = self._train_critic(data)
 

@@ -11,6 +11,7 @@ instance, whose state would be overwritten by nested evaluations.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -138,7 +139,29 @@ class ML3Policy(ActorCriticPolicy):
     def actor_log_prob(self, params: Params | None, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log pi_theta(a|s) of the diagonal Gaussian, summed over action dimensions."""
         mean, std = self.actor_mean_std(params, obs)
-        return torch.distributions.Normal(mean, std).log_prob(actions).sum(-1)
+        return gaussian_log_prob(mean, std, actions)
+
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def gaussian_log_prob(mean: torch.Tensor, std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log N(a; mean, std^2), summed over the last dimension.
+
+    Written out rather than through ``torch.distributions``, whose argument checks raise on NaN: a
+    diverged inner update must reach the outer step's finiteness check, which skips and counts it.
+    """
+    return (-0.5 * ((actions - mean) / std) ** 2 - torch.log(std) - _LOG_SQRT_2PI).sum(-1)
+
+
+def gaussian_entropy(std: torch.Tensor) -> torch.Tensor:
+    """Entropy of a diagonal Gaussian, summed over the last dimension."""
+    return (0.5 + _LOG_SQRT_2PI + torch.log(std)).sum(-1)
+
+
+def gaussian_kl(mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor, std_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) of diagonal Gaussians, summed over the last dimension."""
+    return (torch.log(std_q / std_p) + (std_p**2 + (mean_p - mean_q) ** 2) / (2 * std_q**2) - 0.5).sum(-1)
 
 
 def _reset_module(module: nn.Module) -> None:
