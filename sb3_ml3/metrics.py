@@ -241,11 +241,14 @@ def compare_curves(
     if m_ref == m_0:
         report["note"] = "PPO's final metric equals the initial one: progress is undefined."
         return report
-    if m_ref < m_0:
-        report["note"] = "PPO ended below the initial policies: progress is measured towards a worse metric."
+    improved = m_ref > m_0
+    if not improved:
+        report["note"] = ("PPO ended below the initial policies (m_ref < m_0): samples-to-X%, ratios and "
+                          "break-even are undefined. Train the reference longer.")
     samples: dict[str, dict[float, Bounded]] = {}
     for name, m in means.items():
-        samples[name] = {f: samples_to_bound(x, m, m_0, m_ref, f) for f in thresholds}
+        samples[name] = {f: samples_to_bound(x, m, m_0, m_ref, f) if improved
+                         else Bounded(None, "undefined", "m_ref < m_0") for f in thresholds}
         report["algorithms"][name] = {
             "final_metric": reference_metric(m),
             "initial_metric": float(m[0]),
@@ -253,7 +256,7 @@ def compare_curves(
             "final_progress": float(progress([reference_metric(m)], m_0, m_ref)[0]),
             "samples_to": {_pct(f): samples[name][f].to_dict() for f in thresholds},
         }
-    if candidate is not None and candidate in curves and candidate != reference:
+    if candidate is not None and candidate in curves and candidate != reference and improved:
         report["candidate"] = candidate
         report["ratio"] = {_pct(f): samples_ratio(samples[reference][f], samples[candidate][f]).to_dict()
                            for f in thresholds}

@@ -96,3 +96,40 @@ def plot_sine(results: Mapping, out_dir: str | os.PathLike) -> list[str]:
         colors={"ML3 (learned loss)": ML3_COLOR, "SGD on MSE": BASELINE_COLOR},
     )
     return [meta_train, meta_test]
+
+
+def plot_compare(
+    path: str | os.PathLike,
+    x: Sequence[float],
+    curves: Mapping[str, Sequence[Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    colors: Mapping[str, str] | None = None,
+    linestyles: Mapping[str, str] | None = None,
+    hlines: Mapping[str, float] | None = None,
+) -> str:
+    """Learning curves of several algorithms on held-out tasks (``ml3 compare``): one line per label,
+    mean +/- one standard error over seeds (tasks averaged inside a seed), optional dotted levels
+    (e.g. 80% of PPO's final progress); saves a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=120)
+    n_seeds = 0
+    for label, seed_curves in curves.items():
+        mean, err = mean_and_stderr(seed_curves)
+        n_seeds = max(n_seeds, len(seed_curves))
+        color = (colors or {}).get(label)
+        ax.plot(x, mean, label=label, color=color, linestyle=(linestyles or {}).get(label, "-"))
+        ax.fill_between(x, mean - err, mean + err, alpha=0.2, color=color, linewidth=0)
+    for label, level in (hlines or {}).items():
+        ax.axhline(level, color="0.4", linestyle=":", linewidth=1.0, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.set_title(f"{title}\n(mean ± s.e. over {n_seeds} seeds, tasks averaged inside a seed)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.fspath(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -111,3 +111,10 @@ def test_compare_curves_report():
     assert report["algorithms"]["ml3"]["final_progress"] == pytest.approx((-12 + 40) / 30)
     with pytest.raises(ValueError, match="reference"):
         compare_curves(x, {"ml3": ml3})
+
+
+def test_a_reference_that_got_worse_leaves_samples_and_ratio_undefined():
+    x = [0, 1, 2, 3]
+    report = compare_curves(x, {"ppo": [[-1.0, -2.0, -2.0, -2.0]], "ml3": [[-1.0, -3.0, -3.0, -3.0]]})
+    assert "m_ref < m_0" in report["note"] and "ratio" not in report
+    assert report["algorithms"]["ml3"]["samples_to"]["80%"]["kind"] == "undefined"

@@ -1,0 +1,132 @@
+"""ml3 compare / ml3 demo end to end, and the fairness of the comparison (same initial policies)."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from sb3_ml3.cli import main as cli_main
+from sb3_ml3.compare import (
+    TaskMetricCallback,
+    build_model,
+    evaluation_schedule,
+    initial_policy_state,
+    load_initial_policy,
+    make_train_env,
+    meta_train_loss,
+    run_compare,
+    settings_for,
+)
+
+ENV = "PointmassGoal-v0"
+
+
+def _read(out):
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(out, "compare_curves.csv")) as f:
+        rows = list(csv.DictReader(f))
+    return results, rows
+
+
+def test_cli_compare_quick_writes_json_csv_png_and_table(tmp_path, capsys):
+    out = str(tmp_path / "cmp")
+    assert cli_main(["compare", ENV, "--quick", "--algos", "ml3", "ppo", "trpo", "--net-archs", "64,64", "32",
+                     "--out", out, "--no-progress"]) == 0
+    results, rows = _read(out)
+    printed = capsys.readouterr().out
+    assert "ratio PPO/ML3" in printed and "break-even" in printed and "to 80%" in printed
+    schedule = results["schedule"]
+    assert schedule[0] == 0 and schedule[-1] == results["config"]["total_timesteps"] and len(schedule) >= 4
+    assert len(results["runs"]) == 3 * 2  # algos x archs, one seed
+    for run in results["runs"]:
+        assert len(run["curve"]) == len(schedule) and len(run["per_goal"]) == results["config"]["n_tasks"]
+        assert run["timesteps"] >= results["config"]["total_timesteps"]
+    # every algorithm starts from the same initial policy per seed and arch: identical step-0 metrics
+    for arch in ([64, 64], [32]):
+        starts = {r["algo"]: r["per_goal"] for r in results["runs"] if r["net_arch"] == arch}
+        first = [np.asarray(v)[:, 0] for v in starts.values()]
+        for other in first[1:]:
+            np.testing.assert_array_equal(first[0], other)
+    report = results["metrics"]["[64,64]"]
+    assert set(report["algorithms"]) == {"ml3", "ppo", "trpo"} and "m_ref" in report
+    assert results["meta_train"]["samples"] >= 1600 and os.path.isfile(os.path.join(out, "meta_loss_seed0.zip"))
+    assert len(rows) == len(results["runs"]) * results["config"]["n_tasks"] * len(schedule)
+    for name in ("learning_curves_64x64.png", "learning_curves_32.png", "architecture_transfer.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 1000, name
+
+
+def test_cli_compare_reuses_a_meta_loss_file_per_task(tmp_path):
+    path = str(tmp_path / "loss.zip")
+    meta_train_loss(ENV, 0, 400, path=path)
+    out = str(tmp_path / "cmp")
+    assert cli_main(["compare", ENV, "--meta-loss", path, "--task-mode", "per_task", "--n-tasks", "2",
+                     "--timesteps", "1024", "--eval-every", "256", "--seeds", "0", "--out", out, "--no-progress"]) == 0
+    results, rows = _read(out)
+    assert results["meta_train"]["given"] and results["meta_train"]["samples"] == 400
+    assert [r["task"] for r in results["runs"]] == [0, 0, 1, 1]  # one run per held-out goal
+    assert {r["task"] for r in rows} == {"0", "1"}
+
+
+def test_cli_demo_quick(tmp_path, capsys):
+    out = str(tmp_path / "demo")
+    assert cli_main(["demo", "--quick", "--out", out, "--no-progress"]) == 0
+    results, _ = _read(out)
+    assert results["env_id"] == "ReacherGoal-v0"
+    assert results["config"]["net_archs"] == [[128, 128, 128]]
+    assert results["meta_train"]["net_arch"] == [64, 64]  # meta-test on an architecture the loss never saw
+    assert os.path.getsize(os.path.join(out, "learning_curves.png")) > 1000
+    assert "ReacherGoal-v0, policy [128,128,128]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("net_arch", [[64, 64], [16, 16, 16]])
+def test_ml3_ppo_trpo_start_from_the_same_policy(net_arch):
+    meta_loss, _ = meta_train_loss(ENV, 0, 400)
+    actions = {}
+    for algo in ("ml3", "ppo", "trpo"):
+        settings = settings_for(algo, ENV)
+        env = make_train_env(ENV, settings["n_envs"], seed=3)
+        model = build_model(algo, env, 3, settings, net_arch, meta_loss)
+        load_initial_policy(model, initial_policy_state(env, 3, net_arch))
+        obs = np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32)
+        actions[algo] = model.predict(obs, deterministic=True)[0]
+        with torch.no_grad():
+            actions[algo + "_value"] = model.policy.predict_values(torch.as_tensor(obs)).numpy()
+    np.testing.assert_array_equal(actions["ml3"], actions["ppo"])
+    np.testing.assert_array_equal(actions["trpo"], actions["ppo"])
+    np.testing.assert_array_equal(actions["ml3_value"], actions["ppo_value"])
+    assert np.abs(actions["ppo"]).max() > 0
+
+
+def test_callback_evaluates_on_schedule_before_any_update():
+    settings = settings_for("ppo", ENV)
+    env = make_train_env(ENV, settings["n_envs"], seed=0)
+    model = build_model("ppo", env, 0, settings, [16], None)
+    goals = np.array([[-1.0, 0.5], [-0.8, -1.2]])
+    callback = TaskMetricCallback(ENV, goals, [0, 200, 512, 700])
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    model.learn(600, callback=callback)
+    values = callback.finish()
+    assert values.shape == (4, 2)
+    # one rollout is 8 x 64 = 512 steps: the points at 0 and 200 see the initial policy
+    np.testing.assert_array_equal(values[0], values[1])
+    fresh = build_model("ppo", make_train_env(ENV, 8, seed=0), 0, settings, [16], None)
+    fresh.policy.load_state_dict(before)
+    from sb3_ml3.evaluation import evaluate_task_metric
+
+    np.testing.assert_array_equal(values[0], evaluate_task_metric(fresh, ENV, goals, seed=callback.eval_seed))
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="fewer than 4 points"):
+        evaluation_schedule(1000, 500)
+    with pytest.raises(ValueError, match="algos"):
+        run_compare(ENV, algos=("ml3", "sac"), quick=True)
+    with pytest.raises(ValueError, match="hyperparams"):
+        run_compare(ENV, hyperparams={"sac": {}}, quick=True)
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["compare", ENV, "--quick", "--hyperparams", "{not json", "--out", str(tmp_path)])
+    assert exc.value.code == 2
