@@ -37,6 +37,7 @@ __all__ = [
     "parameters_of",
     "functional_call",
     "inner_update",
+    "clip_grads",
     "meta_gradient",
     "batched_meta_gradient",
     "MetaStepResult",
@@ -70,6 +71,7 @@ def inner_update(
     inner_lr: float,
     steps: int | None = None,
     first_order: bool = False,
+    max_grad_norm: float | None = None,
 ) -> Params:
     """K plain-SGD steps of the optimizee on the learned loss (Eq. 2), differentiable w.r.t. phi.
 
@@ -83,14 +85,25 @@ def inner_update(
         (theta_k enters grad_theta M_phi as a constant). The meta-gradient then keeps the direct
         terms -alpha * d/dphi grad_theta M_phi(theta_k) of every step but no products of Hessians
         through the unroll: cheaper and more stable for long unrolls; exact for K = 1.
+    :param max_grad_norm: if given, each step's gradient is rescaled to at most this global norm
+        (:func:`clip_grads`), which bounds the step whatever phi does.
     :return: theta_K as a new dictionary.
     """
     gradient = grad(learned_loss)
     for minibatch in _steps_and_batches(batch, steps):
         point = {k: v.detach() for k, v in params.items()} if first_order else params
         grads = gradient(point, meta_params, minibatch)
+        if max_grad_norm is not None:
+            grads = clip_grads(grads, max_grad_norm)
         params = {name: value - inner_lr * grads[name] for name, value in params.items()}  # Eq. 2
     return params
+
+
+def clip_grads(grads: Mapping[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
+    """Rescale gradients to a global norm of at most ``max_norm``; differentiable, no data-dependent branch."""
+    norm = torch.sqrt(sum((g**2).sum() for g in grads.values()))
+    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    return {name: g * scale for name, g in grads.items()}
 
 
 def meta_gradient(
@@ -104,6 +117,7 @@ def meta_gradient(
     steps: int | None = None,
     first_order: bool = False,
     return_updated: bool = False,
+    max_grad_norm: float | None = None,
 ) -> tuple[Params, torch.Tensor] | tuple[Params, torch.Tensor, Params]:
     """The outer-step gradient grad_phi L_T(theta'(phi)) and the task loss value (Eq. 5-6).
 
@@ -113,7 +127,7 @@ def meta_gradient(
     """
 
     def objective(phi: Params) -> tuple[torch.Tensor, Params]:
-        updated = inner_update(learned_loss, params, phi, batch, inner_lr, steps, first_order)
+        updated = inner_update(learned_loss, params, phi, batch, inner_lr, steps, first_order, max_grad_norm)
         return task_loss(updated, query), updated
 
     (grads, (value, updated)) = grad_and_value(objective, has_aux=True)(meta_params)

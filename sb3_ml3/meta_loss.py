@@ -193,6 +193,7 @@ class MetaLoss(nn.Module):
         bias: bool = True,
         metadata: Mapping[str, Any] | None = None,
         quadratic: Sequence[str] = (),
+        quadratic_reference: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.spec = InputSpec.parse(inputs)
@@ -215,6 +216,15 @@ class MetaLoss(nn.Module):
             raise MetaLossSpecError("A quadratic meta-loss needs at least one input field that is not quadratic (its context).")
         widths = dict(self.spec.fields)
         self._quadratic_dim = sum(widths[name] for name in self.quadratic)
+        self.quadratic_reference = dict(quadratic_reference or {})
+        for name, ref in self.quadratic_reference.items():
+            if name not in self.quadratic or ref not in self.spec.names or ref in self.quadratic:
+                raise MetaLossSpecError(
+                    f"quadratic_reference {self.quadratic_reference} must map quadratic fields {list(self.quadratic)} "
+                    f"to context fields of [{self.spec}]."
+                )
+            if widths[name] != widths[ref]:
+                raise MetaLossSpecError(f"quadratic_reference: {name!r} and {ref!r} must have the same width.")
         layers: list[nn.Module] = []
         width = self.spec.dim - self._quadratic_dim
         for hidden in self.hidden_sizes:
@@ -257,16 +267,22 @@ class MetaLoss(nn.Module):
             return OUTPUTS[self.output](self.net(x)).squeeze(-1)
         # Quadratic form: M = sum_j softplus(w_j(c)) * (q_j - t_j(c))^2 for the quadratic fields q, with the
         # target t and weight w computed from the context c (the other fields). Bounded below by zero.
-        widths = dict(self.spec.fields)
+        # A quadratic field with a reference field r has the target r + t(c) instead.
         offsets, start = {}, 0
         for name, width in self.spec.fields:
-            offsets[name] = (start, start + width)
+            offsets[name] = slice(start, start + width)
             start += width
-        context = torch.cat([x[..., slice(*offsets[n])] for n in self.spec.names if n not in self.quadratic], dim=-1)
-        q = torch.cat([x[..., slice(*offsets[n])] for n in self.quadratic], dim=-1)
+        context = torch.cat([x[..., offsets[n]] for n in self.spec.names if n not in self.quadratic], dim=-1)
+        q = torch.cat([x[..., offsets[n]] for n in self.quadratic], dim=-1)
         out = self.net(context)
         target, weight = out[..., : self._quadratic_dim], out[..., self._quadratic_dim :]
-        del widths
+        if self.quadratic_reference:
+            reference = [
+                x[..., offsets[self.quadratic_reference[n]]] if n in self.quadratic_reference
+                else torch.zeros_like(x[..., offsets[n]])
+                for n in self.quadratic
+            ]
+            target = target + torch.cat(reference, dim=-1)
         loss = (nn.functional.softplus(weight) * (q - target) ** 2).sum(-1)
         return OUTPUTS[self.output](loss)
 
@@ -285,6 +301,7 @@ class MetaLoss(nn.Module):
             "output": self.output,
             "bias": self.bias,
             "quadratic": list(self.quadratic),
+            "quadratic_reference": dict(self.quadratic_reference),
             "dtype": str(self.net[0].weight.dtype).replace("torch.", ""),
             "metadata": self.metadata,
         }
@@ -359,6 +376,7 @@ class MetaLoss(nn.Module):
                 output=config["output"],
                 bias=config["bias"],
                 quadratic=config.get("quadratic", ()),
+                quadratic_reference=config.get("quadratic_reference") or {},
                 metadata=config.get("metadata") or {},
             )
         except KeyError as exc:

@@ -76,12 +76,14 @@ def test_meta_gradient_through_policy_inner_step_matches_higher_and_finite_diffe
         assert torch.allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
 
 
-def test_meta_train_and_meta_test_paths_make_the_same_inner_update():
-    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=1, learning_rate=0.05, **{**SMALL, "batch_size": 8})
+@pytest.mark.parametrize("max_grad_norm", [None, 0.05])
+def test_meta_train_and_meta_test_paths_make_the_same_inner_update(max_grad_norm):
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=1, learning_rate=0.05, max_grad_norm=max_grad_norm,
+                **{**SMALL, "batch_size": 8})
     data, minibatches = _collected(model)
     params = {k: v.detach().clone() for k, v in model.policy.actor_parameters().items()}
     phi = {k: v.detach() for k, v in model.meta_loss.named_parameters()}
-    functional = inner_update(model.learned_loss, params, phi, minibatches, 0.05)
+    functional = inner_update(model.learned_loss, params, phi, minibatches, 0.05, max_grad_norm=max_grad_norm)
     model.inner_step(minibatches)  # the in-place path that meta-test uses
     live = model.policy.actor_parameters()
     assert len(minibatches) == 4

@@ -55,7 +55,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from sb3_ml3.functional import Params, apply_meta_gradient, meta_gradient
+from sb3_ml3.functional import Params, apply_meta_gradient, clip_grads, meta_gradient
 from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
 from sb3_ml3.ml3.policies import ML3Policy, gaussian_entropy, gaussian_kl, gaussian_log_prob
 
@@ -67,6 +67,11 @@ DEFAULT_META_INPUTS = ("obs", "action", "mean", "std", "goal")
 #: weight (GAE advantage or centred return, normalised per rollout when ``normalize_advantage``).
 OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "timestep")
 TASK_LOSSES = ("advantage", "return")
+#: A new meta-loss is a quadratic form in the policy mean around a learned target,
+#: M = sum_j softplus(w_j(c)) (mu_j - t_j(c))^2 with (t, w) an MLP (two layers of 40) of the other
+#: inputs c. It is bounded below, so the inner steps cannot run the policy off to the action bounds,
+#: which the plain-MLP loss of the paper did in our runs (BENCHMARKS.md, "Model-free ML3").
+DEFAULT_META_LOSS_KWARGS: dict[str, Any] = {"hidden_sizes": (40, 40), "quadratic": ("mean",)}
 #: ``timestep`` enters the meta-loss as t / TIMESTEP_SCALE so that it stays O(1).
 TIMESTEP_SCALE = 100.0
 
@@ -88,12 +93,16 @@ class ML3(OnPolicyAlgorithm):
     :param meta_lr: the outer step size eta (Adam).
     :param meta_inputs: the fields the meta-loss reads, from :data:`DEFAULT_META_INPUTS` and
         :data:`OPTIONAL_META_INPUTS`.
-    :param meta_loss_kwargs: arguments of a new :class:`MetaLoss` (``hidden_sizes``, ``output``, ...).
+    :param meta_loss_kwargs: arguments of a new :class:`MetaLoss` (``hidden_sizes``, ``output``,
+        ``quadratic``, ...); default :data:`DEFAULT_META_LOSS_KWARGS`. ``{}`` gives the paper's plain MLP.
     :param task_loss: the weight of the REINFORCE task loss: ``"advantage"`` or ``"return"``.
     :param task_ent_coef: entropy bonus in the task loss (lets phi learn to keep exploring).
     :param policy_reset_interval: re-initialise the actor every this many iterations while
-        meta-training (Algorithm 4's theta_0); ``None`` never resets.
+        meta-training (Algorithm 4's theta_0), so the loss learns to train fresh policies, and sees
+        them up to that age; ``None`` never resets. Unused at meta-test.
     :param first_order: first-order meta-gradient through several inner minibatch steps.
+    :param max_grad_norm: clip each inner step's gradient to this global norm (``None``: plain SGD, the
+        paper's Eq. 2). Part of the update the loss is meta-trained through, so it applies in both phases.
     :param meta_max_grad_norm: clip the meta-gradient's norm (``None``: no clipping).
     :param vf_learning_rate: Adam step size of the critic.
     :param normalize_advantage: normalise the task-loss weights per rollout.
@@ -106,21 +115,22 @@ class ML3(OnPolicyAlgorithm):
         self,
         policy: str | type[ML3Policy],
         env: GymEnv | str,
-        learning_rate: float | Schedule = 1e-2,
-        n_steps: int = 256,
-        batch_size: int = 256,
+        learning_rate: float | Schedule = 3e-2,
+        n_steps: int = 128,
+        batch_size: int = 128,
         n_epochs: int = 1,
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         meta_loss: MetaLoss | str | os.PathLike | None = None,
         meta_train: bool = False,
-        meta_lr: float = 1e-3,
+        meta_lr: float = 3e-3,
         meta_inputs: Sequence[str] = DEFAULT_META_INPUTS,
         meta_loss_kwargs: dict[str, Any] | None = None,
         task_loss: str = "advantage",
         task_ent_coef: float = 0.0,
-        policy_reset_interval: int | None = None,
+        policy_reset_interval: int | None = 25,
         first_order: bool = True,
+        max_grad_norm: float | None = 1.0,
         meta_max_grad_norm: float | None = 1.0,
         vf_learning_rate: float = 1e-3,
         normalize_advantage: bool = True,
@@ -141,7 +151,7 @@ class ML3(OnPolicyAlgorithm):
             gae_lambda=gae_lambda,
             ent_coef=0.0,
             vf_coef=0.0,
-            max_grad_norm=float("inf"),
+            max_grad_norm=float("inf") if max_grad_norm is None else max_grad_norm,
             use_sde=False,
             sde_sample_freq=-1,
             stats_window_size=stats_window_size,
@@ -159,10 +169,11 @@ class ML3(OnPolicyAlgorithm):
             )
         self.batch_size = batch_size
         self.n_epochs = n_epochs
+        self.max_grad_norm = max_grad_norm
         self.meta_train = meta_train
         self.meta_lr = meta_lr
         self.meta_inputs = tuple(meta_inputs)
-        self.meta_loss_kwargs = dict(meta_loss_kwargs or {})
+        self.meta_loss_kwargs = dict(DEFAULT_META_LOSS_KWARGS if meta_loss_kwargs is None else meta_loss_kwargs)
         self.task_loss = task_loss
         self.task_ent_coef = task_ent_coef
         self.policy_reset_interval = policy_reset_interval
@@ -401,7 +412,8 @@ class ML3(OnPolicyAlgorithm):
         Used by both meta-test and meta-train, so the update a learned loss is trained for is the update
         it performs. A non-finite learned loss or gradient skips that minibatch (counted and logged).
         """
-        actor = list(self.policy.actor_parameters().values())
+        named = self.policy.actor_parameters()
+        actor = list(named.values())
         losses, norms = [], []
         for batch in minibatches:
             loss = self.learned_loss(None, None, batch)
@@ -410,6 +422,8 @@ class ML3(OnPolicyAlgorithm):
             if not (torch.isfinite(loss) and torch.isfinite(norm)):
                 self.skipped_inner_steps += 1
                 continue
+            if self.max_grad_norm is not None:
+                grads = list(clip_grads(dict(zip(named, grads)), self.max_grad_norm).values())
             for p, g in zip(actor, grads):
                 p.grad = g
             self.policy.optimizer.step()
@@ -428,7 +442,7 @@ class ML3(OnPolicyAlgorithm):
         phi = {name: p.detach() for name, p in self.meta_loss.named_parameters()}
         grads, value = meta_gradient(
             self.learned_loss, self.reinforce_task_loss, params, phi, minibatches, data, inner_lr,
-            first_order=self.first_order,
+            first_order=self.first_order, max_grad_norm=self.max_grad_norm,
         )
         result = apply_meta_gradient(self.meta_optimizer, self.meta_loss, grads, value, self.meta_max_grad_norm)
         if result.applied:
@@ -474,12 +488,21 @@ class ML3(OnPolicyAlgorithm):
             self.policy.reset_actor()  # Alg. 4 line 4: the next rollout comes from a fresh theta_0
         else:
             minibatches = self._minibatches(data)
+            before_params = [p.detach().clone() for p in self.policy.actor_parameters().values()]
             with torch.no_grad():
                 old_mean, old_std = self.policy.actor_mean_std(None, data["observations"])
             if self.meta_train:
-                before = {k: v.detach().clone() for k, v in self.policy.actor_parameters().items()}
+                before = dict(zip(self.policy.actor_parameters(), before_params))
                 self._pending = (before, minibatches, inner_lr)
             stats.update(self.inner_step(minibatches))
+            if not all(torch.isfinite(p).all() for p in self.policy.actor_parameters().values()):
+                # the learned loss blew the policy up: never keep a non-finite policy
+                self.skipped_inner_steps += 1
+                self._pending = None
+                if self.meta_train:
+                    self.policy.reset_actor()
+                else:
+                    self.policy.load_actor_parameters({k: v for k, v in zip(self.policy.actor_parameters(), before_params)})
             with torch.no_grad():
                 new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
                 kl = gaussian_kl(old_mean, old_std, new_mean, new_std).mean()

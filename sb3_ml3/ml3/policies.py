@@ -47,6 +47,7 @@ class _ActorView(nn.Module):
         self._observation_space = policy.observation_space
         self._normalize_images = policy.normalize_images
         self._log_std_min = policy.log_std_min
+        self._log_std_max = policy.log_std_max
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(self._observation_space, spaces.Box) and obs.is_floating_point():
@@ -55,7 +56,7 @@ class _ActorView(nn.Module):
             features_in = preprocess_obs(obs, self._observation_space, self._normalize_images)
         features = self.features_extractor(features_in)
         mean = self.action_net(self.mlp_extractor.forward_actor(features))
-        std = torch.exp(self.log_std.clamp(min=self._log_std_min)).expand_as(mean)
+        std = torch.exp(self.log_std.clamp(self._log_std_min, self._log_std_max)).expand_as(mean)
         return mean, std
 
 
@@ -63,14 +64,15 @@ class ML3Policy(ActorCriticPolicy):
     """Actor-critic policy for ML3 (``"MlpPolicy"``): a diagonal Gaussian over a ``Box`` action space.
 
     Accepts every argument of :class:`~stable_baselines3.common.policies.ActorCriticPolicy` except
-    gSDE, which has no fixed (mean, std) per state to feed the meta-loss, plus ``log_std_min``: a floor
-    on log sigma in sampling and in the meta-loss inputs. A learned loss can drive sigma to zero within
-    a few updates (exploration then stops, and log-probabilities overflow); the floor keeps it finite.
+    gSDE, which has no fixed (mean, std) per state to feed the meta-loss, plus ``log_std_min`` and
+    ``log_std_max``: bounds on log sigma in sampling and in the meta-loss inputs. A learned loss can drive
+    sigma to zero (or infinity) within a few updates; the bounds keep exploration and log-probabilities finite.
     """
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Any,
-                 *args: Any, log_std_min: float = -5.0, **kwargs: Any) -> None:
+                 *args: Any, log_std_min: float = -5.0, log_std_max: float = 2.0, **kwargs: Any) -> None:
         self.log_std_min = float(log_std_min)
+        self.log_std_max = float(log_std_max)
         if not isinstance(action_space, spaces.Box):
             raise ValueError(
                 f"ML3 needs a continuous Box action space (its meta-loss reads the Gaussian's mean and std), "
@@ -85,11 +87,12 @@ class ML3Policy(ActorCriticPolicy):
 
     def _get_action_dist_from_latent(self, latent_pi: torch.Tensor) -> DiagGaussianDistribution:
         mean_actions = self.action_net(latent_pi)
-        return self.action_dist.proba_distribution(mean_actions, self.log_std.clamp(min=self.log_std_min))
+        return self.action_dist.proba_distribution(mean_actions, self.log_std.clamp(self.log_std_min, self.log_std_max))
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data["log_std_min"] = self.log_std_min
+        data["log_std_max"] = self.log_std_max
         return data
 
     # ------------------------------------------------------------------ parameters
