@@ -117,6 +117,7 @@ def _compare_outputs(results: dict[str, Any], out: str) -> dict[str, Any]:
     results["figures"] = written[1:]
     results["table"] = summary_table(results)
     print(results["table"])
+    print(f"curves of every run and goal: {results['csv']}")
     return results
 
 

@@ -622,7 +622,8 @@ def write_outputs(results: dict[str, Any], out_dir: str | os.PathLike, prefix: s
         hlines = {}
         if "m_ref" in report and "m_0" in report:
             hlines["80% of PPO's final"] = report["m_0"] + 0.8 * (report["m_ref"] - report["m_0"])
-        name = "learning_curves.png" if len(archs) == 1 else f"learning_curves_{'x'.join(map(str, net_arch)) or 'linear'}.png"
+        suffix = "x".join(map(str, net_arch)) or "linear"
+        name = "learning_curves.png" if len(archs) == 1 else f"learning_curves_{suffix}.png"
         written.append(plot_compare(
             os.path.join(out_dir, name), results["schedule"],
             {LABELS[a]: c["per_seed"] for a, c in selected.items()},

@@ -52,8 +52,9 @@ class Bounded:
     def __post_init__(self) -> None:
         if self.kind not in BOUND_KINDS:
             raise ValueError(f"kind must be one of {BOUND_KINDS}, got {self.kind!r}.")
-        if (self.value is None) != (self.kind in ("never", "undefined")):
-            raise ValueError(f"A {self.kind!r} value must {'' if self.kind in ('never', 'undefined') else 'not '}be None.")
+        no_value = self.kind in ("never", "undefined")
+        if (self.value is None) != no_value:
+            raise ValueError(f"A {self.kind!r} value must {'' if no_value else 'not '}be None.")
 
     def text(self, fmt: str = "{:.3g}") -> str:
         """``"4.2"``, ``"<= 0.7"``, ``">= 12"``, ``"never"`` or ``"n/a"``."""
