@@ -69,13 +69,16 @@ EVAL_SEED = 12345
 #: the critic of every policy: fixed, so that ``net_archs`` changes only the policy (the actor)
 VF_ARCH = (64, 64)
 
-_ML3_RECIPE = dict(n_steps=50, batch_size=100, n_epochs=1, learning_rate=1e-2)
+_ML3_RECIPE = dict(n_steps=50, batch_size=100, n_epochs=1, learning_rate=3e-2, max_grad_norm=1.0,
+                   meta_inputs=("obs", "action", "mean", "std", "goal", "advantage"))
 
 #: ML3's settings per env, the one place to edit them. ``meta_train``/``meta_test``: ML3 keyword
 #: arguments for Algorithm 4 / 5; ``n_envs``: parallel envs of both; ``meta_train_timesteps``: env steps
 #: of meta-training when no meta-loss is given; ``meta_train_net_arch``: the policy it meta-trains on.
-#: Current best known recipe (PointmassGoal): n_envs 8, 50 steps x 8 envs per update, one SGD pass in
-#: minibatches of 100 at alpha 1e-2, eta 3e-3, fresh policy every 25 updates, quadratic loss in mu.
+#: Current best known recipe (PointmassGoal, BENCHMARKS.md "Model-free ML3"): n_envs 8, 50 steps x 8
+#: envs per update, one SGD pass in minibatches of 100 at alpha 3e-2 with the inner gradient clipped to
+#: norm 1, eta 3e-3, fresh policy every 25 updates, quadratic loss in mu, and the (normalised)
+#: advantage as a sixth meta-loss input.
 ML3_SETTINGS: dict[str, dict[str, Any]] = {
     "PointmassGoal-v0": dict(
         n_envs=8,
@@ -95,11 +98,13 @@ ML3_SETTINGS: dict[str, dict[str, Any]] = {
     ),
     "AntGoal-v0": dict(
         n_envs=8,
-        meta_train=dict(n_steps=200, batch_size=400, n_epochs=1, learning_rate=1e-2, meta_lr=3e-3,
+        meta_train=dict(n_steps=200, batch_size=400, n_epochs=1, learning_rate=3e-2, max_grad_norm=1.0,
+                        meta_inputs=_ML3_RECIPE["meta_inputs"], meta_lr=3e-3,
                         policy_reset_interval=25, meta_loss_kwargs={"quadratic": ("mean",)}),
         meta_train_timesteps=1_000_000,
         meta_train_net_arch=[64, 64],
-        meta_test=dict(n_steps=200, batch_size=400, n_epochs=1, learning_rate=1e-2),
+        meta_test=dict(n_steps=200, batch_size=400, n_epochs=1, learning_rate=3e-2, max_grad_norm=1.0,
+                       meta_inputs=_ML3_RECIPE["meta_inputs"]),
     ),
 }
 #: ML3 settings for an env not in :data:`ML3_SETTINGS`
