@@ -23,7 +23,8 @@ import time
 import torch
 from torch import nn
 
-from sb3_ml3.functional import apply_meta_gradient, batched_meta_gradient, meta_gradient, parameters_of
+from sb3_ml3.functional import (apply_meta_gradient, batched_meta_gradient, make_meta_optimizer, meta_gradient,
+                                parameters_of)
 from sb3_ml3.supervised.core import init_params, learned_loss_fn, stack_params, task_loss_fn
 from sb3_ml3.supervised.sine import SineConfig, make_meta_loss, make_optimizee, sine_task
 
@@ -72,7 +73,7 @@ def main() -> None:
     results["sgd_step_s"] = timeit(sgd_step, args.iters, args.repeats)
 
     # 2. one ML3 meta-iteration (Alg. 1 body), eager and compiled
-    meta_opt = torch.optim.Adam(meta_loss.parameters(), lr=config.meta_lr)
+    meta_opt = make_meta_optimizer(meta_loss.parameters(), config.meta_lr)  # what meta_train() uses
     params = parameters_of(model)
 
     def make_iteration(step_fn):

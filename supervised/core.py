@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from sb3_ml3.functional import Params, apply_meta_gradient, meta_gradient, parameters_of
+from sb3_ml3.functional import Params, apply_meta_gradient, make_meta_optimizer, meta_gradient, parameters_of
 from sb3_ml3.meta_loss import MetaLoss
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -133,7 +133,7 @@ def meta_train(
     """
     if n_outer < 0 or reset_every < 1:
         raise ValueError(f"Need n_outer >= 0 and reset_every >= 1, got {n_outer} and {reset_every}.")
-    optimizer = meta_optimizer or torch.optim.Adam(meta_loss.parameters(), lr=meta_lr)
+    optimizer = meta_optimizer or make_meta_optimizer(meta_loss.parameters(), meta_lr)
     step_fn = _meta_step_fn(learned_loss, task_loss, inner_lr, inner_steps, first_order, compile)
     result = MetaTrainResult()
     params: Params | None = None

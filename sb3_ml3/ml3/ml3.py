@@ -55,7 +55,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from sb3_ml3.functional import Params, apply_meta_gradient, clip_grads, meta_gradient
+from sb3_ml3.functional import Params, apply_meta_gradient, clip_grads, make_meta_optimizer, meta_gradient
 from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
 from sb3_ml3.ml3.policies import ML3Policy, gaussian_entropy, gaussian_kl, gaussian_log_prob
 
@@ -231,7 +231,7 @@ class ML3(OnPolicyAlgorithm):
         self.meta_loss = self._build_meta_loss(spec).to(self.device)
         self._sync_observation_normalization()
         self.meta_loss.requires_grad_(self.meta_train)
-        self.meta_optimizer = torch.optim.Adam(self.meta_loss.parameters(), lr=self.meta_lr) if self.meta_train else None
+        self.meta_optimizer = make_meta_optimizer(self.meta_loss.parameters(), self.meta_lr) if self.meta_train else None
         self._pending: tuple[Params, list[dict[str, torch.Tensor]], float] | None = None
         self._episode_t = np.zeros(self.n_envs, dtype=np.int64)
 
