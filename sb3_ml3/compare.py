@@ -594,7 +594,7 @@ def _samples_text(b: Mapping[str, Any]) -> str:
 
 def write_outputs(results: dict[str, Any], out_dir: str | os.PathLike, prefix: str = "compare") -> list[str]:
     """``curves.csv`` (every curve, per goal), the learning-curve PNGs; returns the written paths."""
-    from sb3_ml3.plotting import plot_compare
+    from sb3_ml3.plotting import plot_curves
 
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -629,12 +629,13 @@ def write_outputs(results: dict[str, Any], out_dir: str | os.PathLike, prefix: s
             hlines["80% of PPO's final"] = report["m_0"] + 0.8 * (report["m_ref"] - report["m_0"])
         suffix = "x".join(map(str, net_arch)) or "linear"
         name = "learning_curves.png" if len(archs) == 1 else f"learning_curves_{suffix}.png"
-        written.append(plot_compare(
+        written.append(plot_curves(
             os.path.join(out_dir, name), results["schedule"],
             {LABELS[a]: c["per_seed"] for a, c in selected.items()},
             xlabel="env steps at meta-test", ylabel=ylabel,
             title=f"{results['env_id']}: held-out tasks, policy {key}",
             colors={LABELS[a]: COLORS[a] for a in selected}, hlines=hlines,
+            band_note="tasks averaged inside a seed",
         ))
     if len(archs) > 1:  # Fig. 4c-d: the same loss on several architectures
         styles = {"ml3": "-", "ppo": "--", "trpo": ":"}
@@ -647,11 +648,11 @@ def write_outputs(results: dict[str, Any], out_dir: str | os.PathLike, prefix: s
                     curves[label] = c["per_seed"]
                     colors[label] = cmap[i % len(cmap)]
                     linestyles[label] = styles[c["algo"]]
-        written.append(plot_compare(
+        written.append(plot_curves(
             os.path.join(out_dir, "architecture_transfer.png"), results["schedule"], curves,
             xlabel="env steps at meta-test", ylabel=ylabel,
             title=f"{results['env_id']}: one learned loss, several policy architectures",
-            colors=colors, linestyles=linestyles,
+            colors=colors, linestyles=linestyles, band_note="tasks averaged inside a seed",
         ))
     return written
 

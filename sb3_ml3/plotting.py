@@ -38,24 +38,34 @@ def plot_curves(
     title: str,
     colors: Mapping[str, str] | None = None,
     logy: bool = False,
+    linestyles: Mapping[str, str] | None = None,
+    hlines: Mapping[str, float] | None = None,
+    band_note: str = "",
 ) -> str:
-    """One line per label with a mean +/- standard-error band over the given seed curves; saves a PNG."""
+    """One line per label with a mean +/- standard-error band over the given seed curves; saves a PNG.
+
+    ``hlines`` draws dotted reference levels (e.g. 80% of PPO's final progress); ``band_note`` is
+    appended to the title's description of the band (e.g. "tasks averaged inside a seed").
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=120)
     n_seeds = 0
     for label, seed_curves in curves.items():
         mean, err = mean_and_stderr(seed_curves)
         n_seeds = max(n_seeds, len(seed_curves))
         color = (colors or {}).get(label)
-        ax.plot(x, mean, label=label, color=color)
+        ax.plot(x, mean, label=label, color=color, linestyle=(linestyles or {}).get(label, "-"))
         ax.fill_between(x, mean - err, mean + err, alpha=0.25, color=color, linewidth=0)
+    for label, level in (hlines or {}).items():
+        ax.axhline(level, color="0.4", linestyle=":", linewidth=1.0, label=label)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{title}\n(mean ± s.e. over {n_seeds} seeds)", fontsize=10)
+    ax.set_ylabel(ylabel, fontsize=9)
+    note = f", {band_note}" if band_note else ""
+    ax.set_title(f"{title}\n(mean ± s.e. over {n_seeds} seeds{note})", fontsize=9)
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path = os.fspath(path)
     fig.savefig(path)
@@ -96,40 +106,3 @@ def plot_sine(results: Mapping, out_dir: str | os.PathLike) -> list[str]:
         colors={"ML3 (learned loss)": ML3_COLOR, "SGD on MSE": BASELINE_COLOR},
     )
     return [meta_train, meta_test]
-
-
-def plot_compare(
-    path: str | os.PathLike,
-    x: Sequence[float],
-    curves: Mapping[str, Sequence[Sequence[float]]],
-    xlabel: str,
-    ylabel: str,
-    title: str,
-    colors: Mapping[str, str] | None = None,
-    linestyles: Mapping[str, str] | None = None,
-    hlines: Mapping[str, float] | None = None,
-) -> str:
-    """Learning curves of several algorithms on held-out tasks (``ml3 compare``): one line per label,
-    mean +/- one standard error over seeds (tasks averaged inside a seed), optional dotted levels
-    (e.g. 80% of PPO's final progress); saves a PNG."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=120)
-    n_seeds = 0
-    for label, seed_curves in curves.items():
-        mean, err = mean_and_stderr(seed_curves)
-        n_seeds = max(n_seeds, len(seed_curves))
-        color = (colors or {}).get(label)
-        ax.plot(x, mean, label=label, color=color, linestyle=(linestyles or {}).get(label, "-"))
-        ax.fill_between(x, mean - err, mean + err, alpha=0.2, color=color, linewidth=0)
-    for label, level in (hlines or {}).items():
-        ax.axhline(level, color="0.4", linestyle=":", linewidth=1.0, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel, fontsize=9)
-    ax.set_title(f"{title}\n(mean ± s.e. over {n_seeds} seeds, tasks averaged inside a seed)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.fspath(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
