@@ -25,6 +25,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_ml3 import ML3
+from sb3_ml3.ml3 import DEFAULT_META_INPUTS
 
 
 def steps_per_second(make_model, timesteps: int) -> float:
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--n-steps", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--n-epochs", type=int, default=10)
+    parser.add_argument("--advantage-input", action="store_true",
+                        help="meta-loss also reads the advantage (the tuned recipe): meta-test then trains the critic too")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -51,13 +54,14 @@ def main() -> None:
         return make_vec_env(args.env, n_envs=args.n_envs, seed=0, env_kwargs={"task_split": "test"})
 
     shared = dict(n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs, seed=0, device="cpu")
+    inputs = {"meta_inputs": DEFAULT_META_INPUTS + ("advantage",)} if args.advantage_input else {}
     with tempfile.TemporaryDirectory() as tmp:
         loss_path = f"{tmp}/loss.zip"
-        ML3("MlpPolicy", env(), **shared).save_meta_loss(loss_path)
+        ML3("MlpPolicy", env(), **shared, **inputs).save_meta_loss(loss_path)
         makers = {
             "ppo": lambda: PPO("MlpPolicy", env(), **shared),
-            "ml3_meta_test": lambda: ML3("MlpPolicy", env(), meta_loss=loss_path, **shared),
-            "ml3_meta_train": lambda: ML3("MlpPolicy", env(), meta_train=True, **shared),
+            "ml3_meta_test": lambda: ML3("MlpPolicy", env(), meta_loss=loss_path, **shared, **inputs),
+            "ml3_meta_train": lambda: ML3("MlpPolicy", env(), meta_train=True, **shared, **inputs),
         }
         for make in makers.values():  # warm-up
             steps_per_second(make, args.n_envs * args.n_steps)
@@ -76,7 +80,8 @@ def main() -> None:
         "settings": vars(args),
     }
     print(f"{args.env}: n_envs={args.n_envs} n_steps={args.n_steps} batch_size={args.batch_size} "
-          f"n_epochs={args.n_epochs}, {args.timesteps} steps x {args.repeats} repeats, 1 thread, "
+          f"n_epochs={args.n_epochs}, advantage input: {args.advantage_input}, "
+          f"{args.timesteps} steps x {args.repeats} repeats, 1 thread, "
           f"{platform.machine()}, torch {torch.__version__}")
     print(f"{'run':<18}{'env steps/s':>14}{'s / iteration':>16}")
     for name in makers:

@@ -34,7 +34,8 @@ default (``first_order=True``; exact for a single minibatch step), see
 :func:`sb3_ml3.functional.inner_update`.
 
 The critic (value head) is trained by regression on the GAE returns with its own Adam optimizer; it
-only provides the advantages of the task loss (and optional meta-loss inputs).
+only provides the advantages of the task loss (and optional meta-loss inputs), so a meta-test whose
+loss reads no advantage or return skips it.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from sb3_ml3.functional import Params, apply_meta_gradient, clip_grads, make_meta_optimizer, meta_gradient
+from sb3_ml3.functional import Params, apply_meta_gradient, make_meta_optimizer, meta_gradient
 from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
 from sb3_ml3.ml3.policies import ML3Policy, gaussian_entropy, gaussian_kl, gaussian_log_prob
 
@@ -228,6 +229,11 @@ class ML3(OnPolicyAlgorithm):
         if self.env is not None:
             self.goal_slice = self._goal_slice_of_env()
         spec = self.meta_input_spec()
+        self._obs_columns: torch.Tensor | None = None  # the observation without its goal, for the "obs" input
+        if self.goal_slice is not None:
+            all_columns = range(self.observation_space.shape[0])
+            columns = [i for i in all_columns if i not in all_columns[self.goal_slice]]
+            self._obs_columns = torch.tensor(columns, dtype=torch.long, device=self.device)
         self.meta_loss = self._build_meta_loss(spec).to(self.device)
         self._sync_observation_normalization()
         self.meta_loss.requires_grad_(self.meta_train)
@@ -340,12 +346,7 @@ class ML3(OnPolicyAlgorithm):
         fields: dict[str, torch.Tensor] = {}
         for name in self.meta_inputs:
             if name == "obs":
-                if self.goal_slice is None:
-                    fields[name] = obs
-                else:
-                    keep = torch.ones(obs.shape[-1], dtype=torch.bool, device=obs.device)
-                    keep[self.goal_slice] = False
-                    fields[name] = obs[..., keep]
+                fields[name] = obs if self._obs_columns is None else obs[..., self._obs_columns]
             elif name == "goal":
                 fields[name] = obs[..., self.goal_slice]
             elif name == "action":
@@ -412,27 +413,25 @@ class ML3(OnPolicyAlgorithm):
         Used by both meta-test and meta-train, so the update a learned loss is trained for is the update
         it performs. A non-finite learned loss or gradient skips that minibatch (counted and logged).
         """
-        named = self.policy.actor_parameters()
-        actor = list(named.values())
+        actor = list(self.policy.actor_parameters().values())
+        lr = self.policy.optimizer.param_groups[0]["lr"]
         losses, norms = [], []
         for batch in minibatches:
             loss = self.learned_loss(None, None, batch)
             grads = torch.autograd.grad(loss, actor)
-            norm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))
-            if not (torch.isfinite(loss) and torch.isfinite(norm)):
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
                 self.skipped_inner_steps += 1
                 continue
-            if self.max_grad_norm is not None:
-                grads = list(clip_grads(dict(zip(named, grads)), self.max_grad_norm).values())
-            for p, g in zip(actor, grads):
-                p.grad = g
-            self.policy.optimizer.step()
-            losses.append(loss.item())
-            norms.append(norm.item())
-        self.policy.optimizer.zero_grad(set_to_none=True)
+            if self.max_grad_norm is not None:  # the same rescaling as functional.clip_grads
+                grads = torch._foreach_mul(grads, torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0))
+            with torch.no_grad():
+                torch._foreach_add_(actor, grads, alpha=-lr)  # plain SGD (Eq. 2)
+            losses.append(loss.detach())
+            norms.append(norm)
         return {
-            "meta_loss": float(np.mean(losses)) if losses else float("nan"),
-            "inner_grad_norm": float(np.mean(norms)) if norms else float("nan"),
+            "meta_loss": torch.stack(losses).mean().item() if losses else float("nan"),
+            "inner_grad_norm": torch.stack(norms).mean().item() if norms else float("nan"),
         }
 
     def outer_step(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -452,6 +451,14 @@ class ML3(OnPolicyAlgorithm):
             if self.verbose:
                 print(f"ML3: skipped a meta-step ({result.reason}); phi unchanged")
         return {"task_loss": result.task_loss, "meta_grad_norm": result.grad_norm}
+
+    @property
+    def critic_needed(self) -> bool:
+        """Whether the value head is used: by the task loss (meta-train) or by advantage/return inputs.
+
+        A frozen loss that reads neither never needs it, so meta-test then skips the critic's regression.
+        """
+        return self.meta_train or any(name in self.meta_inputs for name in ("advantage", "return"))
 
     def _train_critic(self, data: dict[str, torch.Tensor]) -> float:
         losses = []
@@ -507,14 +514,14 @@ class ML3(OnPolicyAlgorithm):
                 new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
                 kl = gaussian_kl(old_mean, old_std, new_mean, new_std).mean()
             stats["approx_kl"] = kl.item()
-        value_loss = self._train_critic(data)
+        if self.critic_needed:
+            self.logger.record("train/value_loss", self._train_critic(data))
+            self.logger.record("train/explained_variance", explained_variance(
+                self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))
 
         self._n_updates += 1
         for key, value in stats.items():
             self.logger.record(f"train/{key}", value)
-        self.logger.record("train/value_loss", value_loss)
-        self.logger.record("train/explained_variance",
-                           explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))
         self.logger.record("train/std", torch.exp(self.policy.log_std).mean().item())
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         if self.meta_train:
@@ -588,7 +595,7 @@ class ML3(OnPolicyAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         return super()._excluded_save_params() + [
-            "meta_loss", "meta_optimizer", "value_optimizer", "_meta_loss_source", "_pending",
+            "meta_loss", "meta_optimizer", "value_optimizer", "_meta_loss_source", "_pending", "_obs_columns",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
