@@ -18,7 +18,7 @@ metric is recorded after every step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -72,22 +72,20 @@ def task_loss_fn(optimizee: nn.Module, loss: LossFn = mse) -> Callable[[Params, 
 
 
 def init_params(optimizee: nn.Module, generator: torch.Generator) -> Params:
-    """Fresh optimizee parameters drawn with PyTorch's default initialisation from ``generator``."""
+    """Fresh optimizee parameters with PyTorch's default Linear/Conv initialisation, drawn from ``generator``.
+
+    Every weight and its layer's bias are U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in being the size of
+    one output unit's weights; a parameter with no sibling ``weight`` gets fan_in 1.
+    """
+    named = dict(optimizee.named_parameters())
     params = {}
-    for name, value in optimizee.named_parameters():
-        # nn.Linear/Conv default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
-        fan_in = value.shape[1] if value.dim() > 1 else _fan_in_of_bias(optimizee, name)
-        fan_in *= int(torch.tensor(value.shape[2:]).prod()) if value.dim() > 2 else 1
-        bound = 1.0 / max(fan_in, 1) ** 0.5
+    for name, value in named.items():
+        prefix, _, _ = name.rpartition(".")
+        weight = named.get(f"{prefix}.weight" if prefix else "weight", value)
+        fan_in = int(weight[0].numel()) if weight.dim() > 1 else 1
+        bound = fan_in ** -0.5
         params[name] = (torch.rand(value.shape, generator=generator, dtype=value.dtype) * 2 - 1) * bound
     return params
-
-
-def _fan_in_of_bias(module: nn.Module, name: str) -> int:
-    weight = dict(module.named_parameters())[name.rsplit(".", 1)[0] + ".weight"] if "." in name else None
-    if weight is None or weight.dim() < 2:
-        return 1
-    return int(weight[0].numel())
 
 
 @dataclass
@@ -250,12 +248,6 @@ def meta_test(
 def stack_params(params: Sequence[Params]) -> Params:
     """Stack a list of parameter dictionaries along a new leading (task) dimension."""
     return {name: torch.stack([p[name] for p in params]) for name in params[0]}
-
-
-def iterate_params(params: Params) -> Iterator[Params]:
-    n = next(iter(params.values())).shape[0]
-    for i in range(n):
-        yield {name: value[i] for name, value in params.items()}
 
 
 __all__ = [
