@@ -78,7 +78,9 @@ _ML3_RECIPE = dict(n_steps=50, batch_size=100, n_epochs=1, learning_rate=3e-2, m
 #: Current best known recipe (PointmassGoal, BENCHMARKS.md "Model-free ML3"): n_envs 8, 50 steps x 8
 #: envs per update, one SGD pass in minibatches of 100 at alpha 3e-2 with the inner gradient clipped to
 #: norm 1, eta 3e-3, fresh policy every 25 updates, quadratic loss in mu, and the (normalised)
-#: advantage as a sixth meta-loss input.
+#: advantage as a sixth meta-loss input. At meta-test the policy is updated for 25 updates, the horizon
+#: the loss was meta-trained for (policy_reset_interval): past it, the loss degraded policies on
+#: ReacherGoal (BENCHMARKS.md, architecture transfer).
 ML3_SETTINGS: dict[str, dict[str, Any]] = {
     "PointmassGoal-v0": dict(
         n_envs=8,
@@ -86,7 +88,7 @@ ML3_SETTINGS: dict[str, dict[str, Any]] = {
                         meta_loss_kwargs={"quadratic": ("mean",)}),
         meta_train_timesteps=200_000,
         meta_train_net_arch=[64, 64],
-        meta_test=dict(_ML3_RECIPE),
+        meta_test=dict(_ML3_RECIPE, max_policy_updates=25),
     ),
     "ReacherGoal-v0": dict(
         n_envs=8,
@@ -94,7 +96,7 @@ ML3_SETTINGS: dict[str, dict[str, Any]] = {
                         meta_loss_kwargs={"quadratic": ("mean",)}),
         meta_train_timesteps=300_000,
         meta_train_net_arch=[64, 64],
-        meta_test=dict(_ML3_RECIPE),
+        meta_test=dict(_ML3_RECIPE, max_policy_updates=25),
     ),
     "AntGoal-v0": dict(
         n_envs=8,
@@ -104,7 +106,7 @@ ML3_SETTINGS: dict[str, dict[str, Any]] = {
         meta_train_timesteps=1_000_000,
         meta_train_net_arch=[64, 64],
         meta_test=dict(n_steps=200, batch_size=400, n_epochs=1, learning_rate=3e-2, max_grad_norm=1.0,
-                       meta_inputs=_ML3_RECIPE["meta_inputs"]),
+                       meta_inputs=_ML3_RECIPE["meta_inputs"], max_policy_updates=25),
     ),
 }
 #: ML3 settings for an env not in :data:`ML3_SETTINGS`
@@ -150,8 +152,8 @@ TRPO_DEFAULT = TRPO_SETTINGS["PointmassGoal-v0"]
 #: budgets and schedules per env; ``normalize``: VecNormalize observations for every algorithm (off:
 #: the goal envs' observations are O(1), and a meta-loss must see them as it saw them in meta-training)
 COMPARE_SETTINGS: dict[str, dict[str, Any]] = {
-    "PointmassGoal-v0": dict(total_timesteps=100_000, eval_every=5_000, normalize=False),
-    "ReacherGoal-v0": dict(total_timesteps=100_000, eval_every=5_000, normalize=False),
+    "PointmassGoal-v0": dict(total_timesteps=100_000, eval_every=2_000, normalize=False),
+    "ReacherGoal-v0": dict(total_timesteps=100_000, eval_every=2_000, normalize=False),
     "AntGoal-v0": dict(total_timesteps=1_000_000, eval_every=50_000, normalize=False),
 }
 COMPARE_DEFAULT = dict(total_timesteps=100_000, eval_every=5_000, normalize=False)
@@ -691,7 +693,7 @@ def _progress_bar(total: int, enabled: bool, desc: str):
 DEMO_ENV = "ReacherGoal-v0"
 #: the demo meta-tests on an architecture the loss never saw (it is meta-trained on [64, 64])
 DEMO_NET_ARCH = (128, 128, 128)
-DEMO = dict(seeds=(0, 1, 2), total_timesteps=100_000, eval_every=5_000)
+DEMO = dict(seeds=(0, 1, 2), total_timesteps=100_000, eval_every=2_000)
 
 
 def run_demo(quick: bool = False, out_dir: str | os.PathLike | None = None, seeds: Sequence[int] | None = None,

@@ -214,3 +214,16 @@ def test_bad_arguments_are_refused():
         ML3("MlpPolicy", _vec(), task_loss="ppo")
     with pytest.raises(ValueError, match="exceeds"):
         ML3("MlpPolicy", _vec(), n_steps=8, batch_size=64)
+
+
+def test_max_policy_updates_freezes_the_policy_at_meta_test(tmp_path):
+    path = tmp_path / "loss.zip"
+    ML3("MlpPolicy", _vec(), **SMALL).save_meta_loss(path)
+    model = ML3("MlpPolicy", _vec(), meta_loss=str(path), max_policy_updates=2,
+                **{k: SMALL[k] for k in ("n_steps", "batch_size")})
+    model.learn(2 * 32)
+    after_two = {k: v.clone() for k, v in model.policy.actor_parameters().items()}
+    model.learn(3 * 32, reset_num_timesteps=False)
+    assert model._n_policy_updates == 2 and model.num_timesteps == 5 * 32
+    assert all(torch.equal(after_two[k], v) for k, v in model.policy.actor_parameters().items())
+    assert model.logger.name_to_value["train/policy_frozen"] == 1

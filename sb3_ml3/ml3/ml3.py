@@ -105,6 +105,10 @@ class ML3(OnPolicyAlgorithm):
     :param max_grad_norm: clip each inner step's gradient to this global norm (``None``: plain SGD, the
         paper's Eq. 2). Part of the update the loss is meta-trained through, so it applies in both phases.
     :param meta_max_grad_norm: clip the meta-gradient's norm (``None``: no clipping).
+    :param max_policy_updates: at meta-test, stop updating the policy after this many updates (it keeps
+        acting and collecting). A loss meta-trained with ``policy_reset_interval=N`` has only seen
+        policies up to N updates old; past that horizon it is extrapolating (the short-horizon bias),
+        and in our runs it then slowly degraded the policy. ``None``: update until ``learn()`` ends.
     :param vf_learning_rate: Adam step size of the critic.
     :param normalize_advantage: normalise the task-loss weights per rollout.
     """
@@ -133,6 +137,7 @@ class ML3(OnPolicyAlgorithm):
         first_order: bool = True,
         max_grad_norm: float | None = 1.0,
         meta_max_grad_norm: float | None = 1.0,
+        max_policy_updates: int | None = None,
         vf_learning_rate: float = 1e-3,
         normalize_advantage: bool = True,
         stats_window_size: int = 100,
@@ -180,6 +185,8 @@ class ML3(OnPolicyAlgorithm):
         self.policy_reset_interval = policy_reset_interval
         self.first_order = first_order
         self.meta_max_grad_norm = meta_max_grad_norm
+        self.max_policy_updates = max_policy_updates
+        self._n_policy_updates = 0
         self.vf_learning_rate = vf_learning_rate
         self.normalize_advantage = normalize_advantage
         self._meta_loss_source = meta_loss
@@ -207,6 +214,8 @@ class ML3(OnPolicyAlgorithm):
             raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {self.task_loss!r}.")
         if self.batch_size < 1 or self.n_epochs < 1:
             raise ValueError(f"batch_size and n_epochs must be positive, got {self.batch_size} and {self.n_epochs}.")
+        if self.max_policy_updates is not None and self.max_policy_updates < 0:
+            raise ValueError(f"max_policy_updates must be None or >= 0, got {self.max_policy_updates}.")
         if self.policy_reset_interval is not None and self.policy_reset_interval < 1:
             raise ValueError(f"policy_reset_interval must be None or >= 1, got {self.policy_reset_interval}.")
         if self.env is not None:
@@ -491,9 +500,12 @@ class ML3(OnPolicyAlgorithm):
 
         reset = (self.meta_train and self.policy_reset_interval is not None
                  and self._n_iterations % self.policy_reset_interval == 0)
+        frozen = (not self.meta_train and self.max_policy_updates is not None
+                  and self._n_policy_updates >= self.max_policy_updates)
         if reset:
             self.policy.reset_actor()  # Alg. 4 line 4: the next rollout comes from a fresh theta_0
-        else:
+        elif not frozen:
+            self._n_policy_updates += 1
             minibatches = self._minibatches(data)
             before_params = [p.detach().clone() for p in self.policy.actor_parameters().values()]
             with torch.no_grad():
@@ -514,7 +526,9 @@ class ML3(OnPolicyAlgorithm):
                 new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
                 kl = gaussian_kl(old_mean, old_std, new_mean, new_std).mean()
             stats["approx_kl"] = kl.item()
-        if self.critic_needed:
+        if frozen:
+            self.logger.record("train/policy_frozen", 1)
+        elif self.critic_needed:
             self.logger.record("train/value_loss", self._train_critic(data))
             self.logger.record("train/explained_variance", explained_variance(
                 self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))
@@ -562,6 +576,7 @@ class ML3(OnPolicyAlgorithm):
             "n_steps": self.n_steps,
             "batch_size": self.batch_size,
             "n_epochs": self.n_epochs,
+            "policy_reset_interval": self.policy_reset_interval,
         })
         env_id = self._env_id()
         if env_id:
