@@ -38,6 +38,7 @@ __all__ = [
     "functional_call",
     "inner_update",
     "clip_grads",
+    "global_norm",
     "meta_gradient",
     "batched_meta_gradient",
     "MetaStepResult",
@@ -100,9 +101,20 @@ def inner_update(
     return params
 
 
-def clip_grads(grads: Mapping[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
-    """Rescale gradients to a global norm of at most ``max_norm``; differentiable, no data-dependent branch."""
-    norm = torch.sqrt(sum((g**2).sum() for g in grads.values()))
+def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all tensors together; works under ``grad`` and ``vmap`` (``_foreach_norm`` does not vmap)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
+def clip_grads(
+    grads: Mapping[str, torch.Tensor], max_norm: float, norm: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Rescale gradients to a global norm of at most ``max_norm``; differentiable, no data-dependent branch.
+
+    ``norm``: their :func:`global_norm`, when the caller has it already.
+    """
+    if norm is None:
+        norm = global_norm(list(grads.values()))
     scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     return {name: g * scale for name, g in grads.items()}
 
@@ -199,8 +211,7 @@ def apply_meta_gradient(
     global norm.
     """
     value = float(task_loss.detach()) if isinstance(task_loss, torch.Tensor) else float(task_loss)
-    tensors = [g.detach() for g in grads.values()]
-    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))) if tensors else 0.0
+    norm = float(global_norm([g.detach() for g in grads.values()])) if grads else 0.0
     if not math.isfinite(value):
         return MetaStepResult(False, value, norm, "non-finite task loss")
     if not math.isfinite(norm):

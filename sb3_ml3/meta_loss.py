@@ -216,6 +216,11 @@ class MetaLoss(nn.Module):
             raise MetaLossSpecError("A quadratic meta-loss needs at least one input field that is not quadratic (its context).")
         widths = dict(self.spec.fields)
         self._quadratic_dim = sum(widths[name] for name in self.quadratic)
+        self._columns: dict[str, slice] = {}  # each field's columns in the concatenated input
+        start = 0
+        for name, width in self.spec.fields:
+            self._columns[name] = slice(start, start + width)
+            start += width
         self.quadratic_reference = dict(quadratic_reference or {})
         for name, ref in self.quadratic_reference.items():
             if name not in self.quadratic or ref not in self.spec.names or ref in self.quadratic:
@@ -268,10 +273,7 @@ class MetaLoss(nn.Module):
         # Quadratic form: M = sum_j softplus(w_j(c)) * (q_j - t_j(c))^2 for the quadratic fields q, with the
         # target t and weight w computed from the context c (the other fields). Bounded below by zero.
         # A quadratic field with a reference field r has the target r + t(c) instead.
-        offsets, start = {}, 0
-        for name, width in self.spec.fields:
-            offsets[name] = slice(start, start + width)
-            start += width
+        offsets = self._columns
         context = torch.cat([x[..., offsets[n]] for n in self.spec.names if n not in self.quadratic], dim=-1)
         q = torch.cat([x[..., offsets[n]] for n in self.quadratic], dim=-1)
         out = self.net(context)

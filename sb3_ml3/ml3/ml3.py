@@ -56,7 +56,8 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from sb3_ml3.functional import Params, apply_meta_gradient, make_meta_optimizer, meta_gradient
+from sb3_ml3.functional import (Params, apply_meta_gradient, clip_grads, global_norm, make_meta_optimizer,
+                                meta_gradient)
 from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
 from sb3_ml3.ml3.policies import ML3Policy, gaussian_entropy, gaussian_kl, gaussian_log_prob
 
@@ -422,18 +423,19 @@ class ML3(OnPolicyAlgorithm):
         Used by both meta-test and meta-train, so the update a learned loss is trained for is the update
         it performs. A non-finite learned loss or gradient skips that minibatch (counted and logged).
         """
-        actor = list(self.policy.actor_parameters().values())
+        named = self.policy.actor_parameters()
+        actor = list(named.values())
         lr = self.policy.optimizer.param_groups[0]["lr"]
         losses, norms = [], []
         for batch in minibatches:
             loss = self.learned_loss(None, None, batch)
             grads = torch.autograd.grad(loss, actor)
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            norm = global_norm(grads)
             if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
                 self.skipped_inner_steps += 1
                 continue
-            if self.max_grad_norm is not None:  # the same rescaling as functional.clip_grads
-                grads = torch._foreach_mul(grads, torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0))
+            if self.max_grad_norm is not None:  # the rescaling functional.inner_update applies
+                grads = list(clip_grads(dict(zip(named, grads)), self.max_grad_norm, norm).values())
             with torch.no_grad():
                 torch._foreach_add_(actor, grads, alpha=-lr)  # plain SGD (Eq. 2)
             losses.append(loss.detach())
