@@ -346,8 +346,6 @@ class ML3(OnPolicyAlgorithm):
             "advantages": flat(buffer.advantages),
             "episode_starts": flat(buffer.episode_starts),
             "timesteps": flat(timesteps),
-            "values": flat(buffer.values),
-            "log_probs": flat(buffer.log_probs),
         }
 
     def _meta_fields(self, batch: dict[str, torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> dict[str, torch.Tensor]:
