@@ -58,6 +58,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from sb3_ml3.evaluation import evaluate_task_metric
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.metrics import THRESHOLDS, compare_curves
+from sb3_ml3.ml3.callbacks import MetaValidationCallback
 
 ALGOS = ("ml3", "ppo", "trpo")
 TASK_MODES = ("distribution", "per_task")
@@ -100,13 +101,11 @@ ML3_SETTINGS: dict[str, dict[str, Any]] = {
     ),
     "AntGoal-v0": dict(
         n_envs=8,
-        meta_train=dict(n_steps=200, batch_size=400, n_epochs=1, learning_rate=3e-2, max_grad_norm=1.0,
-                        meta_inputs=_ML3_RECIPE["meta_inputs"], meta_lr=3e-3,
-                        policy_reset_interval=25, meta_loss_kwargs={"quadratic": ("mean",)}),
+        meta_train=dict(**_ML3_RECIPE, meta_lr=3e-3, policy_reset_interval=25,
+                        meta_loss_kwargs={"quadratic": ("mean",)}),
         meta_train_timesteps=1_000_000,
         meta_train_net_arch=[64, 64],
-        meta_test=dict(n_steps=200, batch_size=400, n_epochs=1, learning_rate=3e-2, max_grad_norm=1.0,
-                       meta_inputs=_ML3_RECIPE["meta_inputs"]),
+        meta_test=dict(_ML3_RECIPE),
     ),
 }
 #: ML3 settings for an env not in :data:`ML3_SETTINGS`
@@ -338,6 +337,8 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
                     normalize: bool = False, progress_bar: bool = False) -> tuple[MetaLoss, int]:
     """Meta-train a loss on ``env_id``'s **train** goals (Algorithm 4); returns it and its env steps.
 
+    With ``settings["meta_validation"]`` (keyword arguments of :class:`MetaValidationCallback`) the
+    loss is the best of its meta-validated snapshots, and the validation's env steps are counted in.
     The env steps are written into the loss's metadata as ``meta_train_timesteps`` (and the file, if
     ``path`` is given), so a later comparison can report them and the break-even.
     """
@@ -348,8 +349,19 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
     model = ML3("MlpPolicy", env, meta_train=True, seed=seed,
                 policy_kwargs=policy_kwargs_for(settings.get("meta_train_net_arch", [64, 64])),
                 **settings["meta_train"])
-    model.learn(timesteps, progress_bar=progress_bar)
-    model.meta_loss.metadata["meta_train_timesteps"] = int(model.num_timesteps)
+    validation = None
+    if settings.get("meta_validation"):
+        validation = MetaValidationCallback(env_id, seed=seed, env_kwargs=env_kwargs, **settings["meta_validation"])
+    model.learn(timesteps, callback=validation, progress_bar=progress_bar)
+    used = int(model.num_timesteps)
+    if validation is not None:  # the selection's samples are part of meta-training's cost
+        used += validation.validation_timesteps
+        model.meta_loss.metadata["meta_validation"] = {
+            "history": validation.history, "best_timesteps": validation.best_timesteps,
+            "best_metric": validation.best_metric, "validation_timesteps": validation.validation_timesteps,
+            "settings": dict(settings["meta_validation"]),
+        }
+    model.meta_loss.metadata["meta_train_timesteps"] = used
     model.meta_loss.metadata["meta_train_seed"] = int(seed)
     if path is not None:
         os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
@@ -359,7 +371,7 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
         meta_loss = copy.deepcopy(model.meta_loss)
         meta_loss.metadata.update({"meta_inputs": list(model.meta_inputs)})
     env.close()
-    return meta_loss, int(model.num_timesteps)
+    return meta_loss, used
 
 
 # ------------------------------------------------------------------------------------ the comparison

@@ -55,11 +55,13 @@ def evaluate_task_metric(
     seed: int = 12345,
     env_kwargs: dict[str, Any] | None = None,
     vec_normalize: VecNormalize | None = None,
-) -> np.ndarray:
+    return_steps: bool = False,
+) -> np.ndarray | tuple[np.ndarray, int]:
     """The task metric of ``model``'s deterministic policy, one episode per goal; shape ``(n_goals,)``.
 
     All goals run in lockstep so the policy sees one batch per step. ``vec_normalize`` (the training
-    env's, if any) normalises the observations as the policy saw them in training.
+    env's, if any) normalises the observations as the policy saw them in training. With
+    ``return_steps`` the env steps the evaluation took come back too (to charge them to a budget).
     """
     metric = task_metric_for(env_id)
     goals = np.asarray(goals, dtype=np.float64)
@@ -84,7 +86,8 @@ def evaluate_task_metric(
     finally:
         for env in envs:
             env.close()
-    return np.array([metric(i, r) for i, r in zip(infos, rewards)])
+    values = np.array([metric(i, r) for i, r in zip(infos, rewards)])
+    return (values, sum(len(r) for r in rewards)) if return_steps else values
 
 
 __all__ = ["TASK_METRICS", "task_metric_for", "evaluate_task_metric"]

@@ -1,0 +1,90 @@
+"""MetaValidationCallback: which snapshots it validates, what it counts, that it keeps the best and
+that it leaves meta-training itself untouched."""
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.env_util import make_vec_env
+
+from sb3_ml3 import ML3, MetaLoss
+from sb3_ml3.compare import meta_train_loss, settings_for
+from sb3_ml3.ml3.callbacks import MetaValidationCallback
+
+ENV = "PointmassGoal-v0"
+EPISODE = 50  # PointmassGoal's TimeLimit
+SMALL = dict(n_steps=16, batch_size=32, n_epochs=1, policy_kwargs={"net_arch": [8]},
+             meta_loss_kwargs={"hidden_sizes": (8,)}, policy_reset_interval=4)
+
+
+def _model(seed=0):
+    env = make_vec_env(ENV, n_envs=2, seed=seed, env_kwargs={"task_split": "train"})
+    return ML3("MlpPolicy", env, meta_train=True, seed=seed, learning_rate=0.1, meta_lr=3e-2, **SMALL)
+
+
+def _phi(model):
+    return {k: v.detach().clone() for k, v in model.meta_loss.state_dict().items()}
+
+
+def test_validation_schedule_counts_and_restores_the_best(tmp_path):
+    model = _model()
+    callback = MetaValidationCallback(ENV, eval_freq=64, n_updates=2, n_goals=3, restore_best=True,
+                                      best_meta_loss_path=tmp_path / "best.zip")
+    model.learn(320, callback=callback)  # 10 iterations of 32 samples
+    steps = [s for s, _ in callback.history]
+    # between rollouts once 64 new samples have passed, plus the final loss
+    assert steps == [64, 128, 192, 256, 320]
+    per_validation = 2 * 16 * 2 + 3 * EPISODE  # meta-test rollouts + one evaluation episode per goal
+    assert callback.validation_timesteps == per_validation * len(steps)
+    metrics = [m for _, m in callback.history]
+    assert all(np.isfinite(metrics)) and len(set(metrics)) > 1, "distinct snapshots should validate differently"
+    assert callback.best_metric == max(metrics)
+    assert callback.best_timesteps == steps[int(np.argmax(metrics))]
+    for key, value in _phi(model).items():  # the model ends with the best snapshot
+        assert torch.equal(value, callback.best_state[key])
+    saved = MetaLoss.load(tmp_path / "best.zip")
+    for key, value in saved.state_dict().items():
+        assert torch.equal(value, callback.best_state[key])
+
+
+def test_validation_does_not_disturb_meta_training():
+    plain = _model()
+    plain.learn(256)
+    validated = _model()
+    callback = MetaValidationCallback(ENV, eval_freq=64, n_updates=2, n_goals=2, restore_best=False)
+    validated.learn(256, callback=callback)
+    assert len(callback.history) == 4
+    for key, value in _phi(plain).items():
+        assert torch.equal(value, _phi(validated)[key]), key
+
+
+def test_validation_is_deterministic_for_a_given_meta_loss():
+    model = _model()
+    callback = MetaValidationCallback(ENV, eval_freq=10_000, n_updates=2, n_goals=3)
+    model.learn(64, callback=callback)
+    callback._init_callback()  # a fresh validation env, as at the start of learn()
+    first = callback.validate()
+    second = callback.validate()
+    assert first == second
+
+
+def test_validation_refuses_a_meta_test_model():
+    env = make_vec_env(ENV, n_envs=2, seed=0, env_kwargs={"task_split": "train"})
+    model = ML3("MlpPolicy", env, meta_train=False, seed=0, **SMALL)
+    with pytest.raises(ValueError, match="meta_train=True"):
+        model.learn(64, callback=MetaValidationCallback(ENV))
+    with pytest.raises(ValueError, match="positive"):
+        MetaValidationCallback(ENV, eval_freq=0)
+
+
+def test_meta_train_loss_charges_validation_samples():
+    settings = settings_for("ml3", ENV, {
+        "n_envs": 2,
+        "meta_train": {**{k: v for k, v in SMALL.items() if k != "policy_kwargs"}, "learning_rate": 0.1},
+        "meta_train_net_arch": [8],
+        "meta_validation": dict(eval_freq=64, n_updates=1, n_goals=2),
+    })
+    loss, used = meta_train_loss(ENV, 0, 128, settings)
+    info = loss.metadata["meta_validation"]
+    assert [s for s, _ in info["history"]] == [64, 128]
+    assert used == 128 + info["validation_timesteps"] == loss.metadata["meta_train_timesteps"]
+    assert info["validation_timesteps"] == 2 * (1 * 16 * 2 + 2 * EPISODE)
