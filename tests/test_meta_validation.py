@@ -27,13 +27,13 @@ def _phi(model):
 
 def test_validation_schedule_counts_and_restores_the_best(tmp_path):
     model = _model()
-    callback = MetaValidationCallback(ENV, eval_freq=64, n_updates=2, n_goals=3, restore_best=True,
+    callback = MetaValidationCallback(ENV, eval_freq=64, eval_at_updates=(1, 2), n_goals=3, restore_best=True,
                                       best_meta_loss_path=tmp_path / "best.zip")
     model.learn(320, callback=callback)  # 10 iterations of 32 samples
     steps = [s for s, _ in callback.history]
     # between rollouts once 64 new samples have passed, plus the final loss
     assert steps == [64, 128, 192, 256, 320]
-    per_validation = 2 * 16 * 2 + 3 * EPISODE  # meta-test rollouts + one evaluation episode per goal
+    per_validation = 2 * 16 * 2 + 2 * 3 * EPISODE  # meta-test rollouts + one episode per goal and measurement
     assert callback.validation_timesteps == per_validation * len(steps)
     metrics = [m for _, m in callback.history]
     assert all(np.isfinite(metrics)) and len(set(metrics)) > 1, "distinct snapshots should validate differently"
@@ -50,7 +50,7 @@ def test_validation_does_not_disturb_meta_training():
     plain = _model()
     plain.learn(256)
     validated = _model()
-    callback = MetaValidationCallback(ENV, eval_freq=64, n_updates=2, n_goals=2, restore_best=False)
+    callback = MetaValidationCallback(ENV, eval_freq=64, eval_at_updates=(1, 2), n_goals=2, restore_best=False)
     validated.learn(256, callback=callback)
     assert len(callback.history) == 4
     for key, value in _phi(plain).items():
@@ -59,7 +59,7 @@ def test_validation_does_not_disturb_meta_training():
 
 def test_validation_is_deterministic_for_a_given_meta_loss():
     model = _model()
-    callback = MetaValidationCallback(ENV, eval_freq=10_000, n_updates=2, n_goals=3)
+    callback = MetaValidationCallback(ENV, eval_freq=10_000, eval_at_updates=(1, 2), n_goals=3)
     model.learn(64, callback=callback)
     callback._init_callback()  # a fresh validation env, as at the start of learn()
     first = callback.validate()
@@ -74,6 +74,8 @@ def test_validation_refuses_a_meta_test_model():
         model.learn(64, callback=MetaValidationCallback(ENV))
     with pytest.raises(ValueError, match="positive"):
         MetaValidationCallback(ENV, eval_freq=0)
+    with pytest.raises(ValueError, match="increasing"):
+        MetaValidationCallback(ENV, eval_at_updates=(5, 2))
 
 
 def test_meta_train_loss_charges_validation_samples():
@@ -81,7 +83,7 @@ def test_meta_train_loss_charges_validation_samples():
         "n_envs": 2,
         "meta_train": {**{k: v for k, v in SMALL.items() if k != "policy_kwargs"}, "learning_rate": 0.1},
         "meta_train_net_arch": [8],
-        "meta_validation": dict(eval_freq=64, n_updates=1, n_goals=2),
+        "meta_validation": dict(eval_freq=64, eval_at_updates=(1,), n_goals=2),
     })
     loss, used = meta_train_loss(ENV, 0, 128, settings)
     info = loss.metadata["meta_validation"]

@@ -5,8 +5,10 @@ best it passed through: in our ReacherGoal runs the loss of one seed trained new
 after 100k meta-train steps and to -9.8 after 300k (BENCHMARKS.md, "Meta-validation"). Which
 snapshot to keep is a model-selection question, answered like SB3's ``EvalCallback`` answers it
 for policies: every ``eval_freq`` env steps a frozen copy of the current meta-loss is *meta-tested*
-(Algorithm 5) on validation tasks -- a fresh policy, ``n_updates`` inner updates, then the task
-metric of its deterministic policy on fixed validation goals -- and the best copy is kept.
+(Algorithm 5) on validation tasks -- a fresh policy trained by the loss, whose deterministic policy
+is measured with the task metric on fixed validation goals after 2, 5 and 10 inner updates -- and
+the copy with the best mean of those measurements (the area under its early learning curve, which
+is what samples-to-80% rewards) is kept.
 
 The validation tasks come from the **train** split (the tasks meta-training draws from) with their
 own seeds; the test split stays unseen. Every env step of validation is counted in
@@ -44,8 +46,9 @@ class MetaValidationCallback(BaseCallback):
     :param env_id: the goal env to validate on (its train split).
     :param eval_freq: meta-train env steps between validations (checked between rollouts). The final
         meta-loss is validated too, when training ends.
-    :param n_updates: inner updates of each validation meta-test (each on ``n_steps * n_envs`` samples).
-        The loss is meta-trained for ``policy_reset_interval`` updates per policy; validate within that.
+    :param eval_at_updates: after how many inner updates (each on ``n_steps * n_envs`` samples) the
+        validation policy is measured; the validation metric is the mean of these measurements. The loss
+        is meta-trained for ``policy_reset_interval`` updates per policy: validate within that horizon.
     :param n_goals: validation goals on which the trained policy's task metric is measured.
     :param n_envs: parallel envs of the validation meta-test (default: the meta-training model's).
     :param seed: seed of the validation policy and envs: every validation starts from the same policy.
@@ -60,7 +63,7 @@ class MetaValidationCallback(BaseCallback):
         self,
         env_id: str,
         eval_freq: int = 25_000,
-        n_updates: int = 10,
+        eval_at_updates: Sequence[int] = (2, 5, 10),
         n_goals: int = 10,
         n_envs: int | None = None,
         seed: int = 0,
@@ -71,13 +74,15 @@ class MetaValidationCallback(BaseCallback):
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
-        if eval_freq < 1 or n_updates < 1 or n_goals < 1:
+        points = [int(k) for k in eval_at_updates]
+        if eval_freq < 1 or n_goals < 1 or not points or points != sorted(set(points)) or points[0] < 0:
             raise ValueError(
-                f"eval_freq, n_updates and n_goals must be positive, got {eval_freq}, {n_updates}, {n_goals}."
+                f"eval_freq and n_goals must be positive and eval_at_updates increasing update counts >= 0, "
+                f"got {eval_freq}, {n_goals} and {list(eval_at_updates)}."
             )
         self.env_id = env_id
         self.eval_freq = int(eval_freq)
-        self.n_updates = int(n_updates)
+        self.eval_at_updates = points
         self.n_goals = int(n_goals)
         self.n_envs = n_envs
         self.seed = int(seed)
@@ -155,15 +160,22 @@ class MetaValidationCallback(BaseCallback):
             tester = ML3(model.policy_class, self._val_env, meta_train=False,
                          meta_loss=copy.deepcopy(model.meta_loss), seed=self.seed,
                          policy_kwargs=policy_kwargs, device=model.device, **settings)
-            tester.learn(self.n_updates * tester.n_steps * tester.n_envs)
-            values, steps = evaluate_task_metric(
-                tester, self.env_id, self._goals, seed=VALIDATION_TASK_SEED, env_kwargs=self.env_kwargs,
-                vec_normalize=tester.get_vec_normalize_env(), return_steps=True)
+            rollout = tester.n_steps * tester.n_envs
+            values, done = [], 0
+            for k in self.eval_at_updates:
+                if k > done:  # k - done more updates (SB3 updates once per rollout)
+                    tester.learn((k - done) * rollout, reset_num_timesteps=done == 0)
+                    done = k
+                metric, steps = evaluate_task_metric(
+                    tester, self.env_id, self._goals, seed=VALIDATION_TASK_SEED, env_kwargs=self.env_kwargs,
+                    vec_normalize=tester.get_vec_normalize_env(), return_steps=True)
+                values.append(float(np.mean(metric)))
+                self.validation_timesteps += int(steps)
         finally:
             random.setstate(rng_state[0])
             np.random.set_state(rng_state[1])
             torch.set_rng_state(rng_state[2])
-        self.validation_timesteps += int(tester.num_timesteps) + int(steps)
+        self.validation_timesteps += int(tester.num_timesteps)
         return float(np.mean(values))
 
     def _validate(self) -> None:
