@@ -33,6 +33,7 @@ from .rendering import configure_headless_gl
 configure_headless_gl()
 
 from .ant import AntGoalEnv  # noqa: E402
+from .base import NumpyGoalEnv  # noqa: E402
 from .mountain_car import MountainCarGoalEnv  # noqa: E402
 from .pointmass import PointmassGoalEnv  # noqa: E402
 from .reacher import ReacherGoal4DEnv, ReacherGoalEnv  # noqa: E402
@@ -87,6 +88,7 @@ __all__ = [
     "GoalTaskMixin",
     "Interval",
     "MountainCarGoalEnv",
+    "NumpyGoalEnv",
     "PointmassGoalEnv",
     "ReacherGoal4DEnv",
     "ReacherGoalEnv",

@@ -23,13 +23,18 @@ arcs of 45 degrees; ``"train"`` goals lie on the arcs starting at 0, 90, 180, 27
 ``"test"`` goals on the other four, ``"all"`` anywhere on the circle.  ``set_task`` accepts any
 goal on the floor (``|gx|, |gy| <= 40``).
 
-The goal has no marker in rendered frames (Ant-v5's model has none).
+Rendered frames (``render_mode="rgb_array"``, ``"human"``, ...) show the goal as a red disc on the
+floor at ``(gx, gy)``.  It is a render-only marker, added to the scene of Gymnasium's MuJoCo
+renderer for each frame: the model, observations, physics and ``step`` are those of Ant-v5.  The
+default camera looks at the start from above so that the whole circle of goals is in the frame
+(Ant-v5's leaves most of it out); pass ``default_camera_config`` to choose another view.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import mujoco
 import numpy as np
 from gymnasium import spaces, utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
@@ -39,6 +44,11 @@ from .tasks import AnnulusSectors, GoalTaskMixin, alternating_sectors
 FLOOR_HALF_SIZE = 40.0
 N_ARCS = 8
 DEFAULT_GOAL_RADIUS = 2.0
+#: the goal marker of rendered frames: a flat red cylinder (a disc) lying on the floor
+GOAL_MARKER_RADIUS = 0.25
+GOAL_MARKER_HALF_HEIGHT = 0.01
+GOAL_MARKER_RGBA = (0.9, 0.05, 0.05, 1.0)
+CAMERA_DISTANCE_PER_GOAL_RADIUS = 3.5  # the default camera frames the whole circle of goals
 
 
 class AntGoalEnv(GoalTaskMixin, AntEnv):
@@ -49,8 +59,10 @@ class AntGoalEnv(GoalTaskMixin, AntEnv):
         goal: pin this goal from the start (same as ``set_task(goal)``).
         goal_radius: radius of the circle of goals around the start.
         terminate_when_unhealthy: end the episode when the torso leaves z in [0.2, 1] (Ant-v5's rule).
-        render_mode: None, "rgb_array" (headless GL, see ``sb3_ml3.envs.rendering``), "human", ...
-        **kwargs: passed to Ant-v5's constructor (e.g. ``reset_noise_scale``, ``frame_skip``);
+        render_mode: None, "rgb_array" (headless GL, see ``sb3_ml3.envs.rendering``), "human", ...;
+            frames show the goal as a red disc on the floor.
+        **kwargs: passed to Ant-v5's constructor (e.g. ``reset_noise_scale``, ``frame_skip``,
+            ``width``, ``height``, ``default_camera_config``: default :meth:`goal_camera_config`);
             ``include_cfrc_ext_in_observation`` and ``exclude_current_positions_from_observation``
             are fixed by this env.
     """
@@ -95,6 +107,9 @@ class AntGoalEnv(GoalTaskMixin, AntEnv):
         self.goal_radius = float(goal_radius)
         self._init_tasks(task_split, goal, goal_radius=self.goal_radius)
         self._initial_distance = float("nan")
+        if "default_camera_config" not in kwargs:
+            # Ant-v5's camera (4 m from the start) leaves most goals of the circle out of the frame
+            self.mujoco_renderer.default_cam_config = self.goal_camera_config(self.goal_radius)
 
     @classmethod
     def build_task_regions(cls, goal_radius: float = DEFAULT_GOAL_RADIUS) -> dict[str, AnnulusSectors]:
@@ -147,6 +162,38 @@ class AntGoalEnv(GoalTaskMixin, AntEnv):
         if self.render_mode == "human":
             self.render()
         return self._get_obs(), reward, terminated, False, info
+
+    # ---- rendering ---------------------------------------------------------------
+    @staticmethod
+    def goal_camera_config(goal_radius: float) -> dict[str, Any]:
+        """The default camera: looking at the start from above (60 degrees), the goal circle in view."""
+        return {
+            "distance": max(4.0, CAMERA_DISTANCE_PER_GOAL_RADIUS * goal_radius),
+            "elevation": -60.0,
+            "lookat": np.zeros(3),
+        }
+
+    def render(self):
+        """Ant-v5's frame with the goal drawn as a red disc on the floor at ``(gx, gy)``.
+
+        Gymnasium's MuJoCo viewers draw the markers queued with ``add_marker`` on top of the
+        model's geoms for one frame and then forget them, so the marker is queued before every
+        frame; it exists only in the rendered scene, not in the model.
+        """
+        if self.render_mode in self.metadata["render_modes"]:
+            # the viewer the renderer is about to use (made on the first frame); no reference is
+            # kept: a closed viewer must be freed when the renderer drops it
+            self.mujoco_renderer._get_viewer(self.render_mode).add_marker(**self._goal_marker())
+        return super().render()
+
+    def _goal_marker(self) -> dict[str, Any]:
+        """``add_marker`` arguments of the goal's disc: a thin cylinder standing on the floor."""
+        return {
+            "type": mujoco.mjtGeom.mjGEOM_CYLINDER,
+            "size": np.array([GOAL_MARKER_RADIUS, GOAL_MARKER_HALF_HEIGHT, 0.0]),
+            "pos": np.array([self._goal[0], self._goal[1], GOAL_MARKER_HALF_HEIGHT]),
+            "rgba": np.array(GOAL_MARKER_RGBA),
+        }
 
     def _info(self, distance: float) -> dict[str, Any]:
         info = self._task_info()

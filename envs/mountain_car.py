@@ -38,13 +38,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 
+from .base import NumpyGoalEnv
 from .rendering import Canvas
-from .tasks import Interval, GoalTaskMixin
+from .tasks import Interval
 
 MASS = 0.2
 GRAVITY = -9.8
@@ -93,7 +93,7 @@ def torch_reward(next_state: torch.Tensor, action: torch.Tensor, goal: torch.Ten
     return -(next_state[..., 0] - goal[..., 0]).abs()
 
 
-class MountainCarGoalEnv(GoalTaskMixin, gym.Env):
+class MountainCarGoalEnv(NumpyGoalEnv):
     """The paper's continuous mountain car with a goal position; see the module docstring.
 
     Args:
@@ -125,19 +125,16 @@ class MountainCarGoalEnv(GoalTaskMixin, gym.Env):
         reset_noise_scale: float = 0.0,
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or 'rgb_array'; got {render_mode!r}")
-        self.render_mode = render_mode
-        self.reset_noise_scale = float(reset_noise_scale)
-        self.action_space = spaces.Box(-MAX_FORCE, MAX_FORCE, shape=(1,), dtype=np.float32)
-        self.observation_space = spaces.Box(
+        super().__init__(task_split, goal, reset_noise_scale, render_mode, state=np.array([START_POSITION, 0.0]))
+
+    def _make_spaces(self) -> tuple[spaces.Box, spaces.Box]:
+        action_space = spaces.Box(-MAX_FORCE, MAX_FORCE, shape=(1,), dtype=np.float32)
+        observation_space = spaces.Box(
             np.array([MIN_POSITION, -MAX_SPEED, MIN_POSITION], dtype=np.float32),
             np.array([MAX_POSITION, MAX_SPEED, MAX_POSITION], dtype=np.float32),
             dtype=np.float32,
         )
-        self._state = np.array([START_POSITION, 0.0])
-        self._init_tasks(task_split, goal)
-        self._initial_distance = self._distance()
+        return action_space, observation_space
 
     @classmethod
     def build_task_regions(cls) -> dict[str, Interval]:
@@ -154,25 +151,14 @@ class MountainCarGoalEnv(GoalTaskMixin, gym.Env):
                 f"pick a position inside it (the paper's goal is {PAPER_GOAL})."
             )
 
-    @property
-    def state(self) -> np.ndarray:
-        """The physical state (x, v) as float64 (a copy)."""
-        return self._state.copy()
-
-    def _obs(self) -> np.ndarray:
-        return np.concatenate([self._state, self._goal]).astype(np.float32)
-
     def _distance(self) -> float:
         return float(abs(self._state[0] - self._goal[0]))
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self._next_goal()
+    def _sample_start_state(self) -> np.ndarray:
+        """At rest at ``START_POSITION``, plus uniform noise of ``reset_noise_scale`` if positive."""
         s = self.reset_noise_scale
         x0 = START_POSITION + (self.np_random.uniform(-s, s) if s > 0 else 0.0)
-        self._state = np.array([x0, 0.0])
-        self._initial_distance = self._distance()
-        return self._obs(), self._info()
+        return np.array([x0, 0.0])
 
     def step(self, action):
         a = self._check_action(action)
@@ -180,10 +166,8 @@ class MountainCarGoalEnv(GoalTaskMixin, gym.Env):
         info = self._info()
         return self._obs(), -info["distance"], False, False, info
 
-    def _info(self) -> dict[str, Any]:
-        info = self._task_info()
-        info["distance"] = self._distance()
-        info["initial_distance"] = self._initial_distance
+    def _info(self, distance: float | None = None) -> dict[str, Any]:
+        info = super()._info(distance)
         info["position"] = float(self._state[0])
         return info
 

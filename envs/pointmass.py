@@ -31,13 +31,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 
+from .base import NumpyGoalEnv
 from .rendering import Canvas
-from .tasks import AnnulusSectors, GoalTaskMixin
+from .tasks import AnnulusSectors
 
 DT = 0.1
 MAX_ACCEL = 1.0
@@ -93,7 +93,7 @@ def torch_reward(
     return -dist - ctrl_cost_weight * (a * a).sum(dim=-1)
 
 
-class PointmassGoalEnv(GoalTaskMixin, gym.Env):
+class PointmassGoalEnv(NumpyGoalEnv):
     """2-D point mass reaching a goal; see the module docstring for dynamics, reward and tasks.
 
     Args:
@@ -127,17 +127,13 @@ class PointmassGoalEnv(GoalTaskMixin, gym.Env):
         reset_noise_scale: float = 0.05,
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or 'rgb_array'; got {render_mode!r}")
-        self.render_mode = render_mode
         self.ctrl_cost_weight = float(ctrl_cost_weight)
-        self.reset_noise_scale = float(reset_noise_scale)
-        self.action_space = spaces.Box(-MAX_ACCEL, MAX_ACCEL, shape=(2,), dtype=np.float32)
+        super().__init__(task_split, goal, reset_noise_scale, render_mode, state=np.zeros(4))
+
+    def _make_spaces(self) -> tuple[spaces.Box, spaces.Box]:
         high = np.array([ARENA, ARENA, MAX_SPEED, MAX_SPEED, ARENA, ARENA], dtype=np.float32)
-        self.observation_space = spaces.Box(-high, high, dtype=np.float32)
-        self._state = np.zeros(4)
-        self._init_tasks(task_split, goal)
-        self._initial_distance = self._distance()
+        action_space = spaces.Box(-MAX_ACCEL, MAX_ACCEL, shape=(2,), dtype=np.float32)
+        return action_space, spaces.Box(-high, high, dtype=np.float32)
 
     @classmethod
     def build_task_regions(cls) -> dict[str, AnnulusSectors]:
@@ -155,24 +151,13 @@ class PointmassGoalEnv(GoalTaskMixin, gym.Env):
                 f"pick a goal inside it (the splits draw goals with {GOAL_R_MIN} <= |g| <= {GOAL_R_MAX})."
             )
 
-    @property
-    def state(self) -> np.ndarray:
-        """The physical state (x, y, vx, vy) as float64 (a copy)."""
-        return self._state.copy()
-
-    def _obs(self) -> np.ndarray:
-        return np.concatenate([self._state, self._goal]).astype(np.float32)
-
     def _distance(self) -> float:
         return math.hypot(self._state[0] - self._goal[0], self._state[1] - self._goal[1])
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self._next_goal()
+    def _sample_start_state(self) -> np.ndarray:
+        """At rest, the position uniform in ``[-reset_noise_scale, reset_noise_scale]^2``."""
         s = self.reset_noise_scale
-        self._state = np.array([*self.np_random.uniform(-s, s, size=2), 0.0, 0.0])
-        self._initial_distance = self._distance()
-        return self._obs(), self._info()
+        return np.array([*self.np_random.uniform(-s, s, size=2), 0.0, 0.0])
 
     def step(self, action):
         a = self._check_action(action)
@@ -184,12 +169,6 @@ class PointmassGoalEnv(GoalTaskMixin, gym.Env):
         info["reward_dist"] = -d
         info["reward_ctrl"] = -ctrl
         return self._obs(), -d - ctrl, False, False, info
-
-    def _info(self, distance: float | None = None) -> dict[str, Any]:
-        info = self._task_info()
-        info["distance"] = self._distance() if distance is None else distance
-        info["initial_distance"] = self._initial_distance
-        return info
 
     def render(self):
         if self.render_mode != "rgb_array":

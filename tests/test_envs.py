@@ -484,3 +484,57 @@ def test_mujoco_render_headless(env_id, mujoco_gl):
     frame = env.render()
     assert frame.shape == (48, 64, 3) and frame.dtype == np.uint8 and frame.std() > 0
     env.close()
+
+
+def _red_pixels(frame: np.ndarray) -> np.ndarray:
+    r, g, b = (frame[..., i].astype(int) for i in range(3))
+    return (r > 150) & (g < 80) & (b < 80)
+
+
+def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """``mask`` dilated by ``pixels`` (a square neighbourhood)."""
+    padded = np.pad(mask, pixels)
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    for dy in range(2 * pixels + 1):
+        for dx in range(2 * pixels + 1):
+            out |= padded[dy : dy + h, dx : dx + w]
+    return out
+
+
+def test_ant_goal_marker_in_frames(mujoco_gl):
+    """AntGoal's frames show the goal as a red disc on the floor; the marker is render-only."""
+    from gymnasium.envs.mujoco.ant_v5 import AntEnv
+
+    size = 96
+    env = gym.make("AntGoal-v0", render_mode="rgb_array", width=size, height=size)
+    plain = gym.make("AntGoal-v0")  # never rendered: the reference for "rendering changes nothing"
+    u = env.unwrapped
+    frames, bare, obs = [], [], []
+    for goal in ((2.0, 0.0), (-2.0, 0.0)):  # right and left of the start in the default view
+        u.set_task(goal)
+        plain.unwrapped.set_task(goal)
+        o, _ = env.reset(seed=0)  # same seed: the same ant pose, only the goal differs
+        np.testing.assert_array_equal(o, plain.reset(seed=0)[0])
+        obs.append(o)
+        frames.append(env.render())
+        bare.append(AntEnv.render(u))  # Ant-v5's own frame: no marker
+    red = [_red_pixels(f) for f in frames]
+    assert not any(_red_pixels(f).any() for f in bare), "red pixels without the marker"
+    assert all(m.sum() >= 10 for m in red), [int(m.sum()) for m in red]
+    cols = [np.nonzero(m)[1].mean() for m in red]
+    assert cols[0] > size / 2 > cols[1], cols  # the marker follows the goal
+    for frame, plain_frame, m in zip(frames, bare, red):
+        diff = (frame != plain_frame).any(axis=2)  # the marker and its blended edge, nothing else
+        assert diff.any() and not (diff & ~_grow(m, 2)).any()
+    np.testing.assert_array_equal(obs[0][: u.goal_slice.start], obs[1][: u.goal_slice.start])
+    # rendering between steps leaves the rollout as it is without rendering
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a = rng.uniform(-1.0, 1.0, size=env.action_space.shape).astype(np.float32)
+        o, r, *_ = env.step(a)
+        env.render()
+        o_plain, r_plain, *_ = plain.step(a)
+        np.testing.assert_array_equal(o, o_plain)
+        assert r == r_plain
+    env.close()
