@@ -86,7 +86,8 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("env_id", help="a goal env, e.g. PointmassGoal-v0, ReacherGoal-v0, AntGoal-v0")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--meta-loss", default=None, help="a meta-loss file (ML3.save_meta_loss); default: meta-train one per seed")
+    p.add_argument("--meta-loss", default=None, help="a meta-loss file (ML3.save_meta_loss), or one per seed with {seed} in the path "
+                   "(e.g. results/reacher/meta_loss_seed{seed}.zip); default: meta-train one per seed")
     p.add_argument("--meta-train-steps", type=int, default=None,
                    help="env steps of meta-training per seed when no --meta-loss is given (default: per env)")
     p.add_argument("--meta-train-samples", type=int, default=None,

@@ -361,7 +361,7 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
         validation = MetaValidationCallback(env_id, seed=seed, env_kwargs=env_kwargs, **settings["meta_validation"])
     model.learn(timesteps, callback=validation, progress_bar=progress_bar)
     used = int(model.num_timesteps)
-    if validation is not None:  # the selection's samples are part of meta-training's cost
+    if validation is not None and validation.history:  # the selection's samples are part of meta-training's cost
         used += validation.validation_timesteps
         model.meta_loss.metadata["meta_validation"] = {
             "history": validation.history, "best_timesteps": validation.best_timesteps,
@@ -405,7 +405,8 @@ def run_compare(
 
     :param env_id: a goal env id (``PointmassGoal-v0``, ``ReacherGoal-v0``, ``AntGoal-v0``, ...).
     :param algos: from :data:`ALGOS`; ``"ppo"`` is the reference of the metrics (m_ref).
-    :param meta_loss: ML3's loss: a :class:`MetaLoss`, a file from ``ML3.save_meta_loss``, or ``None``
+    :param meta_loss: ML3's loss: a :class:`MetaLoss`, a file from ``ML3.save_meta_loss``, a path with
+        ``{seed}`` in it (one file per seed, e.g. ``out/meta_loss_seed{seed}.zip``), or ``None``
         to meta-train one per seed on the train goals first (``meta_train_steps`` env steps, default
         ``ML3_SETTINGS[env_id]["meta_train_timesteps"]``).
     :param meta_train_samples: the meta-train env steps of a given ``meta_loss`` when its file does not
@@ -442,9 +443,6 @@ def run_compare(
     ml3_settings = settings.get("ml3") or settings_for("ml3", env_id, hyperparams.get("ml3"))
     if quick:
         n_tasks = min(n_tasks, QUICK["n_tasks"])
-        if ml3_settings.get("meta_validation"):  # one small validation at the end of meta-training
-            ml3_settings["meta_validation"] = dict(ml3_settings["meta_validation"], eval_at_updates=(1,),
-                                                   n_goals=QUICK["n_tasks"])
     total_timesteps = total_timesteps or (QUICK["total_timesteps"] if quick else compare_settings["total_timesteps"])
     eval_every = eval_every or (QUICK["eval_every"] if quick else compare_settings["eval_every"])
     if meta_train_steps is None:
@@ -463,11 +461,24 @@ def run_compare(
     meta_train: dict[str, Any] = {"given": meta_loss is not None, "per_seed": {}}
     if "ml3" in algos:
         if meta_loss is not None:
-            loaded = meta_loss if isinstance(meta_loss, MetaLoss) else MetaLoss.load(meta_loss)
-            recorded = loaded.metadata.get("meta_train_timesteps")
-            meta_train["samples"] = meta_train_samples if meta_train_samples is not None else recorded
+            per_seed = isinstance(meta_loss, (str, os.PathLike)) and "{seed}" in os.fspath(meta_loss)
+            if per_seed:  # one file per seed, e.g. the meta_loss_seed{seed}.zip of an earlier comparison
+                losses = {seed: os.fspath(meta_loss).format(seed=seed) for seed in seeds}
+                missing = [path for path in losses.values() if not os.path.exists(path)]
+                if missing:
+                    raise ValueError(f"--meta-loss {os.fspath(meta_loss)!r}: no file {missing[0]!r} for its seed.")
+            else:
+                losses = {seed: meta_loss for seed in seeds}
+            recorded = []
+            for seed, loss in losses.items():
+                loaded = loss if isinstance(loss, MetaLoss) else MetaLoss.load(loss)
+                recorded.append(loaded.metadata.get("meta_train_timesteps"))
+                if per_seed:
+                    meta_train["per_seed"][str(seed)] = {"samples": recorded[-1], "path": loss}
+            known = [r for r in recorded if r is not None]
+            meta_train["samples"] = (meta_train_samples if meta_train_samples is not None
+                                     else float(np.mean(known)) if len(known) == len(recorded) else None)
             meta_train["source"] = os.fspath(meta_loss) if not isinstance(meta_loss, MetaLoss) else "MetaLoss object"
-            losses = {seed: meta_loss for seed in seeds}
         else:
             meta_train["timesteps"] = meta_train_steps
             meta_train["settings"] = _jsonable(ml3_settings["meta_train"])

@@ -90,3 +90,19 @@ def test_meta_train_loss_charges_validation_samples():
     assert [s for s, _ in info["history"]] == [64, 128]
     assert used == 128 + info["validation_timesteps"] == loss.metadata["meta_train_timesteps"]
     assert info["validation_timesteps"] == 2 * (1 * 16 * 2 + 2 * EPISODE)
+
+
+def test_compare_reuses_one_meta_loss_per_seed(tmp_path):
+    from sb3_ml3.compare import run_compare
+
+    for seed in (0, 1):
+        meta_train_loss(ENV, seed, 100 * (seed + 1), settings_for("ml3", ENV, {"n_envs": 2}),
+                        path=tmp_path / f"loss_seed{seed}.zip")
+    pattern = str(tmp_path / "loss_seed{seed}.zip")
+    results = run_compare(ENV, algos=["ml3"], meta_loss=pattern, seeds=[0, 1], quick=True, progress=False, verbose=0)
+    per_seed = results["meta_train"]["per_seed"]
+    assert per_seed["0"]["path"].endswith("loss_seed0.zip") and per_seed["1"]["path"].endswith("loss_seed1.zip")
+    assert [per_seed[s]["samples"] for s in ("0", "1")] == [100, 200]  # each file's own meta-train steps
+    assert results["meta_train"]["samples"] == 150
+    with pytest.raises(ValueError, match="no file"):
+        run_compare(ENV, algos=["ml3"], meta_loss=pattern, seeds=[0, 2], quick=True, progress=False, verbose=0)

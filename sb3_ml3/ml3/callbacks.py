@@ -45,7 +45,8 @@ class MetaValidationCallback(BaseCallback):
 
     :param env_id: the goal env to validate on (its train split).
     :param eval_freq: meta-train env steps between validations (checked between rollouts). The final
-        meta-loss is validated too, when training ends.
+        meta-loss is validated too, when training ends, if an earlier one was (otherwise there is no
+        choice to make).
     :param eval_at_updates: after how many inner updates (each on ``n_steps * n_envs`` samples) the
         validation policy is measured; the validation metric is the mean of these measurements. The loss
         is meta-trained for ``policy_reset_interval`` updates per policy: validate within that horizon.
@@ -126,7 +127,9 @@ class MetaValidationCallback(BaseCallback):
             self._validate()
 
     def _on_training_end(self) -> None:
-        if not self.history or self.history[-1][0] != self.num_timesteps:
+        # the final meta-loss is a candidate too, when there is a choice to make (a run shorter than
+        # eval_freq has a single candidate and spends nothing on validation)
+        if self.history and self.history[-1][0] != self.num_timesteps:
             self._validate()
         if self.restore_best and self.best_state is not None:
             self.model.meta_loss.load_state_dict(self.best_state)
