@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_ml3 import ML3, MetaLoss
 from sb3_ml3.compare import meta_train_loss, settings_for
@@ -65,6 +66,20 @@ def test_validation_is_deterministic_for_a_given_meta_loss():
     first = callback.validate()
     second = callback.validate()
     assert first == second
+
+
+def test_validation_sees_observations_normalised_as_in_meta_training():
+    env = VecNormalize(make_vec_env(ENV, n_envs=2, seed=0, env_kwargs={"task_split": "train"}), norm_reward=False)
+    model = ML3("MlpPolicy", env, meta_train=True, seed=0, learning_rate=0.1, **SMALL)
+    callback = MetaValidationCallback(ENV, eval_freq=64, eval_at_updates=(1,), n_goals=2, restore_best=False)
+    model.learn(128, callback=callback)
+    assert len(callback.history) == 2 and all(np.isfinite(m) for _, m in callback.history)
+    callback._init_callback()
+    callback.validate()
+    val_env = callback._val_env
+    assert isinstance(val_env, VecNormalize) and not val_env.training
+    np.testing.assert_allclose(val_env.obs_rms.mean, env.obs_rms.mean)
+    np.testing.assert_allclose(val_env.obs_rms.var, env.obs_rms.var)
 
 
 def test_validation_refuses_a_meta_test_model():

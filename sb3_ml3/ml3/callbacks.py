@@ -147,11 +147,12 @@ class MetaValidationCallback(BaseCallback):
 
         assert self._val_env is not None and self._goals is not None, "the callback is not initialised"
         model = self.model
+        meta_loss = copy.deepcopy(model.meta_loss)
         train_normalize = model.get_vec_normalize_env()
-        if train_normalize is not None:  # see observations as the meta-loss sees them
-            val_normalize = self._val_env
-            assert isinstance(val_normalize, VecNormalize)
-            val_normalize.obs_rms = copy.deepcopy(train_normalize.obs_rms)
+        if train_normalize is not None:  # the copy sees observations as meta-training normalises them now
+            meta_loss.metadata["obs_normalization"] = {
+                "mean": train_normalize.obs_rms.mean.tolist(), "var": train_normalize.obs_rms.var.tolist(),
+                "count": float(train_normalize.obs_rms.count)}
         settings = {name: getattr(model, name) for name in _INNER_SETTINGS}
         policy_kwargs = dict(model.policy_kwargs)
         if self.net_arch is not None:
@@ -161,7 +162,7 @@ class MetaValidationCallback(BaseCallback):
         rng_state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         try:  # the validation seeds the global RNGs: meta-training must not notice
             tester = ML3(model.policy_class, self._val_env, meta_train=False,
-                         meta_loss=copy.deepcopy(model.meta_loss), seed=self.seed,
+                         meta_loss=meta_loss, seed=self.seed,
                          policy_kwargs=policy_kwargs, device=model.device, **settings)
             rollout = tester.n_steps * tester.n_envs
             values, done = [], 0
