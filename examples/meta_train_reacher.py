@@ -16,20 +16,27 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_ml3 import ML3
 from sb3_ml3.compare import ML3_SETTINGS, run_compare, save_results, summary_table, write_outputs
+from sb3_ml3.ml3 import MetaValidationCallback
 
 ENV_ID = "ReacherGoal-v0"
 
 
 def meta_train(seed: int, steps: int, path: str) -> int:
-    """Algorithm 4 on the training goals (task_split="train"); saves the loss, returns its env steps."""
+    """Algorithm 4 on the training goals (task_split="train") with meta-validation; saves the loss,
+    returns its env steps (meta-training and validation)."""
     recipe = ML3_SETTINGS[ENV_ID]
     env = make_vec_env(ENV_ID, n_envs=recipe["n_envs"], seed=seed, env_kwargs={"task_split": "train"})
     model = ML3("MlpPolicy", env, meta_train=True, seed=seed,
                 policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}}, **recipe["meta_train"])
-    model.learn(steps)
-    model.meta_loss.metadata["meta_train_timesteps"] = int(model.num_timesteps)  # for the break-even
+    # every 25k steps a frozen copy of the loss trains a fresh policy on validation goals of the
+    # train split; the best copy is restored at the end (meta-training is noisy, the last copy is
+    # not always the best)
+    validation = MetaValidationCallback(ENV_ID, seed=seed, **recipe["meta_validation"])
+    model.learn(steps, callback=validation)
+    used = int(model.num_timesteps) + validation.validation_timesteps
+    model.meta_loss.metadata["meta_train_timesteps"] = used  # for the break-even
     model.save_meta_loss(path)
-    return int(model.num_timesteps)
+    return used
 
 
 def main(argv=None) -> dict:
