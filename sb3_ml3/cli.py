@@ -106,6 +106,9 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
                    help='JSON overrides of the settings tables, e.g. \'{"ppo": {"n_epochs": 5}, '
                    '"ml3": {"meta_test": {"learning_rate": 0.003}}}\'')
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test in seconds")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted comparison in --out (same settings; more seeds, --net-archs or --algos "
+                   "may be added): reuse its meta-losses and finished runs (runs_done.jsonl)")
     _add_common(p)
     p.set_defaults(run=_run_compare)
 
@@ -137,7 +140,7 @@ def _run_compare(args: argparse.Namespace) -> dict[str, Any]:
         meta_train_samples=args.meta_train_samples, seeds=seeds, n_tasks=args.n_tasks,
         total_timesteps=args.timesteps, eval_every=args.eval_every, net_archs=args.net_archs,
         hyperparams=hyperparams, task_mode=args.task_mode, quick=args.quick, out_dir=args.out,
-        progress=not args.no_progress,
+        resume=args.resume, progress=not args.no_progress,
     )
     return _compare_outputs(results, args.out)
 

@@ -386,6 +386,48 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
 
 
 # ------------------------------------------------------------------------------------ the comparison
+#: finished runs of a comparison, one JSON line each after a header with the settings' fingerprint
+RUNS_FILE = "runs_done.jsonl"
+
+
+class _RunLog:
+    """The finished runs of a comparison in ``out_dir/runs_done.jsonl``, so a long one can resume."""
+
+    def __init__(self, out_dir: str | os.PathLike, fingerprint: dict[str, Any], resume: bool) -> None:
+        self.path = os.path.join(out_dir, RUNS_FILE)
+        self.runs: dict[tuple, dict[str, Any]] = {}
+        header = json.dumps({"fingerprint": fingerprint}, sort_keys=True)
+        if resume and os.path.exists(self.path):
+            with open(self.path) as f:
+                lines = f.read().splitlines()
+            try:
+                saved = json.loads(lines[0])["fingerprint"] if lines else None
+                loaded = [json.loads(line) for line in lines[1:] if line.strip()]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{self.path} is not a run log of ml3 compare ({exc}); move it away to start over.") from None
+            if saved != json.loads(header)["fingerprint"]:
+                raise ValueError(
+                    f"The comparison in {os.path.dirname(self.path) or '.'} was started with other settings; resume it "
+                    "with the same command, or use another output folder."
+                )
+            self.runs = {self._key(r["algo"], r["net_arch"], r["seed"], r["task"]): r for r in loaded}
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        with open(self.path, "w") as f:
+            f.write(header + "\n")
+
+    @staticmethod
+    def _key(algo: str, net_arch: Sequence[int], seed: int, task: int | None) -> tuple:
+        return algo, tuple(int(w) for w in net_arch), int(seed), task
+
+    def get(self, algo: str, net_arch: Sequence[int], seed: int, task: int | None) -> dict[str, Any] | None:
+        return self.runs.get(self._key(algo, net_arch, seed, task))
+
+    def add(self, run: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_jsonable(run)) + "\n")
+
+
 def run_compare(
     env_id: str,
     algos: Sequence[str] = ("ml3", "ppo"),
@@ -402,6 +444,7 @@ def run_compare(
     env_kwargs: dict[str, Any] | None = None,
     quick: bool = False,
     out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
     progress: bool = True,
     verbose: int = 1,
 ) -> dict[str, Any]:
@@ -426,7 +469,11 @@ def run_compare(
     :param task_mode: ``"distribution"`` or ``"per_task"`` (see the module docstring).
     :param env_kwargs: extra env arguments (training and evaluation).
     :param quick: tiny budgets (:data:`QUICK`) for smoke tests; explicit arguments still win.
-    :param out_dir: if given, meta-losses (``meta_loss_seed{s}.zip``) are saved there.
+    :param out_dir: if given, meta-losses (``meta_loss_seed{s}.zip``) are saved there, and every
+        finished run is appended to ``runs_done.jsonl`` there (:data:`RUNS_FILE`).
+    :param resume: continue an interrupted comparison in ``out_dir``: its saved meta-losses and
+        finished runs are reused, the rest is run. The settings, budgets and tasks must be the ones it
+        was started with; seeds, architectures and algorithms may be added (only the new runs run).
     """
     from sb3_ml3.envs import sample_tasks
 
@@ -459,6 +506,15 @@ def run_compare(
     goals = sample_tasks(env_id, n_tasks, "test", seed=TASK_SEED)
     log = print if verbose else (lambda *a, **k: None)
     start = time.time()
+    if resume and out_dir is None:
+        raise ValueError("resume=True continues the comparison saved in out_dir: give out_dir.")
+    fingerprint = _jsonable({
+        "env_id": env_id, "n_tasks": n_tasks, "task_mode": task_mode, "total_timesteps": total_timesteps,
+        "eval_every": eval_every, "settings": settings, "ml3_settings": ml3_settings, "normalize": normalize,
+        "env_kwargs": env_kwargs or {}, "meta_train_steps": meta_train_steps, "quick": quick,
+        "meta_loss": None if meta_loss is None or isinstance(meta_loss, MetaLoss) else os.fspath(meta_loss),
+    })
+    done_runs = _RunLog(out_dir, fingerprint, resume) if out_dir is not None else None
 
     # ---- ML3's loss per seed: given, or meta-trained on the train goals
     losses: dict[int, MetaLoss | str | os.PathLike] = {}
@@ -490,6 +546,12 @@ def run_compare(
             for seed in seeds:
                 t0 = time.time()
                 path = None if out_dir is None else os.path.join(out_dir, f"meta_loss_seed{seed}.zip")
+                if resume and path is not None and os.path.exists(path):
+                    used = MetaLoss.load(path).metadata.get("meta_train_timesteps")
+                    log(f"resuming: the meta-loss of seed {seed} is {path} ({used} env steps)")
+                    losses[seed] = path
+                    meta_train["per_seed"][str(seed)] = {"samples": used, "path": path, "resumed": True}
+                    continue
                 log(f"meta-training ML3's loss on {env_id}'s train goals, seed {seed}: {meta_train_steps} env steps")
                 loss, used = meta_train_loss(env_id, seed, meta_train_steps, ml3_settings, path=path,
                                              env_kwargs=env_kwargs, normalize=normalize, progress_bar=progress)
@@ -509,6 +571,14 @@ def run_compare(
                 for task in task_list:
                     run_goals = goals if task is None else goals[task:task + 1]
                     for algo in algos:
+                        finished = done_runs.get(algo, net_arch, seed, task) if done_runs is not None else None
+                        if finished is not None:
+                            runs.append(finished)
+                            log(f"  {algo:5s} {arch_key(net_arch)} seed {seed}"
+                                + ("" if task is None else f" task {task}") + ": done before (resumed)")
+                            if bar is not None:
+                                bar.update(len(schedule))
+                            continue
                         t0 = time.time()
                         env = make_train_env(env_id, int(settings[algo].get("n_envs", 8)), seed,
                                              goal=None if task is None else goals[task], normalize=normalize,
@@ -533,6 +603,8 @@ def run_compare(
                             "per_goal": values.T.tolist(), "timesteps": int(model.num_timesteps),
                             "wall_time_s": round(time.time() - t0, 2),
                         })
+                        if done_runs is not None:
+                            done_runs.add(runs[-1])
                         if bar is None:
                             log(f"  {algo:5s} {arch_key(net_arch)} seed {seed}"
                                 + ("" if task is None else f" task {task}")

@@ -130,3 +130,30 @@ def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(SystemExit) as exc:
         cli_main(["compare", ENV, "--quick", "--hyperparams", "{not json", "--out", str(tmp_path)])
     assert exc.value.code == 2
+
+
+def test_compare_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    import sb3_ml3.compare as compare
+
+    out = str(tmp_path / "cmp")
+    kwargs = dict(algos=["ml3", "ppo"], seeds=[0], net_archs=["16", "8"], quick=True, progress=False, verbose=0)
+    full = compare.run_compare(ENV, out_dir=out, **kwargs)
+    log = os.path.join(out, compare.RUNS_FILE)
+    with open(log) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 1 + 4  # header + one line per finished run
+    with open(log, "w") as f:  # interrupted during the last run
+        f.write("\n".join(lines[:-1]) + "\n")
+
+    built = []
+    real_build = compare.build_model
+    monkeypatch.setattr(compare, "build_model", lambda algo, *a, **k: built.append(algo) or real_build(algo, *a, **k))
+    monkeypatch.setattr(compare, "meta_train_loss", lambda *a, **k: pytest.fail("the saved meta-loss must be reused"))
+    resumed = compare.run_compare(ENV, out_dir=out, resume=True, **kwargs)
+    assert built == ["ppo"]  # only the unfinished run ran again
+    assert resumed["curves"] == full["curves"] and resumed["metrics"] == full["metrics"]
+
+    with pytest.raises(ValueError, match="other settings"):
+        compare.run_compare(ENV, out_dir=out, resume=True, eval_every=256, **kwargs)
+    with pytest.raises(ValueError, match="give out_dir"):
+        compare.run_compare(ENV, resume=True, **kwargs)
