@@ -84,8 +84,9 @@ _VALIDATION = dict(eval_freq=25_000, eval_at_updates=(2, 5, 10), n_goals=10)
 #: envs per update, one SGD pass in minibatches of 100 at alpha 3e-2 with the inner gradient clipped to
 #: norm 1, eta 3e-3, fresh policy every 25 updates, quadratic loss in mu, and the (normalised)
 #: advantage as a sixth meta-loss input, and meta-validation (:data:`_VALIDATION`) to keep the best loss.
-#: PointmassGoal's and ReacherGoal's meta-tests stop updating the policy after 25 updates (``max_policy_updates=25``, the
-#: horizon the loss was meta-trained for): with meta-validated losses every seed is near its best after
+#: PointmassGoal's and ReacherGoal's meta-tests stop updating the policy after 25 updates
+#: (``max_policy_updates=25``, the horizon the loss was meta-trained for): with meta-validated losses
+#: every seed is near its best after
 #: 5 updates, and past 25 some losses let the policy drift (5 seeds, [64, 64]: final -7.94 frozen vs
 #: -8.26 updated throughout; [128, 128, 128]: -8.06 vs -8.53; BENCHMARKS.md). Without meta-validation
 #: freezing had hurt (the 3-seed demo ended at -10.4 vs -8.9: it froze slow seeds early). The price:
