@@ -511,7 +511,9 @@ def run_compare(
         raise ValueError("resume=True continues the comparison saved in out_dir: give out_dir.")
     fingerprint = _jsonable({
         "env_id": env_id, "n_tasks": n_tasks, "task_mode": task_mode, "total_timesteps": total_timesteps,
-        "eval_every": eval_every, "settings": settings, "ml3_settings": ml3_settings, "normalize": normalize,
+        # every algorithm's settings, not just the chosen ones': a resumed comparison may add algorithms
+        "eval_every": eval_every, "normalize": normalize,
+        "settings": {a: settings_for(a, env_id, hyperparams.get(a)) for a in ALGOS},
         "env_kwargs": env_kwargs or {}, "meta_train_steps": meta_train_steps, "quick": quick,
         "meta_loss": None if meta_loss is None or isinstance(meta_loss, MetaLoss) else os.fspath(meta_loss),
     })

@@ -153,6 +153,11 @@ def test_compare_resumes_an_interrupted_run(tmp_path, monkeypatch):
     assert built == ["ppo"]  # only the unfinished run ran again
     assert resumed["curves"] == full["curves"] and resumed["metrics"] == full["metrics"]
 
+    built.clear()  # adding an algorithm to a finished comparison runs only its runs
+    extended = compare.run_compare(ENV, out_dir=out, resume=True, **dict(kwargs, algos=["ml3", "ppo", "trpo"]))
+    assert built == ["trpo", "trpo"]
+    assert extended["curves"]["ppo [16]"] == full["curves"]["ppo [16]"] and "trpo [8]" in extended["curves"]
+
     with pytest.raises(ValueError, match="other settings"):
         compare.run_compare(ENV, out_dir=out, resume=True, eval_every=256, **kwargs)
     with pytest.raises(ValueError, match="give out_dir"):
