@@ -77,6 +77,21 @@ _ML3_RECIPE = dict(n_steps=50, batch_size=100, n_epochs=1, learning_rate=3e-2, m
 #: 2, 5 and 10; the best copy is kept. Its env steps (about 22% more) count as meta-train samples.
 _VALIDATION = dict(eval_freq=25_000, eval_at_updates=(2, 5, 10), n_goals=10)
 
+
+def _ml3_env_settings(meta_train_timesteps: int, meta_validation: Mapping[str, Any],
+                      **meta_test: Any) -> dict[str, Any]:
+    """One env's entry of :data:`ML3_SETTINGS`: the shared recipe, its budget and its meta-test extras."""
+    return dict(
+        n_envs=8,
+        meta_train=dict(**_ML3_RECIPE, meta_lr=3e-3, policy_reset_interval=25,
+                        meta_loss_kwargs={"quadratic": ("mean",)}),
+        meta_train_timesteps=meta_train_timesteps,
+        meta_train_net_arch=[64, 64],
+        meta_validation=dict(meta_validation),
+        meta_test=dict(_ML3_RECIPE, **meta_test),
+    )
+
+
 #: ML3's settings per env, the one place to edit them. ``meta_train``/``meta_test``: ML3 keyword
 #: arguments for Algorithm 4 / 5; ``n_envs``: parallel envs of both; ``meta_train_timesteps``: env steps
 #: of meta-training when no meta-loss is given; ``meta_train_net_arch``: the policy it meta-trains on.
@@ -86,39 +101,15 @@ _VALIDATION = dict(eval_freq=25_000, eval_at_updates=(2, 5, 10), n_goals=10)
 #: advantage as a sixth meta-loss input, and meta-validation (:data:`_VALIDATION`) to keep the best loss.
 #: PointmassGoal's and ReacherGoal's meta-tests stop updating the policy after 25 updates
 #: (``max_policy_updates=25``, the horizon the loss was meta-trained for): with meta-validated losses
-#: every seed is near its best after
-#: 5 updates, and past 25 some losses let the policy drift (5 seeds, [64, 64]: final -7.94 frozen vs
-#: -8.26 updated throughout; [128, 128, 128]: -8.06 vs -8.53; BENCHMARKS.md). Without meta-validation
-#: freezing had hurt (the 3-seed demo ended at -10.4 vs -8.9: it froze slow seeds early). The price:
-#: a frozen policy stops improving, so on budgets far past PPO's plateau PPO can overtake it.
+#: every seed is near its best after 5 updates, and past 25 some losses let the policy drift (5 seeds,
+#: [64, 64]: final -7.94 frozen vs -8.26 updated throughout; [128, 128, 128]: -8.06 vs -8.53;
+#: BENCHMARKS.md). Without meta-validation freezing had hurt (the 3-seed demo ended at -10.4 vs -8.9:
+#: it froze slow seeds early). The price: a frozen policy stops improving, so on budgets far past
+#: PPO's plateau PPO can overtake it.
 ML3_SETTINGS: dict[str, dict[str, Any]] = {
-    "PointmassGoal-v0": dict(
-        n_envs=8,
-        meta_train=dict(**_ML3_RECIPE, meta_lr=3e-3, policy_reset_interval=25,
-                        meta_loss_kwargs={"quadratic": ("mean",)}),
-        meta_train_timesteps=200_000,
-        meta_train_net_arch=[64, 64],
-        meta_validation=dict(_VALIDATION),
-        meta_test=dict(_ML3_RECIPE, max_policy_updates=25),
-    ),
-    "ReacherGoal-v0": dict(
-        n_envs=8,
-        meta_train=dict(**_ML3_RECIPE, meta_lr=3e-3, policy_reset_interval=25,
-                        meta_loss_kwargs={"quadratic": ("mean",)}),
-        meta_train_timesteps=300_000,
-        meta_train_net_arch=[64, 64],
-        meta_validation=dict(_VALIDATION),
-        meta_test=dict(_ML3_RECIPE, max_policy_updates=25),
-    ),
-    "AntGoal-v0": dict(
-        n_envs=8,
-        meta_train=dict(**_ML3_RECIPE, meta_lr=3e-3, policy_reset_interval=25,
-                        meta_loss_kwargs={"quadratic": ("mean",)}),
-        meta_train_timesteps=1_000_000,
-        meta_train_net_arch=[64, 64],
-        meta_validation=dict(_VALIDATION, eval_freq=50_000),
-        meta_test=dict(_ML3_RECIPE),
-    ),
+    "PointmassGoal-v0": _ml3_env_settings(200_000, _VALIDATION, max_policy_updates=25),
+    "ReacherGoal-v0": _ml3_env_settings(300_000, _VALIDATION, max_policy_updates=25),
+    "AntGoal-v0": _ml3_env_settings(1_000_000, dict(_VALIDATION, eval_freq=50_000)),
 }
 #: ML3 settings for an env not in :data:`ML3_SETTINGS`
 ML3_DEFAULT = ML3_SETTINGS["PointmassGoal-v0"]
