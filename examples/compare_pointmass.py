@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from sb3_ml3.compare import run_compare, save_results, summary_table, write_outputs
+from sb3_ml3.compare import run_compare, save_outputs
 
 
 def main(argv=None) -> dict:
@@ -35,10 +35,9 @@ def main(argv=None) -> dict:
         total_timesteps=args.timesteps, net_archs=args.net_archs, quick=args.quick,
         out_dir=args.out, progress=not args.quick,
     )
-    print(summary_table(results))
-    files = write_outputs(results, args.out)
-    save_results(results, os.path.join(args.out, "results.json"))
-    print("wrote", ", ".join(files))
+    save_outputs(results, args.out)
+    print(results["table"])
+    print("wrote", ", ".join([os.path.join(args.out, "results.json"), results["csv"], *results["figures"]]))
     return results
 
 

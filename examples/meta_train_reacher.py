@@ -15,7 +15,7 @@ import torch
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_ml3 import ML3
-from sb3_ml3.compare import ML3_SETTINGS, run_compare, save_results, summary_table, write_outputs
+from sb3_ml3.compare import ML3_SETTINGS, run_compare, save_outputs
 from sb3_ml3.ml3 import MetaValidationCallback
 
 ENV_ID = "ReacherGoal-v0"
@@ -65,10 +65,9 @@ def main(argv=None) -> dict:
         n_tasks=3 if args.quick else 10, total_timesteps=args.timesteps, eval_every=args.eval_every,
         net_archs=[args.net_arch], progress=not args.quick,
     )
-    print(summary_table(results))
-    files = write_outputs(results, args.out)
-    save_results(results, os.path.join(args.out, "results.json"))
-    print("wrote", ", ".join(files))
+    save_outputs(results, args.out)
+    print(results["table"])
+    print("wrote", ", ".join([os.path.join(args.out, "results.json"), results["csv"], *results["figures"]]))
     return results
 
 

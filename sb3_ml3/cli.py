@@ -114,15 +114,10 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _compare_outputs(results: dict[str, Any], out: str) -> dict[str, Any]:
-    from sb3_ml3.compare import save_results, summary_table, write_outputs
+    from sb3_ml3.compare import save_outputs
 
-    # the numbers first: a long run's results survive a failure while drawing
-    save_results(results, os.path.join(out, "results.json"))
-    results["table"] = summary_table(results)
+    results = save_outputs(results, out)
     print(results["table"])
-    written = write_outputs(results, out)
-    results["csv"] = written[0]
-    results["figures"] = written[1:]
     print(f"curves of every run and goal: {results['csv']}")
     return results
 

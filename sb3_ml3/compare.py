@@ -768,6 +768,20 @@ def save_results(results: Mapping[str, Any], path: str | os.PathLike) -> str:
     return os.fspath(path)
 
 
+def save_outputs(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Everything a comparison writes to ``out_dir``; adds ``table``, ``csv`` and ``figures`` to ``results``.
+
+    ``results.json`` (the numbers) comes first, so a long run's numbers survive a failure while drawing.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    save_results(results, os.path.join(out_dir, "results.json"))
+    results["table"] = summary_table(results)
+    written = write_outputs(results, out_dir)
+    results["csv"] = written[0]
+    results["figures"] = written[1:]
+    return results
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -833,6 +847,7 @@ __all__ = [
     "meta_train_loss",
     "run_compare",
     "run_demo",
+    "save_outputs",
     "save_results",
     "settings_for",
     "summary_table",
