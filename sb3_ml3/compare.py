@@ -378,16 +378,25 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
 
 
 # ------------------------------------------------------------------------------------ the comparison
-#: finished runs of a comparison, one JSON line each after a header with the settings' fingerprint
+#: finished runs of a comparison, one JSON line each after a header with the shared settings' fingerprint
 RUNS_FILE = "runs_done.jsonl"
 
 
 class _RunLog:
-    """The finished runs of a comparison in ``out_dir/runs_done.jsonl``, so a long one can resume."""
+    """The finished runs of a comparison in ``out_dir/runs_done.jsonl``, so a long one can resume.
+
+    The header holds the fingerprint of what every run shares (env, tasks, budget, schedule); a
+    resumed comparison must match it. Each run line carries its own algorithm's fingerprint (its
+    settings and, for ML3, its loss): a run is reused only while that is unchanged, so changing
+    ML3's recipe reruns ML3 and keeps the hours of PPO runs. Each meta-loss the comparison
+    meta-trains gets a ``{"meta_loss": seed, "fingerprint": ...}`` line: a saved loss is reused
+    only by the ML3 settings that made it.
+    """
 
     def __init__(self, out_dir: str | os.PathLike, fingerprint: dict[str, Any], resume: bool) -> None:
         self.path = os.path.join(out_dir, RUNS_FILE)
         self.runs: dict[tuple, dict[str, Any]] = {}
+        self.meta_losses: dict[int, Any] = {}
         header = json.dumps({"fingerprint": fingerprint}, sort_keys=True)
         if resume and os.path.exists(self.path):
             with open(self.path) as f:
@@ -395,14 +404,18 @@ class _RunLog:
             try:
                 saved = json.loads(lines[0])["fingerprint"] if lines else None
                 loaded = [json.loads(line) for line in lines[1:] if line.strip()]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                for r in loaded:  # later lines win: a rerun replaces the run it redid
+                    if "meta_loss" in r:
+                        self.meta_losses[int(r["meta_loss"])] = r["fingerprint"]
+                    else:
+                        self.runs[self._key(r["algo"], r["net_arch"], r["seed"], r["task"])] = r
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{self.path} is not a run log of ml3 compare ({exc}); move it away to start over.") from None
             if saved != json.loads(header)["fingerprint"]:
                 raise ValueError(
-                    f"The comparison in {os.path.dirname(self.path) or '.'} was started with other settings; resume it "
-                    "with the same command, or use another output folder."
+                    f"The comparison in {os.path.dirname(self.path) or '.'} was started with another env, task set, "
+                    "budget or evaluation schedule; resume it with the same ones, or use another output folder."
                 )
-            self.runs = {self._key(r["algo"], r["net_arch"], r["seed"], r["task"]): r for r in loaded}
             return
         os.makedirs(out_dir, exist_ok=True)
         with open(self.path, "w") as f:
@@ -412,12 +425,29 @@ class _RunLog:
     def _key(algo: str, net_arch: Sequence[int], seed: int, task: int | None) -> tuple:
         return algo, tuple(int(w) for w in net_arch), int(seed), task
 
-    def get(self, algo: str, net_arch: Sequence[int], seed: int, task: int | None) -> dict[str, Any] | None:
-        return self.runs.get(self._key(algo, net_arch, seed, task))
+    def get(self, algo: str, net_arch: Sequence[int], seed: int, task: int | None,
+            fingerprint: Any) -> dict[str, Any] | None:
+        """The finished run, if it ran with ``fingerprint`` (its algorithm's current settings)."""
+        run = self.runs.get(self._key(algo, net_arch, seed, task))
+        if run is None or _jsonable(fingerprint) != run.get("fingerprint"):
+            return None
+        return {k: v for k, v in run.items() if k != "fingerprint"}
 
-    def add(self, run: dict[str, Any]) -> None:
+    def changed(self, algo: str, net_arch: Sequence[int], seed: int, task: int | None, fingerprint: Any) -> bool:
+        """Whether a finished run exists but with other settings (it is then run again)."""
+        run = self.runs.get(self._key(algo, net_arch, seed, task))
+        return run is not None and _jsonable(fingerprint) != run.get("fingerprint")
+
+    def add(self, run: dict[str, Any], fingerprint: Any) -> None:
+        self._append(dict(run, fingerprint=fingerprint))
+
+    def add_meta_loss(self, seed: int, fingerprint: Any) -> None:
+        self.meta_losses[int(seed)] = _jsonable(fingerprint)
+        self._append({"meta_loss": int(seed), "fingerprint": fingerprint})
+
+    def _append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(_jsonable(run)) + "\n")
+            f.write(json.dumps(_jsonable(record)) + "\n")
 
 
 def run_compare(
@@ -464,8 +494,10 @@ def run_compare(
     :param out_dir: if given, meta-losses (``meta_loss_seed{s}.zip``) are saved there, and every
         finished run is appended to ``runs_done.jsonl`` there (:data:`RUNS_FILE`).
     :param resume: continue an interrupted comparison in ``out_dir``: its saved meta-losses and
-        finished runs are reused, the rest is run. The settings, budgets and tasks must be the ones it
-        was started with; seeds, architectures and algorithms may be added (only the new runs run).
+        finished runs are reused, the rest is run. The env, tasks, budget and evaluation schedule must
+        be the ones it was started with; seeds, architectures and algorithms may be added (only the new
+        runs run), and a run whose algorithm's settings (or, for ML3, loss) changed is run again, so
+        ML3's recipe can change while the PPO runs are kept.
     """
     from sb3_ml3.envs import sample_tasks
 
@@ -500,14 +532,17 @@ def run_compare(
     start = time.time()
     if resume and out_dir is None:
         raise ValueError("resume=True continues the comparison saved in out_dir: give out_dir.")
-    fingerprint = _jsonable({
+    fingerprint = _jsonable({  # what every run shares; each algorithm's own settings are per run
         "env_id": env_id, "n_tasks": n_tasks, "task_mode": task_mode, "total_timesteps": total_timesteps,
-        # every algorithm's settings, not just the chosen ones': a resumed comparison may add algorithms
-        "eval_every": eval_every, "normalize": normalize,
-        "settings": {a: settings_for(a, env_id, hyperparams.get(a)) for a in ALGOS},
-        "env_kwargs": env_kwargs or {}, "meta_train_steps": meta_train_steps, "quick": quick,
-        "meta_loss": None if meta_loss is None or isinstance(meta_loss, MetaLoss) else os.fspath(meta_loss),
+        "eval_every": eval_every, "normalize": normalize, "env_kwargs": env_kwargs or {}, "quick": quick,
     })
+    meta_train_fingerprint = _jsonable({"meta_train": {k: v for k, v in ml3_settings.items() if k != "meta_test"},
+                                        "meta_train_steps": meta_train_steps})
+    run_fingerprints = {a: _jsonable({"settings": settings[a]}) for a in algos}
+    if "ml3" in algos:
+        run_fingerprints["ml3"]["meta_loss"] = (
+            meta_train_fingerprint if meta_loss is None
+            else "MetaLoss object" if isinstance(meta_loss, MetaLoss) else os.fspath(meta_loss))
     done_runs = _RunLog(out_dir, fingerprint, resume) if out_dir is not None else None
 
     # ---- ML3's loss per seed: given, or meta-trained on the train goals
@@ -541,6 +576,11 @@ def run_compare(
                 t0 = time.time()
                 path = None if out_dir is None else os.path.join(out_dir, f"meta_loss_seed{seed}.zip")
                 if resume and path is not None and os.path.exists(path):
+                    if done_runs is not None and done_runs.meta_losses.get(seed) != meta_train_fingerprint:
+                        raise ValueError(
+                            f"{path} was meta-trained with other ML3 settings or budget than this command's; "
+                            "move it away to meta-train it again, or resume with the settings that made it."
+                        )
                     used = MetaLoss.load(path).metadata.get("meta_train_timesteps")
                     log(f"resuming: the meta-loss of seed {seed} is {path} ({used} env steps)")
                     losses[seed] = path
@@ -550,6 +590,8 @@ def run_compare(
                 loss, used = meta_train_loss(env_id, seed, meta_train_steps, ml3_settings, path=path,
                                              env_kwargs=env_kwargs, normalize=normalize, progress_bar=progress)
                 losses[seed] = path if path is not None else loss
+                if done_runs is not None:
+                    done_runs.add_meta_loss(seed, meta_train_fingerprint)
                 meta_train["per_seed"][str(seed)] = {"samples": used, "wall_time_s": round(time.time() - t0, 2),
                                                      "path": path}
             meta_train["samples"] = float(np.mean([v["samples"] for v in meta_train["per_seed"].values()]))
@@ -565,7 +607,11 @@ def run_compare(
                 for task in task_list:
                     run_goals = goals if task is None else goals[task:task + 1]
                     for algo in algos:
-                        finished = done_runs.get(algo, net_arch, seed, task) if done_runs is not None else None
+                        finished = (None if done_runs is None
+                                    else done_runs.get(algo, net_arch, seed, task, run_fingerprints[algo]))
+                        if done_runs is not None and done_runs.changed(algo, net_arch, seed, task, run_fingerprints[algo]):
+                            log(f"  {algo:5s} {arch_key(net_arch)} seed {seed}"
+                                + ("" if task is None else f" task {task}") + ": its settings changed, running it again")
                         if finished is not None:
                             runs.append(finished)
                             log(f"  {algo:5s} {arch_key(net_arch)} seed {seed}"
@@ -598,7 +644,7 @@ def run_compare(
                             "wall_time_s": round(time.time() - t0, 2),
                         })
                         if done_runs is not None:
-                            done_runs.add(runs[-1])
+                            done_runs.add(runs[-1], run_fingerprints[algo])
                         if bar is None:
                             log(f"  {algo:5s} {arch_key(net_arch)} seed {seed}"
                                 + ("" if task is None else f" task {task}")

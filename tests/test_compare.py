@@ -141,7 +141,7 @@ def test_compare_resumes_an_interrupted_run(tmp_path, monkeypatch):
     log = os.path.join(out, compare.RUNS_FILE)
     with open(log) as f:
         lines = f.read().splitlines()
-    assert len(lines) == 1 + 4  # header + one line per finished run
+    assert len(lines) == 1 + 1 + 4  # header, the meta-loss meta-trained, one line per finished run
     with open(log, "w") as f:  # interrupted during the last run
         f.write("\n".join(lines[:-1]) + "\n")
 
@@ -158,7 +158,19 @@ def test_compare_resumes_an_interrupted_run(tmp_path, monkeypatch):
     assert built == ["trpo", "trpo"]
     assert extended["curves"]["ppo [16]"] == full["curves"]["ppo [16]"] and "trpo [8]" in extended["curves"]
 
-    with pytest.raises(ValueError, match="other settings"):
+    built.clear()  # a new ML3 meta-test recipe reruns ML3's runs only, with the saved losses
+    retuned = compare.run_compare(ENV, out_dir=out, resume=True, hyperparams={"ml3": {"meta_test": {"learning_rate": 1e-2}}},
+                                  **kwargs)
+    assert built == ["ml3", "ml3"]
+    assert retuned["curves"]["ppo [8]"] == full["curves"]["ppo [8]"]
+    assert retuned["curves"]["ml3 [8]"] != full["curves"]["ml3 [8]"]
+    built.clear()  # and going back reruns them once more: a run is reused only with the settings it ran with
+    again = compare.run_compare(ENV, out_dir=out, resume=True, **kwargs)
+    assert built == ["ml3", "ml3"] and again["curves"] == full["curves"]
+
+    with pytest.raises(ValueError, match="meta-trained with other ML3 settings"):  # a saved loss is never reused blindly
+        compare.run_compare(ENV, out_dir=out, resume=True, hyperparams={"ml3": {"meta_train": {"meta_lr": 1e-2}}}, **kwargs)
+    with pytest.raises(ValueError, match="evaluation schedule"):
         compare.run_compare(ENV, out_dir=out, resume=True, eval_every=256, **kwargs)
     with pytest.raises(ValueError, match="give out_dir"):
         compare.run_compare(ENV, resume=True, **kwargs)
