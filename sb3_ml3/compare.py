@@ -248,11 +248,20 @@ class TaskMetricCallback(BaseCallback):
     At the first env step ``num_timesteps >= s`` of a scheduled step ``s`` the acting policy is
     evaluated on ``goals``; it has been trained on at most ``s`` samples. Scheduled steps that training
     never reaches are evaluated with the final policy by :meth:`finish`.
+
+    With ``stop_when_frozen``, a model whose policy can no longer change (an ML3 meta-test past its
+    ``max_policy_updates``, with no observation statistics still updating) stops training there: every
+    later scheduled value would be the same deterministic evaluation of the same policy, so it is
+    filled in from one evaluation (``stopped_at``: the env step it stopped at). The curve is the one
+    training to the end gives; only the env steps nobody learns from are skipped.
     """
 
     def __init__(self, env_id: str, goals: np.ndarray, schedule: Sequence[int], eval_seed: int = EVAL_SEED,
-                 env_kwargs: dict[str, Any] | None = None, on_eval: Callable[[int, float], None] | None = None) -> None:
+                 env_kwargs: dict[str, Any] | None = None, on_eval: Callable[[int, float], None] | None = None,
+                 stop_when_frozen: bool = False) -> None:
         super().__init__()
+        self.stop_when_frozen = stop_when_frozen
+        self.stopped_at: int | None = None
         self.env_id = env_id
         self.goals = np.asarray(goals)
         self.schedule = list(schedule)
@@ -277,7 +286,18 @@ class TaskMetricCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         self._evaluate_due(self.num_timesteps)
+        if self.stop_when_frozen and self._policy_fixed() and len(self.values) < len(self.schedule):
+            self.stopped_at = int(self.num_timesteps)
+            self._evaluate_due(self.schedule[-1])  # one evaluation of the fixed policy fills the rest
+            return False
         return True
+
+    def _policy_fixed(self) -> bool:
+        """Whether the acting policy, and what it sees, can no longer change in this run."""
+        if not getattr(self.model, "policy_frozen", False):
+            return False
+        vec_normalize = self.model.get_vec_normalize_env()
+        return vec_normalize is None or not vec_normalize.training
 
     def finish(self) -> np.ndarray:
         """All scheduled values, shape ``(n_points, n_goals)``."""
@@ -633,7 +653,7 @@ def run_compare(
                                 bar.set_postfix_str(f"{algo} {arch_key(net_arch)} seed {seed}: {value:.3g} @ {step}")
 
                         callback = TaskMetricCallback(env_id, run_goals, schedule, EVAL_SEED + (task or 0),
-                                                      env_kwargs=env_kwargs, on_eval=on_eval)
+                                                      env_kwargs=env_kwargs, on_eval=on_eval, stop_when_frozen=True)
                         model.learn(total_timesteps, callback=callback)
                         values = callback.finish()  # (points, goals)
                         env.close()
@@ -641,6 +661,7 @@ def run_compare(
                             "algo": algo, "net_arch": list(net_arch), "seed": int(seed), "task": task,
                             "goals": run_goals.tolist(), "curve": values.mean(axis=1).tolist(),
                             "per_goal": values.T.tolist(), "timesteps": int(model.num_timesteps),
+                            "stopped_frozen_at": callback.stopped_at,
                             "wall_time_s": round(time.time() - t0, 2),
                         })
                         if done_runs is not None:

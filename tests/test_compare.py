@@ -174,3 +174,29 @@ def test_compare_resumes_an_interrupted_run(tmp_path, monkeypatch):
         compare.run_compare(ENV, out_dir=out, resume=True, eval_every=256, **kwargs)
     with pytest.raises(ValueError, match="give out_dir"):
         compare.run_compare(ENV, resume=True, **kwargs)
+
+
+def test_a_frozen_meta_test_stops_early_with_the_same_curve():
+    """stop_when_frozen skips the env steps after max_policy_updates; the curve is the full run's."""
+    from sb3_ml3.ml3 import ML3
+
+    settings = settings_for("ml3", ENV)
+    settings["meta_test"].update(n_steps=16, batch_size=32, max_policy_updates=2)
+    meta_inputs = settings["meta_test"]["meta_inputs"]
+    loss = ML3("MlpPolicy", make_train_env(ENV, 2, seed=0), meta_train=True, seed=0, meta_inputs=meta_inputs).meta_loss
+    goals = np.array([[-1.0, 0.5], [-0.8, -1.2]])
+    schedule = [0, 128, 256, 512, 1024, 2048]
+    curves, models, callbacks = [], [], []
+    for stop in (False, True):
+        env = make_train_env(ENV, 8, seed=0)
+        model = build_model("ml3", env, 0, settings, [16], loss)
+        callback = TaskMetricCallback(ENV, goals, schedule, stop_when_frozen=stop)
+        model.learn(2048, callback=callback)
+        curves.append(callback.finish())
+        models.append(model)
+        callbacks.append(callback)
+    np.testing.assert_array_equal(curves[0], curves[1])
+    assert not np.allclose(curves[0][0], curves[0][-1])  # the policy did learn before it froze
+    assert callbacks[0].stopped_at is None and models[0].num_timesteps == 2048
+    # two rollouts of 8 x 16 steps and their updates, then the first step (8 envs) of the third rollout
+    assert callbacks[1].stopped_at == models[1].num_timesteps == 2 * 128 + 8

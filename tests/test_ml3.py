@@ -227,3 +227,36 @@ def test_max_policy_updates_freezes_the_policy_at_meta_test(tmp_path):
     assert model._n_policy_updates == 2 and model.num_timesteps == 5 * 32
     assert all(torch.equal(after_two[k], v) for k, v in model.policy.actor_parameters().items())
     assert model.logger.name_to_value["train/policy_frozen"] == 1
+
+
+def test_task_reward_weights_are_centred_rewards_to_go_of_the_info_key():
+    """task_reward: the task loss weighs by the discounted rewards-to-go of an info value, per env."""
+    model = ML3("MlpPolicy", _vec(n=3), meta_train=True, seed=0, task_reward="distance", gamma=0.9,
+                normalize_advantage=False, **dict(SMALL, n_steps=60, batch_size=60))
+    data, _ = _collected(model)
+    rewards = np.stack(model._task_rewards)  # (n_steps, n_envs): the distances the envs reported
+    assert rewards.shape == (60, 3) and np.all(rewards > 0)
+    starts = model.rollout_buffer.episode_starts
+    expected = np.zeros_like(rewards)
+    for e in range(3):  # by hand: sum_j gamma^j r_{k+j}, stopping where the next episode starts
+        for k in range(60):
+            total, j = 0.0, 0
+            while k + j < 60 and (j == 0 or not starts[k + j, e]):
+                total += 0.9 ** j * rewards[k + j, e]
+                j += 1
+            expected[k, e] = total
+    expected -= expected.mean(axis=1, keepdims=True)
+    weights = model._task_reward_weights().numpy().reshape(3, 60).T  # flat tensors are env-major
+    np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-5)
+    assert starts[1:].any(), "the rollout should cross an episode boundary (Pointmass episodes: 50 steps)"
+    # the advantage meta-input keeps the env reward's weights; only the task loss reads task_reward
+    model.train()
+    assert model.reinforce_task_loss(None, dict(data, task_loss_weights=torch.zeros(180))).item() == 0.0
+
+    bad = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, task_reward="no_such_key", **SMALL)
+    with pytest.raises(KeyError, match="no_such_key.*info"):
+        bad.learn(64)
+    with pytest.raises(ValueError, match="task_reward"):
+        ML3("MlpPolicy", _vec(), task_reward="", **SMALL)
+    frozen = ML3("MlpPolicy", _vec(), meta_train=False, seed=0, task_reward="no_such_key", **SMALL)
+    frozen.learn(64)  # meta-test never reads it

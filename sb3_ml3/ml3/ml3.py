@@ -98,6 +98,12 @@ class ML3(OnPolicyAlgorithm):
     :param meta_loss_kwargs: arguments of a new :class:`MetaLoss` (``hidden_sizes``, ``output``,
         ``quadratic``, ...); default :data:`DEFAULT_META_LOSS_KWARGS`. ``{}`` gives the paper's plain MLP.
     :param task_loss: the weight of the REINFORCE task loss: ``"advantage"`` or ``"return"``.
+    :param task_reward: ``None`` (the env's reward), or the key of a per-step value in the env's
+        ``info`` (e.g. AntGoal's ``"progress"``, the per-step term of its task metric) that replaces the
+        reward in the task loss while meta-training: extra information that only meta-training reads
+        (the paper's loss shaping, Sec. III.C). Its weights are centred discounted rewards-to-go within
+        each rollout (baseline: the mean over envs at the same step). The policy's ``advantage`` meta-input
+        and the critic still come from the env's reward, so meta-test needs no such information.
     :param task_ent_coef: entropy bonus in the task loss (lets phi learn to keep exploring).
     :param policy_reset_interval: re-initialise the actor every this many iterations while
         meta-training (Algorithm 4's theta_0), so the loss learns to train fresh policies, and sees
@@ -133,6 +139,7 @@ class ML3(OnPolicyAlgorithm):
         meta_inputs: Sequence[str] = DEFAULT_META_INPUTS,
         meta_loss_kwargs: dict[str, Any] | None = None,
         task_loss: str = "advantage",
+        task_reward: str | None = None,
         task_ent_coef: float = 0.0,
         policy_reset_interval: int | None = 25,
         first_order: bool = True,
@@ -182,6 +189,8 @@ class ML3(OnPolicyAlgorithm):
         self.meta_inputs = tuple(meta_inputs)
         self.meta_loss_kwargs = dict(DEFAULT_META_LOSS_KWARGS if meta_loss_kwargs is None else meta_loss_kwargs)
         self.task_loss = task_loss
+        self.task_reward = task_reward
+        self._task_rewards: list[np.ndarray] = []
         self.task_ent_coef = task_ent_coef
         self.policy_reset_interval = policy_reset_interval
         self.first_order = first_order
@@ -213,6 +222,8 @@ class ML3(OnPolicyAlgorithm):
             raise ValueError("meta_inputs must include 'mean' or 'std': the learned loss reaches theta through them.")
         if self.task_loss not in TASK_LOSSES:
             raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {self.task_loss!r}.")
+        if self.task_reward is not None and (not isinstance(self.task_reward, str) or not self.task_reward):
+            raise ValueError(f"task_reward must be None or the name of an info key, got {self.task_reward!r}.")
         if self.batch_size < 1 or self.n_epochs < 1:
             raise ValueError(f"batch_size and n_epochs must be positive, got {self.batch_size} and {self.n_epochs}.")
         if self.max_policy_updates is not None and self.max_policy_updates < 0:
@@ -395,10 +406,57 @@ class ML3(OnPolicyAlgorithm):
             weights = (weights - weights.mean()) / (weights.std() + 1e-8)
         return weights
 
+    def _task_reward_weights(self) -> torch.Tensor:
+        """The task-loss weights of ``task_reward``: centred, normalised discounted rewards-to-go.
+
+        Rewards-to-go stop at episode starts and at the end of the rollout (no bootstrap: the critic
+        learns the env's reward, not this one); the baseline is the mean over envs at the same step.
+        """
+        buffer = self.rollout_buffer
+        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
+        if len(self._task_rewards) != n_steps:
+            raise RuntimeError(
+                f"task_reward={self.task_reward!r}: recorded {len(self._task_rewards)} steps of it, the rollout "
+                f"has {n_steps}; rollouts must be collected by ML3.collect_rollouts."
+            )
+        rewards = np.stack(self._task_rewards).astype(np.float64)  # (n_steps, n_envs)
+        starts = buffer.episode_starts
+        to_go = np.zeros_like(rewards)
+        running = np.zeros(n_envs)
+        for k in reversed(range(n_steps)):
+            nxt = starts[k + 1] if k + 1 < n_steps else np.ones(n_envs)
+            running = rewards[k] + self.gamma * running * (1.0 - nxt)
+            to_go[k] = running
+        weights = to_go - to_go.mean(axis=1, keepdims=True) if n_envs > 1 else to_go - to_go.mean()
+        weights = torch.as_tensor(weights.swapaxes(0, 1).reshape(-1), device=self.device, dtype=torch.float32)
+        if self.normalize_advantage and weights.numel() > 1:
+            weights = weights / (weights.std() + 1e-8)
+        return weights
+
+    def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
+        """SB3 calls this after every env step of a rollout: record ``task_reward`` from the infos."""
+        super()._update_info_buffer(infos, dones)
+        if self.task_reward is not None and self.meta_train:
+            missing = [i for i, info in enumerate(infos) if self.task_reward not in info]
+            if missing:
+                raise KeyError(
+                    f"task_reward={self.task_reward!r}, but the info of env {missing[0]} has no such key "
+                    f"(keys: {sorted(infos[missing[0]])}); pick one the env reports, or task_reward=None."
+                )
+            self._task_rewards.append(np.array([float(info[self.task_reward]) for info in infos]))
+
+    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
+        self._task_rewards = []  # one rollout's task rewards, also after an interrupted rollout
+        return super().collect_rollouts(*args, **kwargs)
+
     def reinforce_task_loss(self, params: Params | None, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        """L_T = -mean[w * log pi_theta(a|s)] - c_H * entropy on the rollout ``data`` (Eq. 7-8)."""
+        """L_T = -mean[w * log pi_theta(a|s)] - c_H * entropy on the rollout ``data`` (Eq. 7-8).
+
+        w is ``data["task_loss_weights"]`` when present (``task_reward``), else ``data["task_weights"]``.
+        """
         mean, std = self.policy.actor_mean_std(params, data["observations"])
-        loss = -(data["task_weights"] * gaussian_log_prob(mean, std, data["actions"])).mean()  # Eq. 7-8
+        weights = data.get("task_loss_weights", data["task_weights"])
+        loss = -(weights * gaussian_log_prob(mean, std, data["actions"])).mean()  # Eq. 7-8
         if self.task_ent_coef:
             loss = loss - self.task_ent_coef * gaussian_entropy(std).mean()
         return loss
@@ -462,6 +520,12 @@ class ML3(OnPolicyAlgorithm):
         return {"task_loss": result.task_loss, "meta_grad_norm": result.grad_norm}
 
     @property
+    def policy_frozen(self) -> bool:
+        """Whether meta-test has made its ``max_policy_updates`` updates: the policy no longer changes."""
+        return (not self.meta_train and self.max_policy_updates is not None
+                and self._n_policy_updates >= self.max_policy_updates)
+
+    @property
     def critic_needed(self) -> bool:
         """Whether the value head is used: by the task loss (meta-train) or by advantage/return inputs.
 
@@ -490,7 +554,9 @@ class ML3(OnPolicyAlgorithm):
         self._update_learning_rate(self.policy.optimizer)
         inner_lr = float(self.lr_schedule(self._current_progress_remaining))
         data = self._rollout_tensors()
-        data["task_weights"] = self._task_weights(data)
+        data["task_weights"] = self._task_weights(data)  # the advantage meta-input, and the default task weight
+        if self.meta_train and self.task_reward is not None:
+            data["task_loss_weights"] = self._task_reward_weights()
         self._n_iterations += 1
         stats: dict[str, float] = {}
 
@@ -500,8 +566,7 @@ class ML3(OnPolicyAlgorithm):
 
         reset = (self.meta_train and self.policy_reset_interval is not None
                  and self._n_iterations % self.policy_reset_interval == 0)
-        frozen = (not self.meta_train and self.max_policy_updates is not None
-                  and self._n_policy_updates >= self.max_policy_updates)
+        frozen = self.policy_frozen
         if reset:
             self.policy.reset_actor()  # Alg. 4 line 4: the next rollout comes from a fresh theta_0
         elif not frozen:
@@ -610,7 +675,7 @@ class ML3(OnPolicyAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         return super()._excluded_save_params() + [
-            "meta_loss", "meta_optimizer", "value_optimizer", "_meta_loss_source", "_pending", "_obs_columns",
+            "meta_loss", "meta_optimizer", "value_optimizer", "_meta_loss_source", "_pending", "_obs_columns", "_task_rewards",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
