@@ -79,16 +79,19 @@ _VALIDATION = dict(eval_freq=25_000, eval_at_updates=(2, 5, 10), n_goals=10)
 
 
 def _ml3_env_settings(meta_train_timesteps: int, meta_validation: Mapping[str, Any],
+                      recipe: Mapping[str, Any] | None = None, task: Mapping[str, Any] | None = None,
                       **meta_test: Any) -> dict[str, Any]:
-    """One env's entry of :data:`ML3_SETTINGS`: the shared recipe, its budget and its meta-test extras."""
+    """One env's entry of :data:`ML3_SETTINGS`: the shared recipe (``recipe`` overrides it in both
+    phases), its budget, its meta-train-only task loss (``task``) and its meta-test extras."""
+    shared = dict(_ML3_RECIPE, **(recipe or {}))
     return dict(
         n_envs=8,
-        meta_train=dict(**_ML3_RECIPE, meta_lr=3e-3, policy_reset_interval=25,
-                        meta_loss_kwargs={"quadratic": ("mean",)}),
+        meta_train=dict(**shared, meta_lr=3e-3, policy_reset_interval=25,
+                        meta_loss_kwargs={"quadratic": ("mean",)}, **(task or {})),
         meta_train_timesteps=meta_train_timesteps,
         meta_train_net_arch=[64, 64],
         meta_validation=dict(meta_validation),
-        meta_test=dict(_ML3_RECIPE, **meta_test),
+        meta_test=dict(shared, **meta_test),
     )
 
 
@@ -109,7 +112,10 @@ def _ml3_env_settings(meta_train_timesteps: int, meta_validation: Mapping[str, A
 ML3_SETTINGS: dict[str, dict[str, Any]] = {
     "PointmassGoal-v0": _ml3_env_settings(200_000, _VALIDATION, max_policy_updates=25),
     "ReacherGoal-v0": _ml3_env_settings(300_000, _VALIDATION, max_policy_updates=25),
-    "AntGoal-v0": _ml3_env_settings(1_000_000, dict(_VALIDATION, eval_freq=50_000)),
+    "AntGoal-v0": _ml3_env_settings(
+        1_200_000, dict(_VALIDATION, eval_freq=100_000),
+        recipe=dict(n_steps=200, batch_size=400), task=dict(task_reward="progress"),
+        max_policy_updates=25),
 }
 #: ML3 settings for an env not in :data:`ML3_SETTINGS`
 ML3_DEFAULT = ML3_SETTINGS["PointmassGoal-v0"]
@@ -156,7 +162,7 @@ TRPO_DEFAULT = TRPO_SETTINGS["PointmassGoal-v0"]
 COMPARE_SETTINGS: dict[str, dict[str, Any]] = {
     "PointmassGoal-v0": dict(total_timesteps=100_000, eval_every=2_000, normalize=False),
     "ReacherGoal-v0": dict(total_timesteps=100_000, eval_every=2_000, normalize=False),
-    "AntGoal-v0": dict(total_timesteps=1_000_000, eval_every=50_000, normalize=False),
+    "AntGoal-v0": dict(total_timesteps=1_500_000, eval_every=25_000, normalize=False),
 }
 COMPARE_DEFAULT = dict(total_timesteps=100_000, eval_every=5_000, normalize=False)
 
@@ -322,10 +328,13 @@ def make_train_env(env_id: str, n_envs: int, seed: int, goal: Sequence[float] | 
 
 
 def _ml3_meta_inputs(meta_loss: MetaLoss | str | os.PathLike) -> dict[str, Any]:
-    """``meta_inputs`` recorded with a saved meta-loss, so that meta-test feeds it what it was trained on."""
+    """``meta_inputs`` (and ``task_loss``) recorded with a saved meta-loss: meta-test feeds it what it was trained on."""
     metadata = meta_loss.metadata if isinstance(meta_loss, MetaLoss) else MetaLoss.load(meta_loss).metadata
     inputs = metadata.get("meta_inputs")
-    return {"meta_inputs": tuple(inputs)} if inputs else {}
+    fed = {"meta_inputs": tuple(inputs)} if inputs else {}
+    if metadata.get("task_loss") is not None:  # how its advantage input was computed
+        fed["task_loss"] = metadata["task_loss"]
+    return fed
 
 
 def build_model(algo: str, env: VecEnv, seed: int, settings: Mapping[str, Any], net_arch: Sequence[int],

@@ -260,3 +260,19 @@ def test_task_reward_weights_are_centred_rewards_to_go_of_the_info_key():
         ML3("MlpPolicy", _vec(), task_reward="", **SMALL)
     frozen = ML3("MlpPolicy", _vec(), meta_train=False, seed=0, task_reward="no_such_key", **SMALL)
     frozen.learn(64)  # meta-test never reads it
+
+
+def test_a_loss_reading_the_advantage_refuses_another_task_loss(tmp_path):
+    """The advantage input means what the meta-training task_loss computed; a mismatch is refused."""
+    inputs = ("obs", "action", "mean", "std", "goal", "advantage")
+    trained = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, meta_inputs=inputs, task_loss="return", **SMALL)
+    path = str(tmp_path / "loss.zip")
+    trained.save_meta_loss(path)
+    assert MetaLoss.load(path).metadata["task_loss"] == "return"
+    with pytest.raises(MetaLossSpecError, match="task_loss='return'"):
+        ML3("MlpPolicy", _vec(), meta_loss=path, meta_inputs=inputs, **SMALL)
+    ML3("MlpPolicy", _vec(), meta_loss=path, meta_inputs=inputs, task_loss="return", **SMALL)
+    from sb3_ml3.compare import build_model, make_train_env, settings_for  # compare feeds the recorded one
+
+    model = build_model("ml3", make_train_env(ENV, 2, seed=0), 0, settings_for("ml3", ENV), [8], path)
+    assert model.task_loss == "return"

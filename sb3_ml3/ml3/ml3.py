@@ -300,8 +300,17 @@ class ML3(OnPolicyAlgorithm):
             return MetaLoss(spec, **self.meta_loss_kwargs)
         if isinstance(source, MetaLoss):
             source.spec.require(spec, "ML3(meta_loss=...)")
-            return source
-        return MetaLoss.load(source, inputs=spec)
+            meta_loss = source
+        else:
+            meta_loss = MetaLoss.load(source, inputs=spec)
+        trained_with = meta_loss.metadata.get("task_loss")
+        if "advantage" in self.meta_inputs and trained_with is not None and trained_with != self.task_loss:
+            raise MetaLossSpecError(
+                f"This meta-loss reads the 'advantage' input as task_loss={trained_with!r} computes it (GAE "
+                f"advantage or centred return), and this ML3 has task_loss={self.task_loss!r}; "
+                f"pass task_loss={trained_with!r}."
+            )
+        return meta_loss
 
     def _sync_observation_normalization(self) -> None:
         """A meta-loss sees observations as they were normalised when it was meta-trained: keep that true."""
@@ -642,6 +651,8 @@ class ML3(OnPolicyAlgorithm):
             "batch_size": self.batch_size,
             "n_epochs": self.n_epochs,
             "policy_reset_interval": self.policy_reset_interval,
+            "task_loss": self.task_loss,  # what the advantage meta-input means
+            "task_reward": self.task_reward,
         })
         env_id = self._env_id()
         if env_id:
