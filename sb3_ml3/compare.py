@@ -115,7 +115,7 @@ ML3_SETTINGS: dict[str, dict[str, Any]] = {
     "AntGoal-v0": _ml3_env_settings(
         1_200_000, dict(_VALIDATION, eval_freq=100_000),
         recipe=dict(n_steps=200, batch_size=400), task=dict(task_reward="progress"),
-        max_policy_updates=25),
+        max_policy_updates=10),
 }
 #: ML3 settings for an env not in :data:`ML3_SETTINGS`
 ML3_DEFAULT = ML3_SETTINGS["PointmassGoal-v0"]
