@@ -752,10 +752,10 @@ def summary_table(results: Mapping[str, Any]) -> str:
         lines.append(f"  m_0 (initial policies) = {report['m_0']:.4g}   m_ref (PPO final, mean of last 3) = "
                      f"{report['m_ref']:.4g}" + (f"   NOTE: {report['note']}" if report.get("note") else ""))
         pcts = [f"{round(100 * t)}%" for t in report["thresholds"]]
-        header = f"  {'algorithm':<10}{'final':>10}{'progress':>10}" + "".join(f"{'to ' + p:>24}" for p in pcts)
+        header = f"  {'algorithm':<10}{'final':>10}{'progress':>10}" + "".join(f" {'to ' + p:>25}" for p in pcts)
         lines.append(header)
-        for algo, a in report["algorithms"].items():
-            cells = "".join(f"{_samples_text(a['samples_to'][p]):>24}" for p in pcts)
+        for algo, a in report["algorithms"].items():  # a space before every cell: long cells stay apart
+            cells = "".join(f" {_samples_text(a['samples_to'][p]):>25}" for p in pcts)
             lines.append(f"  {algo:<10}{a['final_metric']:>10.4g}{100 * a['final_progress']:>9.0f}%{cells}")
         if "ratio" not in report and "ml3" in report["algorithms"] and "ppo" in report["algorithms"]:
             lines.append("  ratio PPO/ML3 samples (meta-test only): n/a   break-even (tasks): n/a   "
