@@ -107,6 +107,10 @@ def _ml3_env_settings(meta_train_timesteps: int, meta_validation: Mapping[str, A
 #: on the train-split validation goals (MetaValidationCallback's), not on the held-out goals: with the
 #: five shipped losses, the mean metric over 1k-12k steps was -6.71 against -6.90 for one pass and 25
 #: updates (-6.76 for alpha 5e-2; -6.74 for two passes and 25 updates, which drifts after 8k steps).
+#: AntGoal: whole 200-step episodes per update (minibatches of 400), the task loss weighted by the
+#: progress towards the goal (``task_reward="progress"``: Ant's reward is dominated by its control cost,
+#: and a loss meta-trained on it kept the ant still), validation every 100k steps and a meta-test that
+#: stops after 10 updates, the horizon validation scores. It does not yet learn AntGoal (BENCHMARKS.md).
 #: PointmassGoal's and (before this) ReacherGoal's meta-tests stop updating the policy after 25 updates
 #: (``max_policy_updates=25``, the horizon the loss was meta-trained for): with meta-validated losses
 #: every seed is near its best after 5 updates, and past 25 some losses let the policy drift (5 seeds,
