@@ -464,17 +464,15 @@ class _RunLog:
         return algo, tuple(int(w) for w in net_arch), int(seed), task
 
     def get(self, algo: str, net_arch: Sequence[int], seed: int, task: int | None,
-            fingerprint: Any) -> dict[str, Any] | None:
-        """The finished run, if it ran with ``fingerprint`` (its algorithm's current settings)."""
+            fingerprint: Any) -> tuple[dict[str, Any] | None, bool]:
+        """``(run, changed)``: the finished run if it ran with ``fingerprint`` (its algorithm's current
+        settings), else ``None``; ``changed`` when a finished run exists but with other settings."""
         run = self.runs.get(self._key(algo, net_arch, seed, task))
-        if run is None or _jsonable(fingerprint) != run.get("fingerprint"):
-            return None
-        return {k: v for k, v in run.items() if k != "fingerprint"}
-
-    def changed(self, algo: str, net_arch: Sequence[int], seed: int, task: int | None, fingerprint: Any) -> bool:
-        """Whether a finished run exists but with other settings (it is then run again)."""
-        run = self.runs.get(self._key(algo, net_arch, seed, task))
-        return run is not None and _jsonable(fingerprint) != run.get("fingerprint")
+        if run is None:
+            return None, False
+        if _jsonable(fingerprint) != run.get("fingerprint"):
+            return None, True
+        return {k: v for k, v in run.items() if k != "fingerprint"}, False
 
     def add(self, run: dict[str, Any], fingerprint: Any) -> None:
         self._append(dict(run, fingerprint=fingerprint))
@@ -645,15 +643,14 @@ def run_compare(
                 for task in task_list:
                     run_goals = goals if task is None else goals[task:task + 1]
                     for algo in algos:
-                        finished = (None if done_runs is None
-                                    else done_runs.get(algo, net_arch, seed, task, run_fingerprints[algo]))
-                        if done_runs is not None and done_runs.changed(algo, net_arch, seed, task, run_fingerprints[algo]):
-                            log(f"  {algo:5s} {arch_key(net_arch)} seed {seed}"
-                                + ("" if task is None else f" task {task}") + ": its settings changed, running it again")
+                        label = f"  {algo:5s} {arch_key(net_arch)} seed {seed}" + ("" if task is None else f" task {task}")
+                        finished, changed = ((None, False) if done_runs is None
+                                             else done_runs.get(algo, net_arch, seed, task, run_fingerprints[algo]))
+                        if changed:
+                            log(f"{label}: its settings changed, running it again")
                         if finished is not None:
                             runs.append(finished)
-                            log(f"  {algo:5s} {arch_key(net_arch)} seed {seed}"
-                                + ("" if task is None else f" task {task}") + ": done before (resumed)")
+                            log(f"{label}: done before (resumed)")
                             if bar is not None:
                                 bar.update(len(schedule))
                             continue
@@ -685,9 +682,7 @@ def run_compare(
                         if done_runs is not None:
                             done_runs.add(runs[-1], run_fingerprints[algo])
                         if bar is None:
-                            log(f"  {algo:5s} {arch_key(net_arch)} seed {seed}"
-                                + ("" if task is None else f" task {task}")
-                                + f": metric {values[0].mean():.3g} -> {values[-1].mean():.3g}"
+                            log(f"{label}: metric {values[0].mean():.3g} -> {values[-1].mean():.3g}"
                                 + f" ({time.time() - t0:.0f}s)")
     finally:
         if bar is not None:
