@@ -246,7 +246,9 @@ def test_task_reward_weights_are_centred_rewards_to_go_of_the_info_key():
                 j += 1
             expected[k, e] = total
     expected -= expected.mean(axis=1, keepdims=True)
-    weights = model._task_reward_weights().numpy().reshape(3, 60).T  # flat tensors are env-major
+    weights, targets = model._task_reward_weights()
+    weights = weights.numpy().reshape(3, 60).T  # flat tensors are env-major
+    assert targets is None  # no task critic to train
     np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-5)
     assert starts[1:].any(), "the rollout should cross an episode boundary (Pointmass episodes: 50 steps)"
     # the advantage meta-input keeps the env reward's weights; only the task loss reads task_reward
@@ -260,6 +262,73 @@ def test_task_reward_weights_are_centred_rewards_to_go_of_the_info_key():
         ML3("MlpPolicy", _vec(), task_reward="", **SMALL)
     frozen = ML3("MlpPolicy", _vec(), meta_train=False, seed=0, task_reward="no_such_key", **SMALL)
     frozen.learn(64)  # meta-test never reads it
+
+
+def test_task_critic_weighs_the_task_loss_by_gae_of_the_info_key(tmp_path):
+    """task_critic: GAE advantages of the task reward under its own critic, which train() then fits."""
+    model = ML3("MlpPolicy", _vec(n=3), meta_train=True, seed=0, task_reward="distance", task_critic=True,
+                gamma=0.9, gae_lambda=0.8, normalize_advantage=False, **dict(SMALL, n_steps=60, batch_size=60))
+    _collected(model)
+    rewards = np.stack(model._task_rewards)
+    starts = model.rollout_buffer.episode_starts
+    with torch.no_grad():
+        values = model.task_value_net(torch.as_tensor(model.rollout_buffer.observations)).squeeze(-1).numpy()
+        last = model.task_value_net(torch.as_tensor(model._last_obs)).squeeze(-1).numpy()
+    expected = np.zeros((60, 3))
+    for e in range(3):  # by hand: A_k = sum_j (gamma lambda)^j delta_{k+j} within the episode
+        for k in range(60):
+            total, j = 0.0, 0
+            while k + j < 60:
+                end = starts[k + j + 1, e] if k + j + 1 < 60 else model._last_episode_starts[e]
+                v_next = 0.0 if end else (values[k + j + 1, e] if k + j + 1 < 60 else last[e])
+                total += (0.9 * 0.8) ** j * (rewards[k + j, e] + 0.9 * v_next - values[k + j, e])
+                if end:
+                    break
+                j += 1
+            expected[k, e] = total
+    assert starts[1:].any()
+    weights, targets = model._task_reward_weights()
+    np.testing.assert_allclose(weights.numpy().reshape(3, 60).T, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(targets.numpy().reshape(3, 60).T, expected + values, rtol=1e-4, atol=1e-4)
+
+    before = {k: v.clone() for k, v in model.task_value_net.state_dict().items()}
+    model.train()
+    assert np.isfinite(model.logger.name_to_value["train/task_value_loss"])
+    assert any(not torch.equal(before[k], v) for k, v in model.task_value_net.state_dict().items())
+    model.save(tmp_path / "model.zip")
+    loaded = ML3.load(tmp_path / "model.zip", env=_vec(n=3))
+    for k, v in model.task_value_net.state_dict().items():
+        assert torch.equal(loaded.task_value_net.state_dict()[k], v)
+    with pytest.raises(ValueError, match="task_critic.*task_reward"):
+        ML3("MlpPolicy", _vec(), task_critic=True, **SMALL)
+
+
+def test_clipped_task_loss_has_reinforces_gradient_at_the_behaviour_policy_and_reuses_rollouts():
+    """task_clip_range: PPO's surrogate equals REINFORCE's gradient where the rollout was collected;
+    meta_epochs outer steps per rollout then each move phi."""
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, task_clip_range=0.2, **SMALL)
+    data, _ = _collected(model)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.policy.actor_parameters().items()}
+    mean, std = model.policy.actor_mean_std(params, data["observations"])
+    from sb3_ml3.ml3.policies import gaussian_log_prob
+    np.testing.assert_allclose(gaussian_log_prob(mean, std, data["actions"]).detach(), data["old_log_prob"],
+                               rtol=1e-5, atol=1e-5)  # the buffer's log-probs are the collecting policy's
+    clipped = torch.autograd.grad(model.reinforce_task_loss(params, data), list(params.values()))
+    model.task_clip_range = None
+    plain = torch.autograd.grad(model.reinforce_task_loss(params, data), list(params.values()))
+    for a, b in zip(clipped, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # far from the behaviour policy every ratio is clipped on the side the weight pushes: no gradient
+    model.task_clip_range = 0.2
+    far = dict(data, old_log_prob=data["old_log_prob"] - 10.0 * torch.sign(data["task_weights"]))
+    zero = torch.autograd.grad(model.reinforce_task_loss(params, far), list(params.values()), allow_unused=True)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in zero)
+
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, meta_epochs=3, task_clip_range=0.2, **SMALL)
+    model.learn(3 * 32)  # three rollouts: two outer steps of three meta-epochs each
+    assert model._n_meta_updates + model.skipped_meta_steps == 6 and model._n_meta_updates > 0
+    with pytest.raises(ValueError, match="task_clip_range"):
+        ML3("MlpPolicy", _vec(), meta_train=True, meta_epochs=2, **SMALL)
 
 
 def test_a_loss_reading_the_advantage_refuses_another_task_loss(tmp_path):

@@ -22,8 +22,10 @@ collects tau_i with theta_i; ``train()`` then
        L_T(phi) = - mean_{(s, a) in tau_i} [ w(s, a) * log pi_{theta_i(phi)}(a | s) ]
 
    with w the GAE advantage (value head as baseline, ``task_loss="advantage"``) or the centred
-   discounted return (``task_loss="return"``). A non-finite L_T or meta-gradient is skipped,
-   counted (``train/skipped_meta_steps``) and never written into phi;
+   discounted return (``task_loss="return"``). With ``task_clip_range`` the task loss is PPO's clipped
+   surrogate of the same weights (same gradient at the behaviour policy), which lets ``meta_epochs``
+   outer steps reuse one rollout. A non-finite L_T or meta-gradient is skipped, counted
+   (``train/skipped_meta_steps``) and never written into phi;
 2. *inner step* on tau_i with the updated phi: theta_{i+1} = theta_i - alpha grad M_phi (the same
    code path as meta-test), remembering theta_i and the minibatches for the next outer step;
 3. every ``policy_reset_interval`` iterations the actor is re-initialised (Algorithm 4, line 4), so
@@ -104,6 +106,15 @@ class ML3(OnPolicyAlgorithm):
         (the paper's loss shaping, Sec. III.C). Its weights are centred discounted rewards-to-go within
         each rollout (baseline: the mean over envs at the same step). The policy's ``advantage`` meta-input
         and the critic still come from the env's reward, so meta-test needs no such information.
+    :param task_critic: with ``task_reward``, learn a value function of that reward (its own MLP and
+        Adam optimizer, meta-training only) and weigh the task loss by its GAE advantages instead of the
+        rewards-to-go: a per-state baseline, far less variance than the mean over envs.
+    :param meta_epochs: outer steps (Adam steps on phi) per rollout, each recomputing the inner update;
+        more than one needs ``task_clip_range``.
+    :param task_clip_range: ``None``: the task loss is Eq. 7-8's REINFORCE. A float eps: PPO's clipped
+        surrogate -mean[min(r w, clip(r, 1-eps, 1+eps) w)] with r = pi_{theta_i(phi)}(a|s) / pi_old(a|s)
+        the ratio to the policy that collected the rollout: its gradient at phi's first outer step is
+        REINFORCE's, and the clip keeps later outer steps on the same rollout from trusting it too far.
     :param task_ent_coef: entropy bonus in the task loss (lets phi learn to keep exploring).
     :param policy_reset_interval: re-initialise the actor every this many iterations while
         meta-training (Algorithm 4's theta_0), so the loss learns to train fresh policies, and sees
@@ -140,6 +151,9 @@ class ML3(OnPolicyAlgorithm):
         meta_loss_kwargs: dict[str, Any] | None = None,
         task_loss: str = "advantage",
         task_reward: str | None = None,
+        task_critic: bool = False,
+        meta_epochs: int = 1,
+        task_clip_range: float | None = None,
         task_ent_coef: float = 0.0,
         policy_reset_interval: int | None = 25,
         first_order: bool = True,
@@ -191,6 +205,9 @@ class ML3(OnPolicyAlgorithm):
         self.task_loss = task_loss
         self.task_reward = task_reward
         self._task_rewards: list[np.ndarray] = []
+        self.task_critic = task_critic
+        self.meta_epochs = meta_epochs
+        self.task_clip_range = task_clip_range
         self.task_ent_coef = task_ent_coef
         self.policy_reset_interval = policy_reset_interval
         self.first_order = first_order
@@ -224,6 +241,17 @@ class ML3(OnPolicyAlgorithm):
             raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {self.task_loss!r}.")
         if self.task_reward is not None and (not isinstance(self.task_reward, str) or not self.task_reward):
             raise ValueError(f"task_reward must be None or the name of an info key, got {self.task_reward!r}.")
+        if self.task_critic and self.task_reward is None:
+            raise ValueError("task_critic=True learns the value of task_reward: pass task_reward (an info key) too.")
+        if self.meta_epochs < 1:
+            raise ValueError(f"meta_epochs must be >= 1, got {self.meta_epochs}.")
+        if self.task_clip_range is not None and not self.task_clip_range > 0:
+            raise ValueError(f"task_clip_range must be None or > 0, got {self.task_clip_range}.")
+        if self.meta_epochs > 1 and self.task_clip_range is None:
+            raise ValueError(
+                f"meta_epochs={self.meta_epochs} reuses each rollout for several outer steps: pass task_clip_range "
+                "(e.g. 0.2) so the task loss is the importance-weighted, clipped surrogate."
+            )
         if self.batch_size < 1 or self.n_epochs < 1:
             raise ValueError(f"batch_size and n_epochs must be positive, got {self.batch_size} and {self.n_epochs}.")
         if self.max_policy_updates is not None and self.max_policy_updates < 0:
@@ -247,6 +275,11 @@ class ML3(OnPolicyAlgorithm):
         super()._setup_model()
         self.policy.optimizer = torch.optim.SGD(self.policy.actor_parameters().values(), lr=self.lr_schedule(1))
         self.value_optimizer = torch.optim.Adam(self.policy.critic_parameters(), lr=self.vf_learning_rate)
+        self.task_value_net: torch.nn.Module | None = None
+        self.task_value_optimizer: torch.optim.Optimizer | None = None
+        if self.task_critic:
+            self.task_value_net = self._make_task_value_net().to(self.device)
+            self.task_value_optimizer = torch.optim.Adam(self.task_value_net.parameters(), lr=self.vf_learning_rate)
         if self.env is not None:
             self.goal_slice = self._goal_slice_of_env()
         spec = self.meta_input_spec()
@@ -261,6 +294,14 @@ class ML3(OnPolicyAlgorithm):
         self.meta_optimizer = make_meta_optimizer(self.meta_loss.parameters(), self.meta_lr) if self.meta_train else None
         self._pending: tuple[Params, list[dict[str, torch.Tensor]], float] | None = None
         self._episode_t = np.zeros(self.n_envs, dtype=np.int64)
+
+    def _make_task_value_net(self) -> torch.nn.Module:
+        """The task critic V_task(s) of ``task_reward``: an MLP like SB3's default value net (64, 64, tanh)."""
+        if not isinstance(self.observation_space, spaces.Box) or len(self.observation_space.shape) != 1:
+            raise ValueError(f"task_critic needs a flat Box observation space, got {self.observation_space}.")
+        width = int(self.observation_space.shape[0])
+        return torch.nn.Sequential(torch.nn.Linear(width, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
+                                   torch.nn.Tanh(), torch.nn.Linear(64, 1))
 
     def _goal_slice_of_env(self) -> slice | None:
         try:
@@ -364,6 +405,7 @@ class ML3(OnPolicyAlgorithm):
             "rewards": flat(buffer.rewards),
             "returns": flat(buffer.returns),
             "advantages": flat(buffer.advantages),
+            "old_log_prob": flat(buffer.log_probs),
             "episode_starts": flat(buffer.episode_starts),
             "timesteps": flat(timesteps),
         }
@@ -415,32 +457,65 @@ class ML3(OnPolicyAlgorithm):
             weights = (weights - weights.mean()) / (weights.std() + 1e-8)
         return weights
 
-    def _task_reward_weights(self) -> torch.Tensor:
-        """The task-loss weights of ``task_reward``: centred, normalised discounted rewards-to-go.
-
-        Rewards-to-go stop at episode starts and at the end of the rollout (no bootstrap: the critic
-        learns the env's reward, not this one); the baseline is the mean over envs at the same step.
-        """
-        buffer = self.rollout_buffer
-        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
+    def _recorded_task_rewards(self) -> np.ndarray:
+        """The rollout's ``task_reward`` values, (n_steps, n_envs)."""
+        n_steps = self.rollout_buffer.buffer_size
         if len(self._task_rewards) != n_steps:
             raise RuntimeError(
                 f"task_reward={self.task_reward!r}: recorded {len(self._task_rewards)} steps of it, the rollout "
                 f"has {n_steps}; rollouts must be collected by ML3.collect_rollouts."
             )
-        rewards = np.stack(self._task_rewards).astype(np.float64)  # (n_steps, n_envs)
+        return np.stack(self._task_rewards).astype(np.float64)
+
+    def _task_reward_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The task-loss weights of ``task_reward``, flat (env-major) and normalised, and the critic's targets.
+
+        Without ``task_critic``: centred discounted rewards-to-go, which stop at episode starts and at the
+        end of the rollout (no bootstrap: the critic learns the env's reward, not this one), the baseline
+        being the mean over envs at the same step; no targets. With it: GAE(gamma, gae_lambda) advantages
+        of the task reward under V_task, bootstrapped from V_task at the rollout's end and cut at episode
+        ends (truncated or not: the task metric sums each episode), and the lambda-returns V_task learns.
+        """
+        buffer = self.rollout_buffer
+        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
+        rewards = self._recorded_task_rewards()
         starts = buffer.episode_starts
-        to_go = np.zeros_like(rewards)
-        running = np.zeros(n_envs)
-        for k in reversed(range(n_steps)):
-            nxt = starts[k + 1] if k + 1 < n_steps else np.ones(n_envs)
-            running = rewards[k] + self.gamma * running * (1.0 - nxt)
-            to_go[k] = running
-        weights = to_go - to_go.mean(axis=1, keepdims=True) if n_envs > 1 else to_go - to_go.mean()
-        weights = torch.as_tensor(weights.swapaxes(0, 1).reshape(-1), device=self.device, dtype=torch.float32)
-        if self.normalize_advantage and weights.numel() > 1:
-            weights = weights / (weights.std() + 1e-8)
-        return weights
+        targets = None
+        if self.task_value_net is None:
+            to_go = np.zeros_like(rewards)
+            running = np.zeros(n_envs)
+            for k in reversed(range(n_steps)):
+                nxt = starts[k + 1] if k + 1 < n_steps else np.ones(n_envs)
+                running = rewards[k] + self.gamma * running * (1.0 - nxt)
+                to_go[k] = running
+            weights = to_go - to_go.mean(axis=1, keepdims=True) if n_envs > 1 else to_go - to_go.mean()
+        else:
+            with torch.no_grad():
+                obs = torch.as_tensor(buffer.observations, device=self.device, dtype=torch.float32)
+                values = self.task_value_net(obs).squeeze(-1).double().cpu().numpy()  # (n_steps, n_envs)
+                last_obs = torch.as_tensor(self._last_obs, device=self.device, dtype=torch.float32)
+                last_values = self.task_value_net(last_obs).squeeze(-1).double().cpu().numpy()
+            weights = np.zeros_like(rewards)
+            running = np.zeros(n_envs)
+            for k in reversed(range(n_steps)):
+                if k + 1 < n_steps:
+                    not_end, next_values = 1.0 - starts[k + 1], values[k + 1]
+                else:
+                    not_end, next_values = 1.0 - self._last_episode_starts, last_values
+                delta = rewards[k] + self.gamma * next_values * not_end - values[k]
+                running = delta + self.gamma * self.gae_lambda * not_end * running
+                weights[k] = running
+            targets = weights + values
+
+        def flat(array: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(array.swapaxes(0, 1).reshape(-1), device=self.device, dtype=torch.float32)
+
+        weights_t = flat(weights)
+        if self.task_value_net is not None and self.normalize_advantage and weights_t.numel() > 1:
+            weights_t = weights_t - weights_t.mean()
+        if self.normalize_advantage and weights_t.numel() > 1:
+            weights_t = weights_t / (weights_t.std() + 1e-8)
+        return weights_t, None if targets is None else flat(targets)
 
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
         """SB3 calls this after every env step of a rollout: record ``task_reward`` from the infos."""
@@ -462,10 +537,17 @@ class ML3(OnPolicyAlgorithm):
         """L_T = -mean[w * log pi_theta(a|s)] - c_H * entropy on the rollout ``data`` (Eq. 7-8).
 
         w is ``data["task_loss_weights"]`` when present (``task_reward``), else ``data["task_weights"]``.
+        With ``task_clip_range`` eps: -mean[min(r w, clip(r, 1 - eps, 1 + eps) w)], r = pi_theta / pi_old.
         """
         mean, std = self.policy.actor_mean_std(params, data["observations"])
         weights = data.get("task_loss_weights", data["task_weights"])
-        loss = -(weights * gaussian_log_prob(mean, std, data["actions"])).mean()  # Eq. 7-8
+        log_prob = gaussian_log_prob(mean, std, data["actions"])
+        if self.task_clip_range is None:
+            loss = -(weights * log_prob).mean()  # Eq. 7-8
+        else:
+            ratio = torch.exp(log_prob - data["old_log_prob"])
+            clipped = torch.clamp(ratio, 1.0 - self.task_clip_range, 1.0 + self.task_clip_range)
+            loss = -torch.min(ratio * weights, clipped * weights).mean()
         if self.task_ent_coef:
             loss = loss - self.task_ent_coef * gaussian_entropy(std).mean()
         return loss
@@ -511,22 +593,31 @@ class ML3(OnPolicyAlgorithm):
         }
 
     def outer_step(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
-        """phi <- phi - eta grad_phi L_T(theta_i(phi)) on the rollout of theta_i (Eq. 5-8, Alg. 4 line 13)."""
+        """phi <- phi - eta grad_phi L_T(theta_i(phi)) on the rollout of theta_i (Eq. 5-8, Alg. 4 line 13).
+
+        ``meta_epochs`` such steps, each recomputing theta_i(phi) with the current phi; the logged task loss
+        and meta-gradient norm are the first step's (the loss of the policy that collected the rollout).
+        """
         assert self._pending is not None and self.meta_optimizer is not None
         params, minibatches, inner_lr = self._pending
-        phi = {name: p.detach() for name, p in self.meta_loss.named_parameters()}
-        grads, value = meta_gradient(
-            self.learned_loss, self.reinforce_task_loss, params, phi, minibatches, data, inner_lr,
-            first_order=self.first_order, max_grad_norm=self.max_grad_norm,
-        )
-        result = apply_meta_gradient(self.meta_optimizer, self.meta_loss, grads, value, self.meta_max_grad_norm)
-        if result.applied:
-            self._n_meta_updates += 1
-        else:
-            self.skipped_meta_steps += 1
-            if self.verbose:
-                print(f"ML3: skipped a meta-step ({result.reason}); phi unchanged")
-        return {"task_loss": result.task_loss, "meta_grad_norm": result.grad_norm}
+        first: dict[str, float] = {}
+        for _ in range(self.meta_epochs):
+            phi = {name: p.detach() for name, p in self.meta_loss.named_parameters()}
+            grads, value = meta_gradient(
+                self.learned_loss, self.reinforce_task_loss, params, phi, minibatches, data, inner_lr,
+                first_order=self.first_order, max_grad_norm=self.max_grad_norm,
+            )
+            result = apply_meta_gradient(self.meta_optimizer, self.meta_loss, grads, value, self.meta_max_grad_norm)
+            if not first:
+                first = {"task_loss": result.task_loss, "meta_grad_norm": result.grad_norm}
+            if result.applied:
+                self._n_meta_updates += 1
+            else:
+                self.skipped_meta_steps += 1
+                if self.verbose:
+                    print(f"ML3: skipped a meta-step ({result.reason}); phi unchanged")
+                break
+        return first
 
     @property
     def policy_frozen(self) -> bool:
@@ -542,18 +633,23 @@ class ML3(OnPolicyAlgorithm):
         """
         return self.meta_train or any(name in self.meta_inputs for name in ("advantage", "return"))
 
-    def _train_critic(self, data: dict[str, torch.Tensor]) -> float:
+    def _train_critic(self, data: dict[str, torch.Tensor], value_net: torch.nn.Module | None = None,
+                      optimizer: torch.optim.Optimizer | None = None, targets: torch.Tensor | None = None) -> float:
+        """Regress a critic on its targets: by default the value head on the env reward's GAE returns."""
+        predict = self.policy.predict_values if value_net is None else value_net
+        optimizer = self.value_optimizer if optimizer is None else optimizer
+        targets = data["returns"] if targets is None else targets
         losses = []
         size = data["observations"].shape[0]
         for _ in range(self.n_epochs):
             order = torch.as_tensor(np.random.permutation(size), device=self.device)
             for start in range(0, size, self.batch_size):
                 index = order[start:start + self.batch_size]
-                values = self.policy.predict_values(data["observations"][index]).flatten()
-                loss = F.mse_loss(data["returns"][index], values)
-                self.value_optimizer.zero_grad(set_to_none=True)
+                values = predict(data["observations"][index]).flatten()
+                loss = F.mse_loss(targets[index], values)
+                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                self.value_optimizer.step()
+                optimizer.step()
                 losses.append(loss.item())
         return float(np.mean(losses))
 
@@ -564,8 +660,9 @@ class ML3(OnPolicyAlgorithm):
         inner_lr = float(self.lr_schedule(self._current_progress_remaining))
         data = self._rollout_tensors()
         data["task_weights"] = self._task_weights(data)  # the advantage meta-input, and the default task weight
+        task_value_targets = None
         if self.meta_train and self.task_reward is not None:
-            data["task_loss_weights"] = self._task_reward_weights()
+            data["task_loss_weights"], task_value_targets = self._task_reward_weights()
         self._n_iterations += 1
         stats: dict[str, float] = {}
 
@@ -600,6 +697,9 @@ class ML3(OnPolicyAlgorithm):
                 new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
                 kl = gaussian_kl(old_mean, old_std, new_mean, new_std).mean()
             stats["approx_kl"] = kl.item()
+        if task_value_targets is not None:
+            self.logger.record("train/task_value_loss", self._train_critic(
+                data, self.task_value_net, self.task_value_optimizer, task_value_targets))
         if frozen:
             self.logger.record("train/policy_frozen", 1)
         elif self.critic_needed:
@@ -687,12 +787,15 @@ class ML3(OnPolicyAlgorithm):
     def _excluded_save_params(self) -> list[str]:
         return super()._excluded_save_params() + [
             "meta_loss", "meta_optimizer", "value_optimizer", "_meta_loss_source", "_pending", "_obs_columns", "_task_rewards",
+            "task_value_net", "task_value_optimizer",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "policy.optimizer", "value_optimizer", "meta_loss"]
         if self.meta_optimizer is not None:
             state_dicts.append("meta_optimizer")
+        if self.task_value_net is not None:
+            state_dicts += ["task_value_net", "task_value_optimizer"]
         return state_dicts, []
 
 
