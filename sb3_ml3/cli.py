@@ -108,7 +108,9 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test in seconds")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted comparison in --out (same settings; more seeds, --net-archs or --algos "
-                   "may be added): reuse its meta-losses and finished runs (runs_done.jsonl)")
+                   "may be added): reuse its meta-losses and finished runs (runs_done.jsonl), and continue an "
+                   "interrupted meta-training from its checkpoint (meta_train_seed<N>_checkpoint.zip, saved at every "
+                   "meta-validation)")
     _add_common(p)
     p.set_defaults(run=_run_compare)
 

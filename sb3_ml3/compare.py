@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import set_random_seed
@@ -373,27 +373,138 @@ def build_model(algo: str, env: VecEnv, seed: int, settings: Mapping[str, Any], 
     raise ValueError(f"Unknown algorithm {algo!r}; expected one of {ALGOS}.")
 
 
+class MetaTrainCheckpoint(BaseCallback):
+    """Save an interrupted meta-training's state every ``save_freq`` env steps, so it can resume.
+
+    Between rollouts (after the outer step and any meta-validation) it writes the ML3 model
+    (``ML3.save``: phi, its Adam state, the policy, the critics) to ``path``, and beside it
+    ``<path>.json`` (``fingerprint``, the env steps, the :class:`MetaValidationCallback` history and its
+    best snapshot's metric and steps) and ``<path>.best.pt`` (that snapshot's weights). Use
+    :meth:`restore_validation` after ``ML3.load(path)`` to give a fresh validation callback that
+    state back. Writes go to temporary files first, so a process killed mid-write leaves the last
+    complete checkpoint.
+    """
+
+    def __init__(self, path: str | os.PathLike, save_freq: int, fingerprint: Any = None,
+                 validation: MetaValidationCallback | None = None, restore: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if save_freq < 1:
+            raise ValueError(f"save_freq must be positive, got {save_freq}.")
+        self.path = os.fspath(path)
+        self.save_freq = int(save_freq)
+        self.fingerprint = fingerprint
+        self.validation = validation
+        self._restore = restore
+        self._last_save = 0
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> dict[str, Any] | None:
+        """The state saved beside the checkpoint ``path``, or ``None`` when there is no checkpoint."""
+        path = os.fspath(path)
+        if not (os.path.exists(path) and os.path.exists(path + ".json")):
+            return None
+        with open(path + ".json") as f:
+            try:
+                state = json.load(f)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"The meta-training checkpoint {path}.json is corrupted ({error}); delete "
+                                 f"{path} and {path}.json to meta-train from the start.") from error
+        best = path + ".best.pt"
+        state["best_state"] = torch.load(best, weights_only=True) if os.path.exists(best) else None
+        return state
+
+    def _init_callback(self) -> None:
+        self._last_save = self.num_timesteps
+        if self._restore is not None and self.validation is not None:  # after the validation's own init
+            v, r = self.validation, self._restore
+            v.history = [(int(t), float(m)) for t, m in r["history"]]
+            v.best_metric = float(r["best_metric"]) if r["best_metric"] is not None else -np.inf
+            v.best_timesteps = r["best_timesteps"]
+            v.best_state = r["best_state"]
+            v.validation_timesteps = int(r["validation_timesteps"])
+            v._last_eval = int(r["last_eval"])
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps - self._last_save >= self.save_freq:
+            self.save()
+
+    def save(self) -> None:
+        self._last_save = self.num_timesteps
+        v = self.validation
+        state = {
+            "fingerprint": self.fingerprint, "num_timesteps": int(self.num_timesteps),
+            "history": v.history if v else [], "validation_timesteps": v.validation_timesteps if v else 0,
+            "best_metric": (v.best_metric if v and np.isfinite(v.best_metric) else None),
+            "best_timesteps": v.best_timesteps if v else None, "last_eval": v._last_eval if v else 0,
+        }
+        self.model.save(self.path + ".tmp.zip")
+        os.replace(self.path + ".tmp.zip", self.path)
+        if v is not None and v.best_state is not None:
+            torch.save(v.best_state, self.path + ".best.pt.tmp")
+            os.replace(self.path + ".best.pt.tmp", self.path + ".best.pt")
+        with open(self.path + ".json.tmp", "w") as f:
+            json.dump(_jsonable(state), f)
+        os.replace(self.path + ".json.tmp", self.path + ".json")
+
+    def remove(self) -> None:
+        """Delete the checkpoint's files (meta-training finished)."""
+        for suffix in ("", ".json", ".best.pt"):
+            if os.path.exists(self.path + suffix):
+                os.remove(self.path + suffix)
+
+
 def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[str, Any] | None = None,
                     path: str | os.PathLike | None = None, env_kwargs: dict[str, Any] | None = None,
-                    normalize: bool = False, progress_bar: bool = False) -> tuple[MetaLoss, int]:
+                    normalize: bool = False, progress_bar: bool = False,
+                    checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+                    fingerprint: Any = None) -> tuple[MetaLoss, int]:
     """Meta-train a loss on ``env_id``'s **train** goals (Algorithm 4); returns it and its env steps.
 
     With ``settings["meta_validation"]`` (keyword arguments of :class:`MetaValidationCallback`) the
     loss is the best of its meta-validated snapshots, and the validation's env steps are counted in.
     The env steps are written into the loss's metadata as ``meta_train_timesteps`` (and the file, if
     ``path`` is given), so a later comparison can report them and the break-even.
+
+    ``checkpoint_path``: save the meta-training state there (:class:`MetaTrainCheckpoint`) every
+    ``checkpoint_every`` env steps (default: the validation's ``eval_freq``, else 100k), and resume from
+    it when it exists: meta-training that takes hours survives being stopped. The checkpoint must carry
+    the same ``fingerprint`` (the settings that made it); it is deleted when meta-training finishes.
+    A resumed run continues phi, its Adam state and the validation history; its random streams start
+    afresh, so it is not bit-identical to an uninterrupted run.
     """
     from sb3_ml3.ml3 import ML3
 
     settings = dict(settings if settings is not None else settings_for("ml3", env_id))
     env = make_train_env(env_id, settings["n_envs"], seed, split="train", normalize=normalize, env_kwargs=env_kwargs)
-    model = ML3("MlpPolicy", env, meta_train=True, seed=seed,
-                policy_kwargs=policy_kwargs_for(settings.get("meta_train_net_arch", [64, 64])),
-                **settings["meta_train"])
+    restored = MetaTrainCheckpoint.read(checkpoint_path) if checkpoint_path is not None else None
+    if restored is not None:
+        if restored["fingerprint"] != _jsonable(fingerprint):
+            raise ValueError(
+                f"The meta-training checkpoint {os.fspath(checkpoint_path)} was made with other ML3 settings or "
+                f"budget; resume with those, or delete {os.fspath(checkpoint_path)} and its .json to start afresh."
+            )
+        model = ML3.load(checkpoint_path, env=env)
+    else:
+        model = ML3("MlpPolicy", env, meta_train=True, seed=seed,
+                    policy_kwargs=policy_kwargs_for(settings.get("meta_train_net_arch", [64, 64])),
+                    **settings["meta_train"])
+    callbacks: list[BaseCallback] = []
     validation = None
     if settings.get("meta_validation"):
         validation = MetaValidationCallback(env_id, seed=seed, env_kwargs=env_kwargs, **settings["meta_validation"])
-    model.learn(timesteps, callback=validation, progress_bar=progress_bar)
+        callbacks.append(validation)
+    checkpoint = None
+    if checkpoint_path is not None:
+        every = checkpoint_every or (validation.eval_freq if validation is not None else 100_000)
+        checkpoint = MetaTrainCheckpoint(checkpoint_path, every, _jsonable(fingerprint), validation, restored)
+        callbacks.append(checkpoint)
+    remaining = timesteps - (model.num_timesteps if restored is not None else 0)
+    if remaining > 0:
+        model.learn(remaining, callback=CallbackList(callbacks) if callbacks else None, progress_bar=progress_bar,
+                    reset_num_timesteps=restored is None)
     used = int(model.num_timesteps)
     if validation is not None and validation.history:  # the selection's samples are part of meta-training's cost
         used += validation.validation_timesteps
@@ -404,6 +515,8 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
         }
     model.meta_loss.metadata["meta_train_timesteps"] = used
     model.meta_loss.metadata["meta_train_seed"] = int(seed)
+    if restored is not None:
+        model.meta_loss.metadata["resumed_at_timesteps"] = int(restored["num_timesteps"])
     if path is not None:
         os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
         model.save_meta_loss(path)
@@ -411,6 +524,8 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
     else:
         meta_loss = copy.deepcopy(model.meta_loss)
         meta_loss.metadata.update({"meta_inputs": list(model.meta_inputs)})
+    if checkpoint is not None:
+        checkpoint.remove()
     env.close()
     return meta_loss, used
 
@@ -530,7 +645,8 @@ def run_compare(
     :param out_dir: if given, meta-losses (``meta_loss_seed{s}.zip``) are saved there, and every
         finished run is appended to ``runs_done.jsonl`` there (:data:`RUNS_FILE`).
     :param resume: continue an interrupted comparison in ``out_dir``: its saved meta-losses and
-        finished runs are reused, the rest is run. The env, tasks, budget and evaluation schedule must
+        finished runs are reused, an interrupted meta-training continues from its checkpoint
+        (``meta_train_seed{s}_checkpoint.zip``, :class:`MetaTrainCheckpoint`), the rest is run. The env, tasks, budget and evaluation schedule must
         be the ones it was started with; seeds, architectures and algorithms may be added (only the new
         runs run), and a run whose algorithm's settings (or, for ML3, loss) changed is run again, so
         ML3's recipe can change while the PPO runs are kept.
@@ -623,8 +739,14 @@ def run_compare(
                     meta_train["per_seed"][str(seed)] = {"samples": used, "path": path, "resumed": True}
                     continue
                 log(f"meta-training ML3's loss on {env_id}'s train goals, seed {seed}: {meta_train_steps} env steps")
+                checkpoint = None if path is None else os.path.join(out_dir, f"meta_train_seed{seed}_checkpoint.zip")
+                if checkpoint is not None and os.path.exists(checkpoint) and not resume:
+                    os.remove(checkpoint)  # a fresh comparison starts afresh
+                if checkpoint is not None and MetaTrainCheckpoint.read(checkpoint) is not None:
+                    log(f"resuming the meta-training of seed {seed} from {checkpoint}")
                 loss, used = meta_train_loss(env_id, seed, meta_train_steps, ml3_settings, path=path,
-                                             env_kwargs=env_kwargs, normalize=normalize, progress_bar=progress)
+                                             env_kwargs=env_kwargs, normalize=normalize, progress_bar=progress,
+                                             checkpoint_path=checkpoint, fingerprint=meta_train_fingerprint)
                 losses[seed] = path if path is not None else loss
                 if done_runs is not None:
                     done_runs.add_meta_loss(seed, meta_train_fingerprint)
@@ -925,6 +1047,7 @@ __all__ = [
     "initial_policy_state",
     "load_initial_policy",
     "meta_train_loss",
+    "MetaTrainCheckpoint",
     "run_compare",
     "run_demo",
     "save_outputs",

@@ -176,6 +176,49 @@ def test_compare_resumes_an_interrupted_run(tmp_path, monkeypatch):
         compare.run_compare(ENV, resume=True, **kwargs)
 
 
+def test_an_interrupted_meta_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """A meta-training killed mid-way continues from its last checkpoint: phi, Adam state, validation."""
+    from sb3_ml3.compare import MetaTrainCheckpoint
+    from sb3_ml3.ml3 import ML3, MetaValidationCallback
+
+    settings = settings_for("ml3", ENV, {"meta_validation": {"eval_freq": 400, "eval_at_updates": [1], "n_goals": 2}})
+    checkpoint = str(tmp_path / "ckpt.zip")
+    real_validate = MetaValidationCallback.validate
+    calls = []
+
+    def crashing_validate(self):
+        calls.append(self.num_timesteps)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("stopped")
+        return real_validate(self)
+
+    monkeypatch.setattr(MetaValidationCallback, "validate", crashing_validate)
+    with pytest.raises(KeyboardInterrupt):
+        meta_train_loss(ENV, 0, 2_000, settings, checkpoint_path=checkpoint, fingerprint={"recipe": 1})
+    state = MetaTrainCheckpoint.read(checkpoint)
+    assert state is not None and state["num_timesteps"] == 800  # saved after each of the two validations
+    assert [t for t, _ in state["history"]] == [400, 800] and state["best_state"] is not None
+    saved = ML3.load(checkpoint)
+    assert saved.num_timesteps == 800 and saved.meta_optimizer.state  # phi's Adam state travels with it
+
+    monkeypatch.setattr(MetaValidationCallback, "validate", real_validate)
+    with pytest.raises(ValueError, match="other ML3 settings"):
+        meta_train_loss(ENV, 0, 2_000, settings, checkpoint_path=checkpoint, fingerprint={"recipe": 2})
+    loss, used = meta_train_loss(ENV, 0, 2_000, settings, checkpoint_path=checkpoint, fingerprint={"recipe": 1})
+    history = loss.metadata["meta_validation"]["history"]
+    assert [t for t, _ in history][:2] == [400, 800] and history[:2] == [tuple(h) for h in state["history"]]
+    assert history[-1][0] == 2_000 and loss.metadata["resumed_at_timesteps"] == 800
+    assert used == 2_000 + loss.metadata["meta_validation"]["validation_timesteps"]
+    assert not os.path.exists(checkpoint) and not os.path.exists(checkpoint + ".json")  # finished: removed
+
+    with open(checkpoint, "w") as f:
+        f.write("x")
+    with open(checkpoint + ".json", "w") as f:
+        f.write("{not json")
+    with pytest.raises(ValueError, match="corrupted"):
+        meta_train_loss(ENV, 0, 2_000, settings, checkpoint_path=checkpoint)
+
+
 def test_a_frozen_meta_test_stops_early_with_the_same_curve():
     """stop_when_frozen skips the env steps after max_policy_updates; the curve is the full run's."""
     from sb3_ml3.ml3 import ML3

@@ -113,6 +113,8 @@ def test_save_load_identical_actions_and_resumed_meta_training(tmp_path):
     loaded = ML3.load(path, env=_vec())
     obs = np.stack([gym.make(ENV).observation_space.sample() for _ in range(5)])
     np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    for_inference = ML3.load(path)  # no env: to act, as SB3 models load
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], for_inference.predict(obs, deterministic=True)[0])
     for (name, a), b in zip(model.meta_loss.state_dict().items(), loaded.meta_loss.state_dict().values()):
         assert torch.equal(a, b), name
     state_a, state_b = model.meta_optimizer.state_dict(), loaded.meta_optimizer.state_dict()

@@ -190,7 +190,7 @@ class ML3(OnPolicyAlgorithm):
             device=device,
             _init_setup_model=False,
         )
-        if self.action_space is not None and not isinstance(self.action_space, spaces.Box):
+        if getattr(self, "action_space", None) is not None and not isinstance(self.action_space, spaces.Box):
             raise ValueError(
                 f"ML3 needs a continuous Box action space (its meta-loss reads the Gaussian policy's mean and std), "
                 f"got {self.action_space}. Use PPO or A2C for discrete actions."
