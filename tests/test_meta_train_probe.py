@@ -1,0 +1,35 @@
+"""benchmarks/meta_train_probe.py: a stopped probe resumes from its checkpoint and refuses other settings."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROBE = os.path.join(ROOT, "benchmarks", "meta_train_probe.py")
+VALIDATION = json.dumps({"eval_freq": 800, "eval_at_updates": [1], "n_goals": 2})
+
+
+def _probe(out, timesteps, *extra):
+    return subprocess.run([sys.executable, PROBE, "PointmassGoal-v0", "--out", str(out), "--timesteps", str(timesteps),
+                           "--validation", VALIDATION, "--print-every", "2", *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _validations(out):
+    with open(os.path.join(out, "validation.jsonl")) as f:
+        return [json.loads(line)["steps"] for line in f]
+
+
+def test_probe_prints_lifetime_progress_and_resumes(tmp_path):
+    out = tmp_path / "probe"
+    first = _probe(out, 1_600)
+    assert first.returncode == 0, first.stderr
+    assert "episode task reward by age: first" in first.stdout and "validation at 800 steps" in first.stdout
+    assert _validations(out) == [800, 1600]
+    second = _probe(out, 2_400)  # the same command with a larger budget continues the run
+    assert second.returncode == 0, second.stderr
+    assert "resuming at 1600 steps" in second.stdout and _validations(out) == [800, 1600, 2400]
+    assert os.path.exists(out / "best_meta_loss.zip") and os.path.exists(out / "final_meta_loss.zip")
+    other = _probe(out, 3_200, "--meta-train", '{"meta_lr": 0.01}')
+    assert other.returncode != 0 and "other settings" in other.stderr
