@@ -108,7 +108,7 @@ class ML3(OnPolicyAlgorithm):
         and the critic still come from the env's reward, so meta-test needs no such information.
     :param task_critic: with ``task_reward``, learn a value function of that reward (its own MLP and
         Adam optimizer, meta-training only) and weigh the task loss by its GAE advantages instead of the
-        rewards-to-go: a per-state baseline, far less variance than the mean over envs.
+        rewards-to-go: a per-state baseline instead of the mean over envs at the same step.
     :param meta_epochs: outer steps (Adam steps on phi) per rollout, each recomputing the inner update;
         more than one needs ``task_clip_range``.
     :param task_clip_range: ``None``: the task loss is Eq. 7-8's REINFORCE. A float eps: PPO's clipped
