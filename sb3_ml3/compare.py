@@ -379,10 +379,11 @@ class MetaTrainCheckpoint(BaseCallback):
     Between rollouts (after the outer step and any meta-validation) it writes the ML3 model
     (``ML3.save``: phi, its Adam state, the policy, the critics) to ``path``, and beside it
     ``<path>.json`` (``fingerprint``, the env steps, the :class:`MetaValidationCallback` history and its
-    best snapshot's metric and steps) and ``<path>.best.pt`` (that snapshot's weights). Use
-    :meth:`restore_validation` after ``ML3.load(path)`` to give a fresh validation callback that
-    state back. Writes go to temporary files first, so a process killed mid-write leaves the last
-    complete checkpoint.
+    best snapshot's metric and steps) and ``<path>.best.pt`` (that snapshot's weights). To resume:
+    ``ML3.load(path)``, then pass the state :meth:`read` returns as ``restore`` (with the validation
+    callback listed before this one in the ``CallbackList``), which gives the new validation callback
+    its history and best snapshot back. Each file is written to a temporary name and then renamed, so
+    a process killed mid-write leaves complete files.
     """
 
     def __init__(self, path: str | os.PathLike, save_freq: int, fingerprint: Any = None,
