@@ -42,7 +42,12 @@ class LifetimeProgress(BaseCallback):
         self.label, self.print_every = label, print_every
         self.by_age: dict[int, list[float]] = defaultdict(list)
         self._rewards: list[np.ndarray] = []
+        self._episode_steps = 1
         self._start = time.time()
+
+    def _init_callback(self) -> None:
+        spec = self.model.env.get_attr("spec")[0]
+        self._episode_steps = (spec.max_episode_steps if spec is not None else None) or 1
 
     def _on_rollout_start(self) -> None:
         self._rewards = []
@@ -59,8 +64,8 @@ class LifetimeProgress(BaseCallback):
         model = self.model
         lifetime = model.policy_reset_interval or 10**9
         age = model._n_iterations % lifetime  # train() has not run yet: the age of the policy that collected
-        episodes = np.stack(self._rewards).sum(0) * (model.env.get_attr("spec")[0].max_episode_steps or 1) / len(self._rewards)
-        self.by_age[age].append(float(np.mean(episodes)))
+        per_step = np.stack(self._rewards).mean()  # over the rollout's steps and envs
+        self.by_age[age].append(float(per_step * self._episode_steps))  # as an episode sum
         if (model._n_iterations + 1) % self.print_every == 0:
             def recent(ages: range) -> float:
                 values = sum((self.by_age.get(a, [])[-4:] for a in ages), [])
@@ -112,19 +117,20 @@ def main() -> None:
     env = make_train_env(args.env_id, settings["n_envs"], args.seed, split="train", normalize=False)
     checkpoint_path = os.path.join(args.out, "checkpoint.zip")
     fingerprint = {"settings": settings, "policy_kwargs": policy_kwargs, "seed": args.seed}
-    restored = MetaTrainCheckpoint.read(checkpoint_path)
-    if restored is not None:
-        if restored["fingerprint"] != json.loads(json.dumps(fingerprint)):
-            raise SystemExit(f"{checkpoint_path} was made with other settings: use another --out.")
-        model = ML3.load(checkpoint_path, env=env)
+    try:
+        loaded = MetaTrainCheckpoint.load_model(checkpoint_path, env, fingerprint)
+    except ValueError as error:
+        raise SystemExit(f"{error} Or use another --out.") from error
+    restored = None
+    if loaded is not None:
+        model, restored = loaded
         print(f"{label}: resuming at {model.num_timesteps} steps", flush=True)
     else:
         model = ML3("MlpPolicy", env, meta_train=True, seed=args.seed, policy_kwargs=policy_kwargs, **settings["meta_train"])
     validation = LoggedValidation(os.path.join(args.out, "validation.jsonl"), label, args.env_id, seed=args.seed,
                                   best_meta_loss_path=os.path.join(args.out, "best_meta_loss.zip"),
                                   **settings["meta_validation"])
-    checkpoint = MetaTrainCheckpoint(checkpoint_path, validation.eval_freq, json.loads(json.dumps(fingerprint)),
-                                     validation, restored)
+    checkpoint = MetaTrainCheckpoint(checkpoint_path, validation.eval_freq, fingerprint, validation, restored)
     remaining = args.timesteps - (model.num_timesteps if restored is not None else 0)
     model.learn(remaining, callback=CallbackList([LifetimeProgress(label, args.print_every), validation, checkpoint]),
                 reset_num_timesteps=restored is None)

@@ -393,16 +393,22 @@ class MetaTrainCheckpoint(BaseCallback):
             raise ValueError(f"save_freq must be positive, got {save_freq}.")
         self.path = os.fspath(path)
         self.save_freq = int(save_freq)
-        self.fingerprint = fingerprint
+        self.fingerprint = _jsonable(fingerprint)  # as read() returns it from the JSON file
         self.validation = validation
         self._restore = restore
         self._last_save = 0
 
     @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether a complete checkpoint (the model and its state file) is at ``path``."""
+        path = os.fspath(path)
+        return os.path.exists(path) and os.path.exists(path + ".json")
+
+    @staticmethod
     def read(path: str | os.PathLike) -> dict[str, Any] | None:
         """The state saved beside the checkpoint ``path``, or ``None`` when there is no checkpoint."""
         path = os.fspath(path)
-        if not (os.path.exists(path) and os.path.exists(path + ".json")):
+        if not MetaTrainCheckpoint.exists(path):
             return None
         with open(path + ".json") as f:
             try:
@@ -413,6 +419,22 @@ class MetaTrainCheckpoint(BaseCallback):
         best = path + ".best.pt"
         state["best_state"] = torch.load(best, weights_only=True) if os.path.exists(best) else None
         return state
+
+    @staticmethod
+    def load_model(path: str | os.PathLike, env: VecEnv, fingerprint: Any) -> tuple[Any, dict[str, Any]] | None:
+        """``(ML3 model, state)`` of the checkpoint at ``path`` (``None`` if there is none), after checking
+        that it was made with ``fingerprint``; pass the state as ``restore`` to the new callback."""
+        from sb3_ml3.ml3 import ML3
+
+        state = MetaTrainCheckpoint.read(path)
+        if state is None:
+            return None
+        if state["fingerprint"] != _jsonable(fingerprint):
+            raise ValueError(
+                f"The meta-training checkpoint {os.fspath(path)} was made with other settings (other ML3 settings, "
+                f"budget or policy); resume with those, or delete {os.fspath(path)} and its .json to start afresh."
+            )
+        return ML3.load(path, env=env), state
 
     def _init_callback(self) -> None:
         self._last_save = self.num_timesteps
@@ -450,11 +472,17 @@ class MetaTrainCheckpoint(BaseCallback):
             json.dump(_jsonable(state), f)
         os.replace(self.path + ".json.tmp", self.path + ".json")
 
-    def remove(self) -> None:
-        """Delete the checkpoint's files (meta-training finished)."""
+    @staticmethod
+    def remove_files(path: str | os.PathLike) -> None:
+        """Delete the files of the checkpoint at ``path``, if any."""
+        path = os.fspath(path)
         for suffix in ("", ".json", ".best.pt"):
-            if os.path.exists(self.path + suffix):
-                os.remove(self.path + suffix)
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+
+    def remove(self) -> None:
+        """Delete this checkpoint's files (meta-training finished)."""
+        self.remove_files(self.path)
 
 
 def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[str, Any] | None = None,
@@ -480,14 +508,10 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
 
     settings = dict(settings if settings is not None else settings_for("ml3", env_id))
     env = make_train_env(env_id, settings["n_envs"], seed, split="train", normalize=normalize, env_kwargs=env_kwargs)
-    restored = MetaTrainCheckpoint.read(checkpoint_path) if checkpoint_path is not None else None
-    if restored is not None:
-        if restored["fingerprint"] != _jsonable(fingerprint):
-            raise ValueError(
-                f"The meta-training checkpoint {os.fspath(checkpoint_path)} was made with other ML3 settings or "
-                f"budget; resume with those, or delete {os.fspath(checkpoint_path)} and its .json to start afresh."
-            )
-        model = ML3.load(checkpoint_path, env=env)
+    loaded = MetaTrainCheckpoint.load_model(checkpoint_path, env, fingerprint) if checkpoint_path is not None else None
+    restored = None
+    if loaded is not None:
+        model, restored = loaded
     else:
         model = ML3("MlpPolicy", env, meta_train=True, seed=seed,
                     policy_kwargs=policy_kwargs_for(settings.get("meta_train_net_arch", [64, 64])),
@@ -500,7 +524,7 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
     checkpoint = None
     if checkpoint_path is not None:
         every = checkpoint_every or (validation.eval_freq if validation is not None else 100_000)
-        checkpoint = MetaTrainCheckpoint(checkpoint_path, every, _jsonable(fingerprint), validation, restored)
+        checkpoint = MetaTrainCheckpoint(checkpoint_path, every, fingerprint, validation, restored)
         callbacks.append(checkpoint)
     remaining = timesteps - (model.num_timesteps if restored is not None else 0)
     if remaining > 0:
@@ -741,9 +765,9 @@ def run_compare(
                     continue
                 log(f"meta-training ML3's loss on {env_id}'s train goals, seed {seed}: {meta_train_steps} env steps")
                 checkpoint = None if path is None else os.path.join(out_dir, f"meta_train_seed{seed}_checkpoint.zip")
-                if checkpoint is not None and os.path.exists(checkpoint) and not resume:
-                    os.remove(checkpoint)  # a fresh comparison starts afresh
-                if checkpoint is not None and MetaTrainCheckpoint.read(checkpoint) is not None:
+                if checkpoint is not None and not resume:
+                    MetaTrainCheckpoint.remove_files(checkpoint)  # a fresh comparison starts afresh
+                if checkpoint is not None and MetaTrainCheckpoint.exists(checkpoint):
                     log(f"resuming the meta-training of seed {seed} from {checkpoint}")
                 loss, used = meta_train_loss(env_id, seed, meta_train_steps, ml3_settings, path=path,
                                              env_kwargs=env_kwargs, normalize=normalize, progress_bar=progress,

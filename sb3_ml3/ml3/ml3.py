@@ -52,6 +52,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.torch_layers import create_mlp
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecNormalize
@@ -299,9 +300,7 @@ class ML3(OnPolicyAlgorithm):
         """The task critic V_task(s) of ``task_reward``: an MLP like SB3's default value net (64, 64, tanh)."""
         if not isinstance(self.observation_space, spaces.Box) or len(self.observation_space.shape) != 1:
             raise ValueError(f"task_critic needs a flat Box observation space, got {self.observation_space}.")
-        width = int(self.observation_space.shape[0])
-        return torch.nn.Sequential(torch.nn.Linear(width, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
-                                   torch.nn.Tanh(), torch.nn.Linear(64, 1))
+        return torch.nn.Sequential(*create_mlp(int(self.observation_space.shape[0]), 1, [64, 64], torch.nn.Tanh))
 
     def _goal_slice_of_env(self) -> slice | None:
         try:
