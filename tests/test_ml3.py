@@ -305,6 +305,68 @@ def test_task_critic_weighs_the_task_loss_by_gae_of_the_info_key(tmp_path):
         ML3("MlpPolicy", _vec(), task_critic=True, **SMALL)
 
 
+def test_q_value_task_loss_differentiates_through_the_action_value_and_fits_it(tmp_path):
+    """task_objective='q_value': L_T = -mean Q_task(s, clip(mu_theta(s))), its meta-gradient matches finite
+    differences, train() fits Q_task to the task critic's lambda-returns, and save/load keeps Q_task."""
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, learning_rate=0.1, task_reward="distance",
+                task_critic=True, task_objective="q_value", task_critic_epochs=3, **SMALL)
+    data, minibatches = _collected(model)
+    model.policy.double()
+    model.meta_loss.double()
+    model.task_q_net.double()
+    data = {k: v.double() for k, v in data.items()}
+    batch = {k: v.double() for k, v in minibatches[0].items()}
+    params = {k: v.detach().clone() for k, v in model.policy.actor_parameters().items()}
+    phi = {k: v.detach().clone() for k, v in model.meta_loss.named_parameters()}
+
+    # by hand: the action-value of the clipped mean action, Q_task's own weights
+    mean, _ = model.policy.actor_mean_std(params, data["observations"])
+    clipped = mean.clamp(float(model.action_space.low[0]), float(model.action_space.high[0]))
+    by_hand = -model.task_q_net(torch.cat([data["observations"], clipped], dim=-1)).mean()
+    torch.testing.assert_close(model.q_value_task_loss(params, data), by_hand)
+
+    grads, value = meta_gradient(model.learned_loss, model.task_loss_fn, params, phi, [batch], data, 0.1)
+    assert sum(float(g.abs().sum()) for g in grads.values()) > 0
+
+    def objective(meta_params):
+        return model.q_value_task_loss(inner_update(model.learned_loss, params, meta_params, [batch], 0.1), data)
+
+    torch.testing.assert_close(value, objective(phi))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        d = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in phi.items()}
+        eps = 1e-6
+        numeric = (objective({k: phi[k] + eps * d[k] for k in phi}) - objective({k: phi[k] - eps * d[k] for k in phi})) / (2 * eps)
+        analytic = sum((grads[k] * d[k]).sum() for k in phi)
+        assert torch.allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
+
+    # Q_task regresses on the task critic's lambda-returns of the rollout's actions: its error falls
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, task_reward="distance", task_critic=True,
+                task_objective="q_value", task_critic_epochs=20, **SMALL)
+    _collected(model)
+    data = model._rollout_tensors()
+    _, targets = model._task_reward_weights()
+
+    def q_error() -> float:
+        with torch.no_grad():
+            return float(torch.mean((model.task_q_value(data["observations"], data["actions"]) - targets) ** 2))
+
+    before = q_error()
+    model.train()
+    assert q_error() < 0.5 * before
+    assert np.isfinite(model.logger.name_to_value["train/task_q_loss"])
+    model.learn(3 * 32, reset_num_timesteps=False)  # outer steps on the Q-value task loss
+    assert model._n_meta_updates > 0
+    model.save(tmp_path / "model.zip")
+    loaded = ML3.load(tmp_path / "model.zip", env=_vec())
+    for k, v in model.task_q_net.state_dict().items():
+        assert torch.equal(loaded.task_q_net.state_dict()[k], v)
+    with pytest.raises(ValueError, match="task_critic=True"):
+        ML3("MlpPolicy", _vec(), task_reward="distance", task_objective="q_value", **SMALL)
+    with pytest.raises(ValueError, match="task_objective must be one of"):
+        ML3("MlpPolicy", _vec(), task_objective="ddpg", **SMALL)
+
+
 def test_clipped_task_loss_has_reinforces_gradient_at_the_behaviour_policy_and_reuses_rollouts():
     """task_clip_range: PPO's surrogate equals REINFORCE's gradient where the rollout was collected;
     meta_epochs outer steps per rollout then each move phi."""

@@ -72,6 +72,8 @@ DEFAULT_META_INPUTS = ("obs", "action", "mean", "std", "goal")
 #: weight (GAE advantage or centred return, normalised per rollout when ``normalize_advantage``).
 OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "timestep")
 TASK_LOSSES = ("advantage", "return")
+#: how the task loss reaches theta: Eq. 7-8's score function, or a learned action-value's action gradient
+TASK_OBJECTIVES = ("reinforce", "q_value")
 #: A new meta-loss is a quadratic form in the policy mean around a learned target,
 #: M = sum_j softplus(w_j(c)) (mu_j - t_j(c))^2 with (t, w) an MLP (two layers of 40) of the other
 #: inputs c. It is bounded below, so the inner steps cannot run the policy off to the action bounds,
@@ -110,6 +112,13 @@ class ML3(OnPolicyAlgorithm):
     :param task_critic: with ``task_reward``, learn a value function of that reward (its own MLP and
         Adam optimizer, meta-training only) and weigh the task loss by its GAE advantages instead of the
         rewards-to-go: a per-state baseline instead of the mean over envs at the same step.
+    :param task_objective: ``"reinforce"``: the task loss is Eq. 7-8's score-function surrogate, weighted
+        as above. ``"q_value"`` (needs ``task_critic``): L_T(theta) = -mean_s Q_task(s, mu_theta(s)), with
+        Q_task an action-value of ``task_reward`` (an MLP of state and action, fitted to the task critic's
+        lambda-returns of the sampled actions). The outer step then differentiates through Q_task's action
+        gradient (DDPG's pathwise estimator) instead of a REINFORCE estimate: the model-free analogue of the
+        paper's model-based task loss, which is differentiable through a learned dynamics model.
+    :param task_critic_epochs: passes over each rollout when fitting the task critics (``None``: ``n_epochs``).
     :param meta_epochs: outer steps (Adam steps on phi) per rollout, each recomputing the inner update;
         more than one needs ``task_clip_range``.
     :param task_clip_range: ``None``: the task loss is Eq. 7-8's REINFORCE. A float eps: PPO's clipped
@@ -153,6 +162,8 @@ class ML3(OnPolicyAlgorithm):
         task_loss: str = "advantage",
         task_reward: str | None = None,
         task_critic: bool = False,
+        task_objective: str = "reinforce",
+        task_critic_epochs: int | None = None,
         meta_epochs: int = 1,
         task_clip_range: float | None = None,
         task_ent_coef: float = 0.0,
@@ -207,6 +218,8 @@ class ML3(OnPolicyAlgorithm):
         self.task_reward = task_reward
         self._task_rewards: list[np.ndarray] = []
         self.task_critic = task_critic
+        self.task_objective = task_objective
+        self.task_critic_epochs = task_critic_epochs
         self.meta_epochs = meta_epochs
         self.task_clip_range = task_clip_range
         self.task_ent_coef = task_ent_coef
@@ -244,11 +257,22 @@ class ML3(OnPolicyAlgorithm):
             raise ValueError(f"task_reward must be None or the name of an info key, got {self.task_reward!r}.")
         if self.task_critic and self.task_reward is None:
             raise ValueError("task_critic=True learns the value of task_reward: pass task_reward (an info key) too.")
+        if self.task_objective not in TASK_OBJECTIVES:
+            raise ValueError(f"task_objective must be one of {TASK_OBJECTIVES}, got {self.task_objective!r}.")
+        if self.task_objective == "q_value" and not self.task_critic:
+            raise ValueError(
+                "task_objective='q_value' fits Q_task to the task critic's lambda-returns: pass task_critic=True "
+                "and task_reward (an info key) too."
+            )
+        if self.task_objective == "q_value" and self.task_clip_range is not None:
+            raise ValueError("task_clip_range clips REINFORCE's likelihood ratio; task_objective='q_value' has none.")
+        if self.task_critic_epochs is not None and self.task_critic_epochs < 1:
+            raise ValueError(f"task_critic_epochs must be None or >= 1, got {self.task_critic_epochs}.")
         if self.meta_epochs < 1:
             raise ValueError(f"meta_epochs must be >= 1, got {self.meta_epochs}.")
         if self.task_clip_range is not None and not self.task_clip_range > 0:
             raise ValueError(f"task_clip_range must be None or > 0, got {self.task_clip_range}.")
-        if self.meta_epochs > 1 and self.task_clip_range is None:
+        if self.meta_epochs > 1 and self.task_clip_range is None and self.task_objective == "reinforce":
             raise ValueError(
                 f"meta_epochs={self.meta_epochs} reuses each rollout for several outer steps: pass task_clip_range "
                 "(e.g. 0.2) so the task loss is the importance-weighted, clipped surrogate."
@@ -281,6 +305,11 @@ class ML3(OnPolicyAlgorithm):
         if self.task_critic:
             self.task_value_net = self._make_task_value_net().to(self.device)
             self.task_value_optimizer = torch.optim.Adam(self.task_value_net.parameters(), lr=self.vf_learning_rate)
+        self.task_q_net: torch.nn.Module | None = None
+        self.task_q_optimizer: torch.optim.Optimizer | None = None
+        if self.task_objective == "q_value":
+            self.task_q_net = self._make_task_q_net().to(self.device)
+            self.task_q_optimizer = torch.optim.Adam(self.task_q_net.parameters(), lr=self.vf_learning_rate)
         if self.env is not None:
             self.goal_slice = self._goal_slice_of_env()
         spec = self.meta_input_spec()
@@ -301,6 +330,25 @@ class ML3(OnPolicyAlgorithm):
         if not isinstance(self.observation_space, spaces.Box) or len(self.observation_space.shape) != 1:
             raise ValueError(f"task_critic needs a flat Box observation space, got {self.observation_space}.")
         return torch.nn.Sequential(*create_mlp(int(self.observation_space.shape[0]), 1, [64, 64], torch.nn.Tanh))
+
+    def _make_task_q_net(self) -> torch.nn.Module:
+        """Q_task(s, a) of ``task_reward``: an MLP (256, 256, ReLU) of the state and the clipped action, like TD3's."""
+        n_obs, n_act = int(self.observation_space.shape[0]), int(self.action_space.shape[0])
+        return torch.nn.Sequential(*create_mlp(n_obs + n_act, 1, [256, 256], torch.nn.ReLU))
+
+    def task_q_value(self, observations: torch.Tensor, actions: torch.Tensor, constant: bool = False) -> torch.Tensor:
+        """Q_task(s, a), flat; actions are clipped to the action space's bounds first, as the env clips them.
+
+        ``constant``: Q_task's weights enter as constants (no graph to them), as the task loss needs.
+        """
+        assert self.task_q_net is not None
+        low = torch.as_tensor(self.action_space.low, device=self.device, dtype=actions.dtype)
+        high = torch.as_tensor(self.action_space.high, device=self.device, dtype=actions.dtype)
+        inputs = torch.cat([observations, torch.maximum(torch.minimum(actions, high), low)], dim=-1)
+        if constant:
+            weights = {name: p.detach() for name, p in self.task_q_net.named_parameters()}
+            return functional_call(self.task_q_net, weights, (inputs,)).squeeze(-1)
+        return self.task_q_net(inputs).squeeze(-1)
 
     def _goal_slice_of_env(self) -> slice | None:
         try:
@@ -551,6 +599,23 @@ class ML3(OnPolicyAlgorithm):
             loss = loss - self.task_ent_coef * gaussian_entropy(std).mean()
         return loss
 
+    def q_value_task_loss(self, params: Params | None, data: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L_T = -mean_s Q_task(s, mu_theta(s)) - c_H * entropy on the rollout's states (``task_objective="q_value"``).
+
+        Q_task's weights are constants here: the outer step differentiates only through mu_theta, i.e.
+        through theta_i(phi).
+        """
+        mean, std = self.policy.actor_mean_std(params, data["observations"])
+        loss = -self.task_q_value(data["observations"], mean, constant=True).mean()
+        if self.task_ent_coef:
+            loss = loss - self.task_ent_coef * gaussian_entropy(std).mean()
+        return loss
+
+    @property
+    def task_loss_fn(self) -> Any:
+        """The task loss L_T(params, data) the outer step differentiates (``task_objective``)."""
+        return self.q_value_task_loss if self.task_objective == "q_value" else self.reinforce_task_loss
+
     # ------------------------------------------------------------------ training
     def _minibatches(self, data: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         size = next(iter(data.values())).shape[0]
@@ -603,7 +668,7 @@ class ML3(OnPolicyAlgorithm):
         for _ in range(self.meta_epochs):
             phi = {name: p.detach() for name, p in self.meta_loss.named_parameters()}
             grads, value = meta_gradient(
-                self.learned_loss, self.reinforce_task_loss, params, phi, minibatches, data, inner_lr,
+                self.learned_loss, self.task_loss_fn, params, phi, minibatches, data, inner_lr,
                 first_order=self.first_order, max_grad_norm=self.max_grad_norm,
             )
             result = apply_meta_gradient(self.meta_optimizer, self.meta_loss, grads, value, self.meta_max_grad_norm)
@@ -632,19 +697,24 @@ class ML3(OnPolicyAlgorithm):
         """
         return self.meta_train or any(name in self.meta_inputs for name in ("advantage", "return"))
 
-    def _train_critic(self, data: dict[str, torch.Tensor], value_net: torch.nn.Module | None = None,
-                      optimizer: torch.optim.Optimizer | None = None, targets: torch.Tensor | None = None) -> float:
-        """Regress a critic on its targets: by default the value head on the env reward's GAE returns."""
+    def _train_critic(self, data: dict[str, torch.Tensor], value_net: Any = None,
+                      optimizer: torch.optim.Optimizer | None = None, targets: torch.Tensor | None = None,
+                      with_actions: bool = False, epochs: int | None = None) -> float:
+        """Regress a critic on its targets: by default the value head on the env reward's GAE returns.
+
+        ``value_net`` maps observations (and the rollout's actions, ``with_actions``) to values.
+        """
         predict = self.policy.predict_values if value_net is None else value_net
         optimizer = self.value_optimizer if optimizer is None else optimizer
         targets = data["returns"] if targets is None else targets
         losses = []
         size = data["observations"].shape[0]
-        for _ in range(self.n_epochs):
+        for _ in range(self.n_epochs if epochs is None else epochs):
             order = torch.as_tensor(np.random.permutation(size), device=self.device)
             for start in range(0, size, self.batch_size):
                 index = order[start:start + self.batch_size]
-                values = predict(data["observations"][index]).flatten()
+                inputs = (data["observations"][index],) + ((data["actions"][index],) if with_actions else ())
+                values = predict(*inputs).flatten()
                 loss = F.mse_loss(targets[index], values)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -698,7 +768,11 @@ class ML3(OnPolicyAlgorithm):
             stats["approx_kl"] = kl.item()
         if task_value_targets is not None:
             self.logger.record("train/task_value_loss", self._train_critic(
-                data, self.task_value_net, self.task_value_optimizer, task_value_targets))
+                data, self.task_value_net, self.task_value_optimizer, task_value_targets, epochs=self.task_critic_epochs))
+            if self.task_q_net is not None:
+                self.logger.record("train/task_q_loss", self._train_critic(
+                    data, self.task_q_value, self.task_q_optimizer, task_value_targets, with_actions=True,
+                    epochs=self.task_critic_epochs))
         if frozen:
             self.logger.record("train/policy_frozen", 1)
         elif self.critic_needed:
@@ -786,7 +860,7 @@ class ML3(OnPolicyAlgorithm):
     def _excluded_save_params(self) -> list[str]:
         return super()._excluded_save_params() + [
             "meta_loss", "meta_optimizer", "value_optimizer", "_meta_loss_source", "_pending", "_obs_columns", "_task_rewards",
-            "task_value_net", "task_value_optimizer",
+            "task_value_net", "task_value_optimizer", "task_q_net", "task_q_optimizer",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
@@ -795,6 +869,8 @@ class ML3(OnPolicyAlgorithm):
             state_dicts.append("meta_optimizer")
         if self.task_value_net is not None:
             state_dicts += ["task_value_net", "task_value_optimizer"]
+        if self.task_q_net is not None:
+            state_dicts += ["task_q_net", "task_q_optimizer"]
         return state_dicts, []
 
 
