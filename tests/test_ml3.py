@@ -32,6 +32,16 @@ def _collected(model: ML3):
     return data, model._minibatches(data)
 
 
+def _assert_matches_finite_differences(objective, phi, grads, n_directions=3, eps=1e-6):
+    """The directional derivative of ``objective`` at ``phi`` along random directions equals grads . d."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(n_directions):
+        d = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in phi.items()}
+        numeric = (objective({k: phi[k] + eps * d[k] for k in phi}) - objective({k: phi[k] - eps * d[k] for k in phi})) / (2 * eps)
+        analytic = sum((grads[k] * d[k]).sum() for k in phi)
+        assert torch.allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
+
+
 def test_meta_gradient_through_policy_inner_step_matches_higher_and_finite_differences():
     model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, learning_rate=0.1, **SMALL)
     data, minibatches = _collected(model)
@@ -67,13 +77,7 @@ def test_meta_gradient_through_policy_inner_step_matches_higher_and_finite_diffe
         updated = inner_update(model.learned_loss, params, meta_params, [batch], 0.1)
         return model.reinforce_task_loss(updated, data)
 
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        d = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in phi.items()}
-        eps = 1e-6
-        numeric = (objective({k: phi[k] + eps * d[k] for k in phi}) - objective({k: phi[k] - eps * d[k] for k in phi})) / (2 * eps)
-        analytic = sum((grads[k] * d[k]).sum() for k in phi)
-        assert torch.allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
+    _assert_matches_finite_differences(objective, phi, grads)
 
 
 @pytest.mark.parametrize("max_grad_norm", [None, 0.05])
@@ -332,13 +336,7 @@ def test_q_value_task_loss_differentiates_through_the_action_value_and_fits_it(t
         return model.q_value_task_loss(inner_update(model.learned_loss, params, meta_params, [batch], 0.1), data)
 
     torch.testing.assert_close(value, objective(phi))
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        d = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in phi.items()}
-        eps = 1e-6
-        numeric = (objective({k: phi[k] + eps * d[k] for k in phi}) - objective({k: phi[k] - eps * d[k] for k in phi})) / (2 * eps)
-        analytic = sum((grads[k] * d[k]).sum() for k in phi)
-        assert torch.allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
+    _assert_matches_finite_differences(objective, phi, grads)
 
     # Q_task regresses on the task critic's lambda-returns of the rollout's actions: its error falls
     model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, task_reward="distance", task_critic=True,
