@@ -1,0 +1,61 @@
+"""Train the expert that ``ML3(task_objective="imitation")`` imitates while meta-training.
+
+    python benchmarks/train_expert.py AntGoal-v0 --out experts/ant_ppo_train.zip --timesteps 1500000
+
+PPO with ``ml3 compare``'s settings for the env (``PPO_SETTINGS``), trained on the goals of the
+*train* split: the goals meta-training sees, never the held-out ones that ``ml3 compare``
+meta-tests on. Its samples count as meta-train samples of any loss shaped with it. The task
+metric on 10 train-split goals is printed every ``--eval-every`` steps (the same deterministic
+evaluation as ``ml3 compare``), and the model is saved at the end, as SB3's ``PPO.save``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_ml3.compare import EVAL_SEED, build_model, make_train_env, settings_for
+from sb3_ml3.envs import sample_tasks
+from sb3_ml3.evaluation import evaluate_task_metric
+
+
+class PrintTaskMetric(BaseCallback):
+    """Print the task metric on fixed train-split goals every ``every`` env steps."""
+
+    def __init__(self, env_id: str, every: int, n_goals: int = 10) -> None:
+        super().__init__()
+        self.env_id, self.every = env_id, every
+        self.goals = sample_tasks(env_id, n_goals, "train", seed=0)
+        self._next = every
+        self._start = time.time()
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self._next += self.every
+            metric = evaluate_task_metric(self.model, self.env_id, self.goals, seed=EVAL_SEED)
+            print(f"{self.num_timesteps} steps: task metric on train goals {metric.mean():.2f} "
+                  f"({time.time() - self._start:.0f} s)", flush=True)
+        return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("env_id")
+    parser.add_argument("--out", required=True, help="where to save the PPO model (.zip)")
+    parser.add_argument("--timesteps", type=int, default=1_500_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=100_000)
+    args = parser.parse_args()
+
+    settings = settings_for("ppo", args.env_id)
+    env = make_train_env(args.env_id, settings["n_envs"], args.seed, split="train")
+    model = build_model("ppo", env, args.seed, settings, [64, 64])
+    model.learn(args.timesteps, callback=PrintTaskMetric(args.env_id, args.eval_every))
+    model.save(args.out)
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
