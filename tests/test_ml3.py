@@ -365,6 +365,73 @@ def test_q_value_task_loss_differentiates_through_the_action_value_and_fits_it(t
         ML3("MlpPolicy", _vec(), task_objective="ddpg", **SMALL)
 
 
+def test_imitation_task_loss_shapes_a_loss_that_trains_policies_towards_the_expert(tmp_path):
+    """task_objective='imitation' (the paper's behavioural-cloning task loss): L_T matches a hand computation,
+    its meta-gradient matches finite differences, and meta-training makes the learned loss train fresh
+    policies towards the expert's actions; the expert is saved as its path and needed to meta-train on."""
+    from stable_baselines3 import PPO
+    expert = PPO("MlpPolicy", _vec(), seed=3, policy_kwargs={"net_arch": [16]})
+    with torch.no_grad():  # a decisive expert: actions well inside the bounds, far from a fresh policy's ~0
+        expert.policy.action_net.weight.mul_(30.0)
+    expert.save(tmp_path / "expert.zip")
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, learning_rate=0.1, task_objective="imitation",
+                expert=tmp_path / "expert.zip", **SMALL)
+    data, minibatches = _collected(model)
+    data["expert_actions"] = model.expert_actions(data["observations"])
+    with torch.no_grad():
+        by_hand = torch.as_tensor(expert.predict(data["observations"].numpy(), deterministic=True)[0])
+        mean, _ = model.policy.actor_mean_std(None, data["observations"])
+    torch.testing.assert_close(data["expert_actions"], by_hand)
+    torch.testing.assert_close(model.imitation_task_loss(None, data),
+                               ((mean.clamp(-1, 1) - by_hand) ** 2).sum(-1).mean())
+
+    model.policy.double()
+    model.meta_loss.double()
+    data = {k: v.double() for k, v in data.items()}
+    batch = {k: v.double() for k, v in minibatches[0].items()}
+    params = {k: v.detach().clone() for k, v in model.policy.actor_parameters().items()}
+    phi = {k: v.detach().clone() for k, v in model.meta_loss.named_parameters()}
+    grads, value = meta_gradient(model.learned_loss, model.task_loss_fn, params, phi, [batch], data, 0.1)
+    assert sum(float(g.abs().sum()) for g in grads.values()) > 0
+
+    def objective(meta_params):
+        return model.imitation_task_loss(inner_update(model.learned_loss, params, meta_params, [batch], 0.1), data)
+
+    torch.testing.assert_close(value, objective(phi))
+    _assert_matches_finite_differences(objective, phi, grads)
+
+    def imitation_error_after_meta_test(meta_loss) -> float:
+        """A fresh policy trained 10 updates by the frozen loss: its squared distance to the expert's actions."""
+        student = ML3("MlpPolicy", _vec(seed=1), meta_loss=meta_loss, seed=1, **dict(SMALL, n_steps=32))
+        student.learn(10 * 64)
+        obs = torch.as_tensor(student.rollout_buffer.observations.reshape(-1, student.observation_space.shape[0]))
+        with torch.no_grad():
+            mean, _ = student.policy.actor_mean_std(None, obs)
+        return float(((mean.clamp(-1, 1) - model.expert_actions(obs)) ** 2).sum(-1).mean())
+
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, task_objective="imitation", meta_lr=3e-2,
+                expert=tmp_path / "expert.zip", **dict(SMALL, n_steps=32))
+    untrained = copy.deepcopy(model.meta_loss)
+    model.learn(200 * 64)
+    before, after = imitation_error_after_meta_test(untrained), imitation_error_after_meta_test(model.meta_loss)
+    assert after < 0.3 * before, (before, after)  # measured: 0.30 -> 0.04
+
+    model.save(tmp_path / "model.zip")  # the expert travels as its path
+    assert ML3.load(tmp_path / "model.zip", env=_vec())._expert_policy is not None
+    with_object = ML3("MlpPolicy", _vec(), meta_train=True, task_objective="imitation", expert=expert, **SMALL)
+    with_object.save(tmp_path / "object.zip")  # an expert object is not pickled into the file
+    with pytest.raises(ValueError, match="expert=expert"):
+        ML3.load(tmp_path / "object.zip", env=_vec()).learn(64)
+    ML3.load(tmp_path / "object.zip", env=_vec(), expert=expert).learn(64)
+    with pytest.raises(ValueError, match="go together"):
+        ML3("MlpPolicy", _vec(), task_objective="imitation", **SMALL)
+    with pytest.raises(ValueError, match="do not match"):
+        ML3("MlpPolicy", _vec(), meta_train=True, task_objective="imitation",
+            expert=PPO("MlpPolicy", "ReacherGoal-v0"), **SMALL)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        ML3("MlpPolicy", _vec(), meta_train=True, task_objective="imitation", expert=tmp_path / "none.zip", **SMALL)
+
+
 def test_clipped_task_loss_has_reinforces_gradient_at_the_behaviour_policy_and_reuses_rollouts():
     """task_clip_range: PPO's surrogate equals REINFORCE's gradient where the rollout was collected;
     meta_epochs outer steps per rollout then each move phi."""

@@ -50,6 +50,8 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import create_mlp
@@ -73,7 +75,7 @@ DEFAULT_META_INPUTS = ("obs", "action", "mean", "std", "goal")
 OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "timestep")
 TASK_LOSSES = ("advantage", "return")
 #: how the task loss reaches theta: Eq. 7-8's score function, or a learned action-value's action gradient
-TASK_OBJECTIVES = ("reinforce", "q_value")
+TASK_OBJECTIVES = ("reinforce", "q_value", "imitation")
 #: A new meta-loss is a quadratic form in the policy mean around a learned target,
 #: M = sum_j softplus(w_j(c)) (mu_j - t_j(c))^2 with (t, w) an MLP (two layers of 40) of the other
 #: inputs c. It is bounded below, so the inner steps cannot run the policy off to the action bounds,
@@ -118,6 +120,12 @@ class ML3(OnPolicyAlgorithm):
         lambda-returns of the sampled actions). The outer step then differentiates through Q_task's action
         gradient (DDPG's pathwise estimator) instead of a REINFORCE estimate: the model-free analogue of the
         paper's model-based task loss, which is differentiable through a learned dynamics model.
+        ``"imitation"`` (needs ``expert``): the paper's behavioural-cloning task loss (Sec. IV.C.4),
+        L_T(theta) = mean_s ||mu_theta(s) - a_E(s)||^2 with a_E the expert's deterministic action at the
+        rollout's states (those of the updated policy, as in DAgger), both clipped to the action bounds.
+        The expert shapes the loss at meta-train time only; meta-test never reads it.
+    :param expert: the expert of ``task_objective="imitation"``: an SB3 model or policy with this env's
+        spaces, or the path of a saved SB3 PPO model (kept as a path when the model is saved).
     :param task_critic_epochs: passes over each rollout when fitting the task critics (``None``: ``n_epochs``).
     :param meta_epochs: outer steps (Adam steps on phi) per rollout, each recomputing the inner update;
         more than one needs ``task_clip_range``.
@@ -164,6 +172,7 @@ class ML3(OnPolicyAlgorithm):
         task_critic: bool = False,
         task_objective: str = "reinforce",
         task_critic_epochs: int | None = None,
+        expert: BaseAlgorithm | BasePolicy | str | os.PathLike | None = None,
         meta_epochs: int = 1,
         task_clip_range: float | None = None,
         task_ent_coef: float = 0.0,
@@ -220,6 +229,7 @@ class ML3(OnPolicyAlgorithm):
         self.task_critic = task_critic
         self.task_objective = task_objective
         self.task_critic_epochs = task_critic_epochs
+        self.expert = expert
         self.meta_epochs = meta_epochs
         self.task_clip_range = task_clip_range
         self.task_ent_coef = task_ent_coef
@@ -264,8 +274,15 @@ class ML3(OnPolicyAlgorithm):
                 "task_objective='q_value' fits Q_task to the task critic's lambda-returns: pass task_critic=True "
                 "and task_reward (an info key) too."
             )
-        if self.task_objective == "q_value" and self.task_clip_range is not None:
-            raise ValueError("task_clip_range clips REINFORCE's likelihood ratio; task_objective='q_value' has none.")
+        if self.task_objective != "reinforce" and self.task_clip_range is not None:
+            raise ValueError(
+                f"task_clip_range clips REINFORCE's likelihood ratio; task_objective={self.task_objective!r} has none."
+            )
+        if (self.task_objective == "imitation") != (self.expert is not None):
+            raise ValueError(
+                "task_objective='imitation' and expert go together: pass the expert to imitate (an SB3 model, "
+                f"policy or saved PPO path) with it, and no expert otherwise (task_objective={self.task_objective!r})."
+            )
         if self.task_critic_epochs is not None and self.task_critic_epochs < 1:
             raise ValueError(f"task_critic_epochs must be None or >= 1, got {self.task_critic_epochs}.")
         if self.meta_epochs < 1:
@@ -324,6 +341,11 @@ class ML3(OnPolicyAlgorithm):
         self.meta_optimizer = make_meta_optimizer(self.meta_loss.parameters(), self.meta_lr) if self.meta_train else None
         self._pending: tuple[Params, list[dict[str, torch.Tensor]], float] | None = None
         self._episode_t = np.zeros(self.n_envs, dtype=np.int64)
+        # last: loading a saved expert builds (and randomly initialises) a PPO policy, which must not
+        # shift the random initialisation of this model's own networks
+        self._expert_policy: BasePolicy | None = None
+        if self.expert is not None and self.meta_train:
+            self._expert_policy = self._load_expert(self.expert)
 
     def _make_task_value_net(self) -> torch.nn.Module:
         """The task critic V_task(s) of ``task_reward``: an MLP like SB3's default value net (64, 64, tanh)."""
@@ -342,13 +364,42 @@ class ML3(OnPolicyAlgorithm):
         ``constant``: Q_task's weights enter as constants (no graph to them), as the task loss needs.
         """
         assert self.task_q_net is not None
-        low = torch.as_tensor(self.action_space.low, device=self.device, dtype=actions.dtype)
-        high = torch.as_tensor(self.action_space.high, device=self.device, dtype=actions.dtype)
-        inputs = torch.cat([observations, torch.maximum(torch.minimum(actions, high), low)], dim=-1)
+        inputs = torch.cat([observations, self._clip_actions(actions)], dim=-1)
         if constant:
             weights = {name: p.detach() for name, p in self.task_q_net.named_parameters()}
             return functional_call(self.task_q_net, weights, (inputs,)).squeeze(-1)
         return self.task_q_net(inputs).squeeze(-1)
+
+    def _load_expert(self, expert: BaseAlgorithm | BasePolicy | str | os.PathLike) -> BasePolicy:
+        """The expert's policy, checked against this env's spaces, on this model's device, frozen."""
+        if isinstance(expert, (str, os.PathLike)):
+            if not os.path.exists(expert) and not os.path.exists(f"{expert}.zip"):
+                raise FileNotFoundError(f"expert {str(expert)!r}: no such file; pass a saved SB3 PPO model.")
+            expert = PPO.load(expert, device=self.device)
+        policy = expert.policy if isinstance(expert, BaseAlgorithm) else expert
+        if not isinstance(policy, BasePolicy):
+            raise TypeError(f"expert must be an SB3 model, an SB3 policy or a saved PPO path, got {type(expert).__name__}.")
+        if policy.observation_space.shape != self.observation_space.shape or policy.action_space.shape != self.action_space.shape:
+            raise ValueError(
+                f"the expert's spaces (observations {policy.observation_space.shape}, actions "
+                f"{policy.action_space.shape}) do not match this env's ({self.observation_space.shape}, "
+                f"{self.action_space.shape}): train the expert on the same env."
+            )
+        policy = policy.to(self.device)
+        policy.set_training_mode(False)
+        return policy.requires_grad_(False)
+
+    def expert_actions(self, observations: torch.Tensor) -> torch.Tensor:
+        """a_E(s): the expert's deterministic actions, clipped to the action bounds."""
+        assert self._expert_policy is not None
+        with torch.no_grad():
+            actions = self._expert_policy._predict(observations, deterministic=True).to(observations.dtype)
+        return self._clip_actions(actions.reshape(observations.shape[0], -1))
+
+    def _clip_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        low = torch.as_tensor(self.action_space.low, device=actions.device, dtype=actions.dtype)
+        high = torch.as_tensor(self.action_space.high, device=actions.device, dtype=actions.dtype)
+        return torch.maximum(torch.minimum(actions, high), low)
 
     def _goal_slice_of_env(self) -> slice | None:
         try:
@@ -611,10 +662,22 @@ class ML3(OnPolicyAlgorithm):
             loss = loss - self.task_ent_coef * gaussian_entropy(std).mean()
         return loss
 
+    def imitation_task_loss(self, params: Params | None, data: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L_T = mean_s ||clip(mu_theta(s)) - a_E(s)||^2 - c_H * entropy (``task_objective="imitation"``).
+
+        ``data["expert_actions"]`` holds a_E at the rollout's states (computed once per rollout by ``train``).
+        """
+        mean, std = self.policy.actor_mean_std(params, data["observations"])
+        loss = ((self._clip_actions(mean) - data["expert_actions"]) ** 2).sum(dim=-1).mean()
+        if self.task_ent_coef:
+            loss = loss - self.task_ent_coef * gaussian_entropy(std).mean()
+        return loss
+
     @property
     def task_loss_fn(self) -> Any:
         """The task loss L_T(params, data) the outer step differentiates (``task_objective``)."""
-        return self.q_value_task_loss if self.task_objective == "q_value" else self.reinforce_task_loss
+        return {"q_value": self.q_value_task_loss, "imitation": self.imitation_task_loss}.get(
+            self.task_objective, self.reinforce_task_loss)
 
     # ------------------------------------------------------------------ training
     def _minibatches(self, data: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -732,6 +795,13 @@ class ML3(OnPolicyAlgorithm):
         task_value_targets = None
         if self.meta_train and self.task_reward is not None:
             data["task_loss_weights"], task_value_targets = self._task_reward_weights()
+        if self.meta_train and self.task_objective == "imitation":
+            if self._expert_policy is None:
+                raise ValueError(
+                    "task_objective='imitation' meta-trains against an expert, and this model has none (an expert "
+                    "object is not saved with the model): pass it again, e.g. ML3.load(path, env, expert=expert)."
+                )
+            data["expert_actions"] = self.expert_actions(data["observations"])
         self._n_iterations += 1
         stats: dict[str, float] = {}
 
@@ -860,8 +930,8 @@ class ML3(OnPolicyAlgorithm):
     def _excluded_save_params(self) -> list[str]:
         return super()._excluded_save_params() + [
             "meta_loss", "meta_optimizer", "value_optimizer", "_meta_loss_source", "_pending", "_obs_columns", "_task_rewards",
-            "task_value_net", "task_value_optimizer", "task_q_net", "task_q_optimizer",
-        ]
+            "task_value_net", "task_value_optimizer", "task_q_net", "task_q_optimizer", "_expert_policy",
+        ] + ([] if self.expert is None or isinstance(self.expert, (str, os.PathLike)) else ["expert"])
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "policy.optimizer", "value_optimizer", "meta_loss"]
