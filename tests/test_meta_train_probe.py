@@ -33,3 +33,17 @@ def test_probe_prints_lifetime_progress_and_resumes(tmp_path):
     assert os.path.exists(out / "best_meta_loss.zip") and os.path.exists(out / "final_meta_loss.zip")
     other = _probe(out, 3_200, "--meta-train", '{"meta_lr": 0.01}')
     assert other.returncode != 0 and "other settings" in other.stderr
+
+
+def test_an_expert_from_train_expert_shapes_a_probe(tmp_path):
+    """benchmarks/train_expert.py saves a PPO expert that the probe meta-trains an imitation-shaped loss with."""
+    expert = tmp_path / "expert.zip"
+    trained = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_expert.py"), "PointmassGoal-v0",
+                              "--out", str(expert), "--timesteps", "1024", "--eval-every", "512"],
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    assert "512 steps: task metric on train goals" in trained.stdout and expert.exists()
+    meta_train = json.dumps({"task_objective": "imitation", "expert": str(expert)})
+    probe = _probe(tmp_path / "probe", 1_600, "--meta-train", meta_train)
+    assert probe.returncode == 0, probe.stderr
+    assert _validations(tmp_path / "probe") == [800, 1600]
