@@ -1,0 +1,106 @@
+"""How far do students get towards an expert: plain behavioural cloning vs a learned (imitation-shaped) loss.
+
+    python benchmarks/imitation_students.py AntGoal-v0 --expert experts/ant_ppo_train_seed0.zip \\
+        [--checkpoint probes/i2/checkpoint.zip] [--learning-rate 0.1] [--updates 1 2 5 10 20 40]
+
+Two measurements on the train-split goals, both with a fresh [64, 64] policy (seed 5):
+
+* **plain BC** (always): one rollout of the fresh policy (8 envs x 200 steps), then SGD on the task
+  loss of ``task_objective="imitation"`` itself, ||clip(mu(s)) - a_E(s)||^2, with the inner step's norm-1
+  clipping, minibatches of 400; the squared error after 40, 400 and 2,000 steps, and the task metric
+  (deterministic, 10 train goals) after 400 and 2,000. What a loss that trains as fast as BC could give;
+* **a learned loss** (``--checkpoint``: a probe's ML3 checkpoint): a fresh policy trained by it at
+  meta-test (``ML3_SETTINGS`` meta-test settings, ``--learning-rate``, no freezing); the squared error
+  to the expert's actions at the student's own rollout states and the task metric after each of
+  ``--updates`` updates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+from stable_baselines3 import PPO
+
+from sb3_ml3.compare import EVAL_SEED, make_train_env, policy_kwargs_for, settings_for
+from sb3_ml3.envs import sample_tasks
+from sb3_ml3.evaluation import evaluate_task_metric
+from sb3_ml3.ml3 import ML3
+
+STUDENT_SEED = 5
+
+
+def _error(model: ML3, expert: ML3, observations: torch.Tensor) -> float:
+    with torch.no_grad():
+        mean, _ = model.policy.actor_mean_std(None, observations)
+        return float(((expert._clip_actions(mean) - expert.expert_actions(observations)) ** 2).sum(-1).mean())
+
+
+def _rollout_observations(model: ML3) -> torch.Tensor:
+    return torch.as_tensor(model.rollout_buffer.observations.reshape(-1, model.observation_space.shape[0]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("env_id")
+    parser.add_argument("--expert", required=True, help="a saved SB3 PPO model (benchmarks/train_expert.py)")
+    parser.add_argument("--checkpoint", default=None, help="an ML3 checkpoint whose meta-loss trains the student")
+    parser.add_argument("--learning-rate", type=float, default=0.1, help="inner step size of both students")
+    parser.add_argument("--updates", type=int, nargs="+", default=[1, 2, 5, 10, 20, 40])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    settings = settings_for("ml3", args.env_id)
+    n_envs, goals = settings["n_envs"], sample_tasks(args.env_id, 10, "train", seed=0)
+
+    def env():
+        return make_train_env(args.env_id, n_envs, STUDENT_SEED, split="train")
+
+    # the expert's actions, through the imitation task loss's own code path
+    teacher = ML3("MlpPolicy", env(), meta_train=True, task_objective="imitation", expert=args.expert,
+                  n_steps=settings["meta_test"]["n_steps"], batch_size=settings["meta_test"]["batch_size"])
+    expert_metric = evaluate_task_metric(PPO.load(args.expert), args.env_id, goals, seed=EVAL_SEED).mean()
+    print(f"expert: task metric on the train goals {expert_metric:.1f}", flush=True)
+
+    test_settings = dict(settings["meta_test"], learning_rate=args.learning_rate, max_policy_updates=None)
+    bc = ML3("MlpPolicy", env(), seed=STUDENT_SEED, policy_kwargs=policy_kwargs_for([64, 64]), **test_settings)
+    fresh = {name: p.detach().clone() for name, p in bc.policy.actor_parameters().items()}
+    bc.learn(test_settings["n_steps"] * n_envs)  # one rollout of the fresh policy (its ML3 update is undone)
+    observations = _rollout_observations(bc)
+    bc.policy.load_actor_parameters(fresh)
+    params = list(bc.policy.actor_parameters().values())
+    generator = torch.Generator().manual_seed(0)
+    done = 0
+    print(f"plain BC: error {_error(bc, teacher, observations):.3f} at 0 steps (fresh policy)", flush=True)
+    for steps in (40, 400, 2000):
+        for _ in range(steps - done):
+            index = torch.randint(0, observations.shape[0], (test_settings["batch_size"],), generator=generator)
+            batch = {"observations": observations[index], "expert_actions": teacher.expert_actions(observations[index])}
+            loss = bc.imitation_task_loss(None, batch)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            norm = float(torch.sqrt(sum((g ** 2).sum() for g in grads)))
+            with torch.no_grad():
+                for p, g in zip(params, grads):
+                    p.sub_(args.learning_rate * g / max(1.0, norm))
+        done = steps
+        metric = "" if steps < 400 else f", task metric {evaluate_task_metric(bc, args.env_id, goals, seed=EVAL_SEED).mean():.1f}"
+        print(f"plain BC: error {_error(bc, teacher, observations):.3f} after {steps} steps{metric}", flush=True)
+
+    if args.checkpoint is None:
+        return
+    meta = ML3.load(args.checkpoint, env=env(), expert=args.expert)
+    student = ML3("MlpPolicy", env(), meta_loss=copy.deepcopy(meta.meta_loss), seed=STUDENT_SEED,
+                  policy_kwargs=policy_kwargs_for([64, 64]), **dict(test_settings, meta_inputs=meta.meta_inputs))
+    rollout = test_settings["n_steps"] * n_envs
+    for update in range(1, max(args.updates) + 1):
+        student.learn(rollout, reset_num_timesteps=False)
+        if update in args.updates:
+            metric = evaluate_task_metric(student, args.env_id, goals, seed=EVAL_SEED).mean()
+            print(f"learned loss: error {_error(student, teacher, _rollout_observations(student)):.3f} after {update} "
+                  f"updates, task metric {metric:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
