@@ -47,3 +47,10 @@ def test_an_expert_from_train_expert_shapes_a_probe(tmp_path):
     probe = _probe(tmp_path / "probe", 1_600, "--meta-train", meta_train)
     assert probe.returncode == 0, probe.stderr
     assert _validations(tmp_path / "probe") == [800, 1600]
+    students = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "imitation_students.py"), "PointmassGoal-v0",
+                               "--expert", str(expert), "--checkpoint", str(tmp_path / "probe" / "checkpoint.zip"),
+                               "--updates", "1", "2"], capture_output=True, text=True, timeout=300)
+    assert students.returncode == 0, students.stderr
+    errors = [float(line.split("error ")[1].split()[0]) for line in students.stdout.splitlines() if "plain BC" in line]
+    assert len(errors) == 4 and errors[-1] < errors[0]  # behavioural cloning approaches the expert
+    assert students.stdout.count("learned loss: error") == 2
