@@ -42,6 +42,19 @@ def _assert_matches_finite_differences(objective, phi, grads, n_directions=3, ep
         assert torch.allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
 
 
+def _assert_task_loss_meta_gradient(model, params, phi, batch, data, inner_lr=0.1):
+    """The outer step on ``model.task_loss_fn``: non-zero, its value is L_T after one inner step, and it
+    matches finite differences of that function of phi."""
+    grads, value = meta_gradient(model.learned_loss, model.task_loss_fn, params, phi, [batch], data, inner_lr)
+    assert sum(float(g.abs().sum()) for g in grads.values()) > 0
+
+    def objective(meta_params):
+        return model.task_loss_fn(inner_update(model.learned_loss, params, meta_params, [batch], inner_lr), data)
+
+    torch.testing.assert_close(value, objective(phi))
+    _assert_matches_finite_differences(objective, phi, grads)
+
+
 def test_meta_gradient_through_policy_inner_step_matches_higher_and_finite_differences():
     model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, learning_rate=0.1, **SMALL)
     data, minibatches = _collected(model)
@@ -329,14 +342,7 @@ def test_q_value_task_loss_differentiates_through_the_action_value_and_fits_it(t
     by_hand = -model.task_q_net(torch.cat([data["observations"], clipped], dim=-1)).mean()
     torch.testing.assert_close(model.q_value_task_loss(params, data), by_hand)
 
-    grads, value = meta_gradient(model.learned_loss, model.task_loss_fn, params, phi, [batch], data, 0.1)
-    assert sum(float(g.abs().sum()) for g in grads.values()) > 0
-
-    def objective(meta_params):
-        return model.q_value_task_loss(inner_update(model.learned_loss, params, meta_params, [batch], 0.1), data)
-
-    torch.testing.assert_close(value, objective(phi))
-    _assert_matches_finite_differences(objective, phi, grads)
+    _assert_task_loss_meta_gradient(model, params, phi, batch, data)
 
     # Q_task regresses on the task critic's lambda-returns of the rollout's actions: its error falls
     model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, task_reward="distance", task_critic=True,
@@ -391,14 +397,7 @@ def test_imitation_task_loss_shapes_a_loss_that_trains_policies_towards_the_expe
     batch = {k: v.double() for k, v in minibatches[0].items()}
     params = {k: v.detach().clone() for k, v in model.policy.actor_parameters().items()}
     phi = {k: v.detach().clone() for k, v in model.meta_loss.named_parameters()}
-    grads, value = meta_gradient(model.learned_loss, model.task_loss_fn, params, phi, [batch], data, 0.1)
-    assert sum(float(g.abs().sum()) for g in grads.values()) > 0
-
-    def objective(meta_params):
-        return model.imitation_task_loss(inner_update(model.learned_loss, params, meta_params, [batch], 0.1), data)
-
-    torch.testing.assert_close(value, objective(phi))
-    _assert_matches_finite_differences(objective, phi, grads)
+    _assert_task_loss_meta_gradient(model, params, phi, batch, data)
 
     def imitation_error_after_meta_test(meta_loss) -> float:
         """A fresh policy trained 10 updates by the frozen loss: its squared distance to the expert's actions."""
