@@ -74,7 +74,8 @@ DEFAULT_META_INPUTS = ("obs", "action", "mean", "std", "goal")
 #: weight (GAE advantage or centred return, normalised per rollout when ``normalize_advantage``).
 OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "timestep")
 TASK_LOSSES = ("advantage", "return")
-#: how the task loss reaches theta: Eq. 7-8's score function, or a learned action-value's action gradient
+#: the task loss the outer step differentiates: Eq. 7-8's score function, a learned action-value's action
+#: gradient, or behavioural cloning of an expert (Sec. IV.C.4)
 TASK_OBJECTIVES = ("reinforce", "q_value", "imitation")
 #: A new meta-loss is a quadratic form in the policy mean around a learned target,
 #: M = sum_j softplus(w_j(c)) (mu_j - t_j(c))^2 with (t, w) an MLP (two layers of 40) of the other
