@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--expert", required=True, help="a saved SB3 PPO model (benchmarks/train_expert.py)")
     parser.add_argument("--checkpoint", default=None, help="an ML3 checkpoint whose meta-loss trains the student")
     parser.add_argument("--learning-rate", type=float, default=0.1, help="inner step size of both students")
+    parser.add_argument("--n-epochs", type=int, default=None, help="SGD passes per update of the learned loss's student")
     parser.add_argument("--updates", type=int, nargs="+", default=[1, 2, 5, 10, 20, 40])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -92,7 +93,8 @@ def main() -> None:
         return
     meta = ML3.load(args.checkpoint, env=env(), expert=args.expert)
     student = ML3("MlpPolicy", env(), meta_loss=copy.deepcopy(meta.meta_loss), seed=STUDENT_SEED,
-                  policy_kwargs=policy_kwargs_for([64, 64]), **dict(test_settings, meta_inputs=meta.meta_inputs))
+                  policy_kwargs=policy_kwargs_for([64, 64]), **dict(test_settings, meta_inputs=meta.meta_inputs,
+                                                                      n_epochs=args.n_epochs or test_settings["n_epochs"]))
     rollout = test_settings["n_steps"] * n_envs
     for update in range(1, max(args.updates) + 1):
         student.learn(rollout, reset_num_timesteps=False)
