@@ -26,15 +26,17 @@ from stable_baselines3 import PPO
 from sb3_ml3.compare import EVAL_SEED, make_train_env, policy_kwargs_for, settings_for
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.evaluation import evaluate_task_metric
+from sb3_ml3.functional import clip_grads
 from sb3_ml3.ml3 import ML3
 
 STUDENT_SEED = 5
 
 
 def _error(model: ML3, expert: ML3, observations: torch.Tensor) -> float:
+    """The imitation task loss of ``model``'s policy against ``expert``'s expert at ``observations``."""
     with torch.no_grad():
-        mean, _ = model.policy.actor_mean_std(None, observations)
-        return float(((expert._clip_actions(mean) - expert.expert_actions(observations)) ** 2).sum(-1).mean())
+        return float(model.imitation_task_loss(None, {"observations": observations,
+                                                      "expert_actions": expert.expert_actions(observations)}))
 
 
 def _rollout_observations(model: ML3) -> torch.Tensor:
@@ -70,7 +72,7 @@ def main() -> None:
     bc.learn(test_settings["n_steps"] * n_envs)  # one rollout of the fresh policy (its ML3 update is undone)
     observations = _rollout_observations(bc)
     bc.policy.load_actor_parameters(fresh)
-    params = list(bc.policy.actor_parameters().values())
+    params = bc.policy.actor_parameters()
     generator = torch.Generator().manual_seed(0)
     done = 0
     print(f"plain BC: error {_error(bc, teacher, observations):.3f} at 0 steps (fresh policy)", flush=True)
@@ -79,12 +81,11 @@ def main() -> None:
             index = torch.randint(0, observations.shape[0], (test_settings["batch_size"],), generator=generator)
             batch = {"observations": observations[index], "expert_actions": teacher.expert_actions(observations[index])}
             loss = bc.imitation_task_loss(None, batch)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-            norm = float(torch.sqrt(sum((g ** 2).sum() for g in grads)))
-            with torch.no_grad():
-                for p, g in zip(params, grads):
-                    p.sub_(args.learning_rate * g / max(1.0, norm))
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)  # log_std: unused
+            grads = {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(params.items(), grads)}
+            with torch.no_grad():  # the inner step's SGD with its norm-1 clipping (ML3.inner_step)
+                for name, g in clip_grads(grads, test_settings["max_grad_norm"]).items():
+                    params[name].sub_(args.learning_rate * g)
         done = steps
         metric = "" if steps < 400 else f", task metric {evaluate_task_metric(bc, args.env_id, goals, seed=EVAL_SEED).mean():.1f}"
         print(f"plain BC: error {_error(bc, teacher, observations):.3f} after {steps} steps{metric}", flush=True)

@@ -647,9 +647,13 @@ class ML3(OnPolicyAlgorithm):
             ratio = torch.exp(log_prob - data["old_log_prob"])
             clipped = torch.clamp(ratio, 1.0 - self.task_clip_range, 1.0 + self.task_clip_range)
             loss = -torch.min(ratio * weights, clipped * weights).mean()
+        return self._with_entropy_bonus(loss, std)
+
+    def _with_entropy_bonus(self, task_loss: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """Every task loss's entropy term: L_T - c_H * mean entropy of the Gaussian policy (``task_ent_coef``)."""
         if self.task_ent_coef:
-            loss = loss - self.task_ent_coef * gaussian_entropy(std).mean()
-        return loss
+            return task_loss - self.task_ent_coef * gaussian_entropy(std).mean()
+        return task_loss
 
     def q_value_task_loss(self, params: Params | None, data: dict[str, torch.Tensor]) -> torch.Tensor:
         """L_T = -mean_s Q_task(s, mu_theta(s)) - c_H * entropy on the rollout's states (``task_objective="q_value"``).
@@ -659,9 +663,7 @@ class ML3(OnPolicyAlgorithm):
         """
         mean, std = self.policy.actor_mean_std(params, data["observations"])
         loss = -self.task_q_value(data["observations"], mean, constant=True).mean()
-        if self.task_ent_coef:
-            loss = loss - self.task_ent_coef * gaussian_entropy(std).mean()
-        return loss
+        return self._with_entropy_bonus(loss, std)
 
     def imitation_task_loss(self, params: Params | None, data: dict[str, torch.Tensor]) -> torch.Tensor:
         """L_T = mean_s ||clip(mu_theta(s)) - a_E(s)||^2 - c_H * entropy (``task_objective="imitation"``).
@@ -670,9 +672,7 @@ class ML3(OnPolicyAlgorithm):
         """
         mean, std = self.policy.actor_mean_std(params, data["observations"])
         loss = ((self._clip_actions(mean) - data["expert_actions"]) ** 2).sum(dim=-1).mean()
-        if self.task_ent_coef:
-            loss = loss - self.task_ent_coef * gaussian_entropy(std).mean()
-        return loss
+        return self._with_entropy_bonus(loss, std)
 
     @property
     def task_loss_fn(self) -> Any:
