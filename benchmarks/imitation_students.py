@@ -12,7 +12,12 @@ Two measurements on the train-split goals, both with a fresh [64, 64] policy (se
 * **a learned loss** (``--checkpoint``: a probe's ML3 checkpoint): a fresh policy trained by it at
   meta-test (``ML3_SETTINGS`` meta-test settings, ``--learning-rate``, no freezing); the squared error
   to the expert's actions at the student's own rollout states and the task metric after each of
-  ``--updates`` updates.
+  ``--updates`` updates. For a loss quadratic in the policy mean (``quadratic=["mean"]``) also the
+  error of its *target* t(c) (clipped to the action bounds) at the same states: the point the learned
+  loss pulls the mean to, so the error a student of that loss cannot get below.
+
+The expert's task metric is printed on the train goals and, for scale, on the held-out goals of
+``ml3 compare`` (whose 80% threshold a student would have to reach there).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import copy
 import torch
 from stable_baselines3 import PPO
 
-from sb3_ml3.compare import EVAL_SEED, make_train_env, policy_kwargs_for, settings_for
+from sb3_ml3.compare import EVAL_SEED, TASK_SEED, make_train_env, policy_kwargs_for, settings_for
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.evaluation import evaluate_task_metric
 from sb3_ml3.functional import clip_grads
@@ -41,6 +46,21 @@ def _error(model: ML3, expert: ML3, observations: torch.Tensor) -> float:
 
 def _rollout_observations(model: ML3) -> torch.Tensor:
     return torch.as_tensor(model.rollout_buffer.observations.reshape(-1, model.observation_space.shape[0]))
+
+
+def _target_error(student: ML3, expert: ML3) -> str:
+    """``", target error X"``: the squared error of the student's learned-loss target for its policy mean, at
+    its last rollout's states, if that loss is quadratic in exactly the mean (else ``""``)."""
+    if student.meta_loss.quadratic != ("mean",):
+        return ""
+    buffer = student.rollout_buffer
+    batch = {"observations": _rollout_observations(student),
+             "actions": torch.as_tensor(buffer.actions.reshape(-1, student.action_space.shape[0])),
+             "task_weights": torch.as_tensor(buffer.advantages.reshape(-1))}
+    with torch.no_grad():
+        _, target, _ = student.meta_loss.quadratic_form(student.meta_loss_fields(None, batch))
+        error = ((student.clip_actions(target) - expert.expert_actions(batch["observations"])) ** 2).sum(-1).mean()
+    return f", target error {float(error):.3f}"
 
 
 def main() -> None:
@@ -63,8 +83,12 @@ def main() -> None:
     # the expert's actions, through the imitation task loss's own code path
     teacher = ML3("MlpPolicy", env(), meta_train=True, task_objective="imitation", expert=args.expert,
                   n_steps=settings["meta_test"]["n_steps"], batch_size=settings["meta_test"]["batch_size"])
-    expert_metric = evaluate_task_metric(PPO.load(args.expert), args.env_id, goals, seed=EVAL_SEED).mean()
-    print(f"expert: task metric on the train goals {expert_metric:.1f}", flush=True)
+    expert_model = PPO.load(args.expert)
+    expert_metric = evaluate_task_metric(expert_model, args.env_id, goals, seed=EVAL_SEED).mean()
+    held_out = sample_tasks(args.env_id, 10, "test", seed=TASK_SEED)
+    held_out_metric = evaluate_task_metric(expert_model, args.env_id, held_out, seed=EVAL_SEED).mean()
+    print(f"expert: task metric on the train goals {expert_metric:.1f}, on ml3 compare's held-out goals "
+          f"{held_out_metric:.1f}", flush=True)
 
     test_settings = dict(settings["meta_test"], learning_rate=args.learning_rate, max_policy_updates=None)
     bc = ML3("MlpPolicy", env(), seed=STUDENT_SEED, policy_kwargs=policy_kwargs_for([64, 64]), **test_settings)
@@ -101,8 +125,8 @@ def main() -> None:
         student.learn(rollout, reset_num_timesteps=False)
         if update in args.updates:
             metric = evaluate_task_metric(student, args.env_id, goals, seed=EVAL_SEED).mean()
-            print(f"learned loss: error {_error(student, teacher, _rollout_observations(student)):.3f} after {update} "
-                  f"updates, task metric {metric:.1f}", flush=True)
+            print(f"learned loss: error {_error(student, teacher, _rollout_observations(student)):.3f}"
+                  f"{_target_error(student, teacher)} after {update} updates, task metric {metric:.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ PPO with ``ml3 compare``'s settings for the env (``PPO_SETTINGS``), trained on t
 *train* split: the goals meta-training sees, never the held-out ones that ``ml3 compare``
 meta-tests on. Its samples count as meta-train samples of any loss shaped with it. The task
 metric on 10 train-split goals is printed every ``--eval-every`` steps (the same deterministic
-evaluation as ``ml3 compare``), and the model is saved at the end, as SB3's ``PPO.save``.
+evaluation as ``ml3 compare``), with, for scale only, the metric on ``ml3 compare``'s held-out
+goals: how well the expert generalises there bounds what imitating it can teach (it is never trained
+on them). The model is saved at the end, as SB3's ``PPO.save``.
 """
 
 from __future__ import annotations
@@ -16,18 +18,19 @@ import time
 
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_ml3.compare import EVAL_SEED, build_model, make_train_env, settings_for
+from sb3_ml3.compare import EVAL_SEED, TASK_SEED, build_model, make_train_env, settings_for
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.evaluation import evaluate_task_metric
 
 
 class PrintTaskMetric(BaseCallback):
-    """Print the task metric on fixed train-split goals every ``every`` env steps."""
+    """Print the task metric on fixed train-split goals (and on the held-out goals) every ``every`` env steps."""
 
     def __init__(self, env_id: str, every: int, n_goals: int = 10) -> None:
         super().__init__()
         self.env_id, self.every = env_id, every
         self.goals = sample_tasks(env_id, n_goals, "train", seed=0)
+        self.held_out = sample_tasks(env_id, n_goals, "test", seed=TASK_SEED)
         self._next = every
         self._start = time.time()
 
@@ -35,8 +38,9 @@ class PrintTaskMetric(BaseCallback):
         if self.num_timesteps >= self._next:
             self._next += self.every
             metric = evaluate_task_metric(self.model, self.env_id, self.goals, seed=EVAL_SEED)
-            print(f"{self.num_timesteps} steps: task metric on train goals {metric.mean():.2f} "
-                  f"({time.time() - self._start:.0f} s)", flush=True)
+            held_out = evaluate_task_metric(self.model, self.env_id, self.held_out, seed=EVAL_SEED)
+            print(f"{self.num_timesteps} steps: task metric on train goals {metric.mean():.2f}, on held-out goals "
+                  f"{held_out.mean():.2f} ({time.time() - self._start:.0f} s)", flush=True)
         return True
 
 

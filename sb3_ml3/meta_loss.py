@@ -267,12 +267,25 @@ class MetaLoss(nn.Module):
     def forward(self, *args: Any, **kwargs: torch.Tensor) -> torch.Tensor:
         """Per-sample loss values M_phi(inputs), with the inputs' batch shape."""
         fields = self._fields(args, kwargs)
-        x = self.spec.concat(fields).to(self.net[0].weight.dtype)
         if not self.quadratic:
+            x = self.spec.concat(fields).to(self.net[0].weight.dtype)
             return OUTPUTS[self.output](self.net(x)).squeeze(-1)
-        # Quadratic form: M = sum_j softplus(w_j(c)) * (q_j - t_j(c))^2 for the quadratic fields q, with the
-        # target t and weight w computed from the context c (the other fields). Bounded below by zero.
-        # A quadratic field with a reference field r has the target r + t(c) instead.
+        # Quadratic form: M = sum_j w_j(c) * (q_j - t_j(c))^2 for the quadratic fields q, with the target t
+        # and the weight w (> 0) computed from the context c (the other fields). Bounded below by zero.
+        q, target, weight = self.quadratic_form(fields)
+        return OUTPUTS[self.output]((weight * (q - target) ** 2).sum(-1))
+
+    def quadratic_form(self, *args: Any, **kwargs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, t(c), w(c)) of a quadratic meta-loss M = sum_j w_j(c) (q_j - t_j(c))^2, each ``(..., width)``.
+
+        q is the concatenation of the ``quadratic`` fields, t the target the learned loss pulls them to
+        (``r + t(c)`` for a field with a ``quadratic_reference`` r) and w = softplus of the net's second
+        half. Lets one inspect what a learned loss teaches, e.g. how far its target for the policy mean
+        is from an expert's actions.
+        """
+        if not self.quadratic:
+            raise MetaLossSpecError("quadratic_form needs a quadratic meta-loss (built with quadratic=[...]).")
+        x = self.spec.concat(self._fields(args, kwargs)).to(self.net[0].weight.dtype)
         offsets = self._columns
         context = torch.cat([x[..., offsets[n]] for n in self.spec.names if n not in self.quadratic], dim=-1)
         q = torch.cat([x[..., offsets[n]] for n in self.quadratic], dim=-1)
@@ -285,8 +298,7 @@ class MetaLoss(nn.Module):
                 for n in self.quadratic
             ]
             target = target + torch.cat(reference, dim=-1)
-        loss = (nn.functional.softplus(weight) * (q - target) ** 2).sum(-1)
-        return OUTPUTS[self.output](loss)
+        return q, target, nn.functional.softplus(weight)
 
     def loss(self, *args: Any, **kwargs: torch.Tensor) -> torch.Tensor:
         """The scalar learned loss L_learned = E[M_phi(inputs)] (Eq. 3) the optimizee descends."""

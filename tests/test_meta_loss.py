@@ -118,3 +118,59 @@ def test_seeded_reset_is_deterministic():
     a.reset_parameters(torch.Generator().manual_seed(3))
     b.reset_parameters(torch.Generator().manual_seed(3))
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def _quadratic_inputs(n: int = 6) -> dict[str, torch.Tensor]:
+    return {"obs": torch.randn(n, 3), "mean": torch.randn(n, 2), "action": torch.randn(n, 2)}
+
+
+def test_quadratic_meta_loss_is_a_weighted_square_around_its_target():
+    torch.manual_seed(2)
+    loss = MetaLoss("obs:3, mean:2, action:2", hidden_sizes=(8,), quadratic=["mean"])
+    x = _quadratic_inputs()
+    q, target, weight = loss.quadratic_form(x)
+    assert torch.equal(q, x["mean"]) and target.shape == weight.shape == (6, 2) and (weight > 0).all()
+    # t and w are the net's two halves on the context (obs, action): the quadratic field is not an input to them
+    out = loss.net(torch.cat([x["obs"], x["action"]], dim=-1))
+    assert torch.allclose(target, out[:, :2]) and torch.allclose(weight, torch.nn.functional.softplus(out[:, 2:]))
+    assert torch.allclose(loss(x), (weight * (x["mean"] - target) ** 2).sum(-1))
+    # minimised (to zero) exactly at the target, with zero gradient there
+    at_target = dict(x, mean=target.detach().clone().requires_grad_(True))
+    value = loss(at_target).sum()
+    (grad,) = torch.autograd.grad(value, at_target["mean"])
+    assert value.item() == 0.0 and torch.equal(grad, torch.zeros_like(grad))
+    assert (loss(x) > 0).all()
+
+
+def test_quadratic_reference_moves_the_target_by_the_reference_field(tmp_path):
+    torch.manual_seed(3)
+    plain = MetaLoss("obs:3, mean:2, action:2", hidden_sizes=(8,), quadratic=["mean"])
+    referenced = MetaLoss("obs:3, mean:2, action:2", hidden_sizes=(8,), quadratic=["mean"],
+                          quadratic_reference={"mean": "action"})
+    referenced.load_state_dict(plain.state_dict())
+    x = _quadratic_inputs()
+    _, t_plain, w_plain = plain.quadratic_form(x)
+    _, t_ref, w_ref = referenced.quadratic_form(x)
+    assert torch.allclose(t_ref, t_plain + x["action"]) and torch.equal(w_ref, w_plain)
+    path = tmp_path / "quadratic.zip"  # the quadratic structure is part of the saved spec
+    referenced.save(path)
+    loaded = MetaLoss.load(path, inputs="obs:3, mean:2, action:2")
+    assert loaded.quadratic == ("mean",) and loaded.quadratic_reference == {"mean": "action"}
+    assert torch.equal(loaded(x), referenced(x))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"quadratic": ["velocity"]}, "distinct input fields"),
+    ({"quadratic": ["mean", "mean"]}, "distinct input fields"),
+    ({"quadratic": ["obs", "mean", "action"]}, "at least one input field that is not quadratic"),
+    ({"quadratic": ["mean"], "quadratic_reference": {"mean": "obs"}}, "same width"),
+    ({"quadratic": ["mean"], "quadratic_reference": {"action": "mean"}}, "must map quadratic fields"),
+])
+def test_quadratic_spec_refusals(kwargs, match):
+    with pytest.raises(MetaLossSpecError, match=match):
+        MetaLoss("obs:3, mean:2, action:2", **kwargs)
+
+
+def test_quadratic_form_of_a_plain_meta_loss_is_refused():
+    with pytest.raises(MetaLossSpecError, match="needs a quadratic meta-loss"):
+        MetaLoss("obs:3, mean:2").quadratic_form(obs=torch.zeros(1, 3), mean=torch.zeros(1, 2))

@@ -42,8 +42,10 @@ def test_an_expert_from_train_expert_shapes_a_probe(tmp_path):
                               "--out", str(expert), "--timesteps", "1024", "--eval-every", "512"],
                              capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr
-    assert "512 steps: task metric on train goals" in trained.stdout and expert.exists()
-    meta_train = json.dumps({"task_objective": "imitation", "expert": str(expert)})
+    assert "512 steps: task metric on train goals" in trained.stdout and "on held-out goals" in trained.stdout
+    assert expert.exists()
+    meta_train = json.dumps({"task_objective": "imitation", "expert": str(expert),
+                             "meta_loss_kwargs": {"quadratic": ["mean"]}})
     probe = _probe(tmp_path / "probe", 1_600, "--meta-train", meta_train)
     assert probe.returncode == 0, probe.stderr
     assert _validations(tmp_path / "probe") == [800, 1600]
@@ -54,3 +56,7 @@ def test_an_expert_from_train_expert_shapes_a_probe(tmp_path):
     errors = [float(line.split("error ")[1].split()[0]) for line in students.stdout.splitlines() if "plain BC" in line]
     assert len(errors) == 4 and errors[-1] < errors[0]  # behavioural cloning approaches the expert
     assert students.stdout.count("learned loss: error") == 2
+    targets = [float(line.split("target error ")[1].split()[0]) for line in students.stdout.splitlines()
+               if "learned loss" in line]
+    assert len(targets) == 2 and all(0 <= t < 100 for t in targets)  # the quadratic loss's target, measured
+    assert "on ml3 compare's held-out goals" in students.stdout

@@ -365,7 +365,7 @@ class ML3(OnPolicyAlgorithm):
         ``constant``: Q_task's weights enter as constants (no graph to them), as the task loss needs.
         """
         assert self.task_q_net is not None
-        inputs = torch.cat([observations, self._clip_actions(actions)], dim=-1)
+        inputs = torch.cat([observations, self.clip_actions(actions)], dim=-1)
         if constant:
             weights = {name: p.detach() for name, p in self.task_q_net.named_parameters()}
             return functional_call(self.task_q_net, weights, (inputs,)).squeeze(-1)
@@ -395,9 +395,10 @@ class ML3(OnPolicyAlgorithm):
         assert self._expert_policy is not None
         with torch.no_grad():
             actions = self._expert_policy._predict(observations, deterministic=True).to(observations.dtype)
-        return self._clip_actions(actions.reshape(observations.shape[0], -1))
+        return self.clip_actions(actions.reshape(observations.shape[0], -1))
 
-    def _clip_actions(self, actions: torch.Tensor) -> torch.Tensor:
+    def clip_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions clipped to the action space's bounds, as the env receives them (differentiable inside)."""
         low = torch.as_tensor(self.action_space.low, device=actions.device, dtype=actions.dtype)
         high = torch.as_tensor(self.action_space.high, device=actions.device, dtype=actions.dtype)
         return torch.maximum(torch.minimum(actions, high), low)
@@ -509,8 +510,19 @@ class ML3(OnPolicyAlgorithm):
             "timesteps": flat(timesteps),
         }
 
+    def meta_loss_fields(self, params: Params | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The named meta-loss inputs of the policy ``params`` (``None``: the live one) on a minibatch.
+
+        ``batch`` needs ``observations`` and whatever else ``meta_inputs`` read (``actions`` for "action",
+        ``task_weights`` for "advantage", ...). Public so that what a learned loss sees can be inspected, e.g.
+        its quadratic target for the policy mean (:meth:`sb3_ml3.MetaLoss.quadratic_form`).
+        """
+        mean, std = self.policy.actor_mean_std(params, batch["observations"])
+        return self._meta_fields(batch, mean, std)
+
     def _meta_fields(self, batch: dict[str, torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The named meta-loss inputs for a minibatch; only mean and std depend on theta."""
+        """The named meta-loss inputs for a minibatch, given the policy's mean and std (the only ones that
+        depend on theta)."""
         obs = batch["observations"]
         fields: dict[str, torch.Tensor] = {}
         for name in self.meta_inputs:
@@ -541,8 +553,7 @@ class ML3(OnPolicyAlgorithm):
 
         ``None`` for either parameter set uses the live module's parameters.
         """
-        mean, std = self.policy.actor_mean_std(params, batch["observations"])
-        fields = self._meta_fields(batch, mean, std)
+        fields = self.meta_loss_fields(params, batch)
         if meta_params is None:
             return self.meta_loss(fields).mean()
         return functional_call(self.meta_loss, meta_params, (fields,)).mean()
@@ -671,7 +682,7 @@ class ML3(OnPolicyAlgorithm):
         ``data["expert_actions"]`` holds a_E at the rollout's states (computed once per rollout by ``train``).
         """
         mean, std = self.policy.actor_mean_std(params, data["observations"])
-        loss = ((self._clip_actions(mean) - data["expert_actions"]) ** 2).sum(dim=-1).mean()
+        loss = ((self.clip_actions(mean) - data["expert_actions"]) ** 2).sum(dim=-1).mean()
         return self._with_entropy_bonus(loss, std)
 
     @property
