@@ -9,13 +9,19 @@ metric on 10 train-split goals is printed every ``--eval-every`` steps (the same
 evaluation as ``ml3 compare``), with, for scale only, the metric on ``ml3 compare``'s held-out
 goals: how well the expert generalises there bounds what imitating it can teach (it is never trained
 on them). The model is saved at the end, as SB3's ``PPO.save``.
+
+With ``--resume``, an expert already saved at ``--out`` continues training up to ``--timesteps`` in
+all (its step count, optimizer state and schedule carry on; the env and its seed are rebuilt), so a
+longer expert costs only the extra steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
+from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_ml3.compare import EVAL_SEED, TASK_SEED, build_model, make_train_env, settings_for
@@ -34,6 +40,9 @@ class PrintTaskMetric(BaseCallback):
         self._next = every
         self._start = time.time()
 
+    def _init_callback(self) -> None:
+        self._next = (self.model.num_timesteps // self.every + 1) * self.every  # a resumed expert continues its grid
+
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:
             self._next += self.every
@@ -51,12 +60,24 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=1_500_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=100_000)
+    parser.add_argument("--resume", action="store_true", help="continue the expert saved at --out up to --timesteps")
     args = parser.parse_args()
 
     settings = settings_for("ppo", args.env_id)
     env = make_train_env(args.env_id, settings["n_envs"], args.seed, split="train")
-    model = build_model("ppo", env, args.seed, settings, [64, 64])
-    model.learn(args.timesteps, callback=PrintTaskMetric(args.env_id, args.eval_every))
+    if args.resume:
+        if not os.path.exists(args.out):
+            parser.error(f"--resume: no expert at {args.out}; train one first (drop --resume).")
+        model = PPO.load(args.out, env=env)
+        remaining = args.timesteps - model.num_timesteps
+        if remaining <= 0:
+            parser.error(f"--resume: the expert at {args.out} already has {model.num_timesteps} steps; "
+                         f"pass a larger --timesteps.")
+        print(f"resuming at {model.num_timesteps} steps", flush=True)
+    else:
+        model = build_model("ppo", env, args.seed, settings, [64, 64])
+        remaining = args.timesteps
+    model.learn(remaining, callback=PrintTaskMetric(args.env_id, args.eval_every), reset_num_timesteps=not args.resume)
     model.save(args.out)
     print(f"saved {args.out}")
 

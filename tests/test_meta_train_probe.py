@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from stable_baselines3 import PPO
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = os.path.join(ROOT, "benchmarks", "meta_train_probe.py")
 VALIDATION = json.dumps({"eval_freq": 800, "eval_at_updates": [1], "n_goals": 2})
@@ -44,6 +46,13 @@ def test_an_expert_from_train_expert_shapes_a_probe(tmp_path):
     assert trained.returncode == 0, trained.stderr
     assert "512 steps: task metric on train goals" in trained.stdout and "on held-out goals" in trained.stdout
     assert expert.exists()
+    resumed = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_expert.py"), "PointmassGoal-v0",
+                              "--out", str(expert), "--timesteps", "2048", "--eval-every", "512", "--resume"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr  # continues the saved expert on its own step grid
+    assert "resuming at 1024 steps" in resumed.stdout
+    assert [int(line.split()[0]) for line in resumed.stdout.splitlines() if "task metric" in line] == [1536, 2048]
+    assert PPO.load(expert).num_timesteps == 2048
     meta_train = json.dumps({"task_objective": "imitation", "expert": str(expert),
                              "meta_loss_kwargs": {"quadratic": ["mean"]}})
     probe = _probe(tmp_path / "probe", 1_600, "--meta-train", meta_train)
