@@ -16,6 +16,10 @@ signals while it runs:
 The state is checkpointed at every validation (:class:`~sb3_ml3.compare.MetaTrainCheckpoint`), so
 rerunning the same command after a stop continues where it was; ``<out>/best_meta_loss.zip`` is the
 best validated loss, usable with ``ml3 compare --meta-loss``.
+
+``--init-meta-loss`` starts meta-training from a saved meta-loss (``MetaLoss.save``, e.g. another
+probe's ``best_meta_loss.zip``) instead of a fresh one, e.g. to go on with a better expert; its
+architecture then comes from the file. The samples that trained it count as meta-train samples too.
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ def main() -> None:
     parser.add_argument("--meta-train", default="{}", help="JSON overrides of ML3_SETTINGS[env]['meta_train']")
     parser.add_argument("--validation", default=None, help="JSON overrides of ML3_SETTINGS[env]['meta_validation']")
     parser.add_argument("--policy-kwargs", default="{}", help="JSON extra policy_kwargs, e.g. '{\"log_std_max\": 0}'")
+    parser.add_argument("--init-meta-loss", default=None, help="a saved meta-loss to start meta-training from")
     parser.add_argument("--print-every", type=int, default=50, help="iterations between progress lines")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -117,6 +122,10 @@ def main() -> None:
     env = make_train_env(args.env_id, settings["n_envs"], args.seed, split="train", normalize=False)
     checkpoint_path = os.path.join(args.out, "checkpoint.zip")
     fingerprint = {"settings": settings, "policy_kwargs": policy_kwargs, "seed": args.seed}
+    if args.init_meta_loss is not None:
+        if not os.path.exists(args.init_meta_loss):
+            parser.error(f"--init-meta-loss: no file {args.init_meta_loss}")
+        fingerprint["init_meta_loss"] = os.path.abspath(args.init_meta_loss)
     try:
         loaded = MetaTrainCheckpoint.load_model(checkpoint_path, env, fingerprint)
     except ValueError as error:
@@ -126,7 +135,10 @@ def main() -> None:
         model, restored = loaded
         print(f"{label}: resuming at {model.num_timesteps} steps", flush=True)
     else:
-        model = ML3("MlpPolicy", env, meta_train=True, seed=args.seed, policy_kwargs=policy_kwargs, **settings["meta_train"])
+        model = ML3("MlpPolicy", env, meta_train=True, seed=args.seed, policy_kwargs=policy_kwargs,
+                    meta_loss=args.init_meta_loss, **settings["meta_train"])
+        if args.init_meta_loss is not None:
+            print(f"{label}: meta-training starts from {args.init_meta_loss}", flush=True)
     validation = LoggedValidation(os.path.join(args.out, "validation.jsonl"), label, args.env_id, seed=args.seed,
                                   best_meta_loss_path=os.path.join(args.out, "best_meta_loss.zip"),
                                   **settings["meta_validation"])

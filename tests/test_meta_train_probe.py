@@ -36,6 +36,15 @@ def test_probe_prints_lifetime_progress_and_resumes(tmp_path):
     other = _probe(out, 3_200, "--meta-train", '{"meta_lr": 0.01}')
     assert other.returncode != 0 and "other settings" in other.stderr
 
+    warm = tmp_path / "warm"  # a new probe that starts from the first one's loss
+    started = _probe(warm, 1_600, "--init-meta-loss", str(out / "final_meta_loss.zip"))
+    assert started.returncode == 0, started.stderr
+    assert "meta-training starts from" in started.stdout and _validations(warm) == [800, 1600]
+    cold = _probe(warm, 2_400)  # resuming it without its starting loss is another setting
+    assert cold.returncode != 0 and "other settings" in cold.stderr
+    missing = _probe(tmp_path / "none", 800, "--init-meta-loss", str(tmp_path / "nothing.zip"))
+    assert missing.returncode != 0 and "no file" in missing.stderr
+
 
 def test_an_expert_from_train_expert_shapes_a_probe(tmp_path):
     """benchmarks/train_expert.py saves a PPO expert that the probe meta-trains an imitation-shaped loss with."""
