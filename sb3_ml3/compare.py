@@ -356,9 +356,9 @@ def build_model(algo: str, env: VecEnv, seed: int, settings: Mapping[str, Any], 
 
         if meta_loss is None:
             raise ValueError("ML3 at meta-test needs a meta-loss (a file from ML3.save_meta_loss or a MetaLoss).")
-        test_kwargs = dict(kwargs.get("meta_test", {}))
-        for key, value in _ml3_meta_inputs(meta_loss).items():
-            test_kwargs.setdefault(key, value)
+        # a loss is fed what it was meta-trained on, whatever the env's default recipe reads (a given loss
+        # may come from another recipe, e.g. benchmarks/meta_train_probe.py with other meta_inputs)
+        test_kwargs = {**kwargs.get("meta_test", {}), **_ml3_meta_inputs(meta_loss)}
         loss = copy.deepcopy(meta_loss) if isinstance(meta_loss, MetaLoss) else meta_loss
         return ML3("MlpPolicy", env, meta_train=False, meta_loss=loss, seed=seed, policy_kwargs=policy_kwargs,
                    **test_kwargs)

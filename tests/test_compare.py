@@ -243,3 +243,18 @@ def test_a_frozen_meta_test_stops_early_with_the_same_curve():
     assert callbacks[0].stopped_at is None and models[0].num_timesteps == 2048
     # two rollouts of 8 x 16 steps and their updates, then the first step (8 envs) of the third rollout
     assert callbacks[1].stopped_at == models[1].num_timesteps == 2 * 128 + 8
+
+
+def test_a_given_loss_is_fed_the_inputs_it_was_meta_trained_on(tmp_path):
+    """A saved loss from another recipe (other meta_inputs than the env's default) meta-tests as it was trained."""
+    from sb3_ml3.ml3 import ML3
+
+    settings = settings_for("ml3", ENV)
+    assert settings["meta_test"]["meta_inputs"] != ("obs", "mean", "std", "goal")
+    trainer = ML3("MlpPolicy", make_train_env(ENV, 2, seed=0), meta_train=True, seed=0,
+                  meta_inputs=("obs", "mean", "std", "goal"), meta_loss_kwargs={"quadratic": ["mean"]})
+    path = str(tmp_path / "other_recipe.zip")
+    trainer.save_meta_loss(path)
+    model = build_model("ml3", make_train_env(ENV, 2, seed=0), 0, settings, [16], path)
+    assert model.meta_inputs == ("obs", "mean", "std", "goal") and model.meta_loss.quadratic == ("mean",)
+    model.learn(2 * settings["meta_test"]["n_steps"] * 2)  # and it trains with it
