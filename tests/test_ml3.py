@@ -473,3 +473,35 @@ def test_a_loss_reading_the_advantage_refuses_another_task_loss(tmp_path):
 
     model = build_model("ml3", make_train_env(ENV, 2, seed=0), 0, settings_for("ml3", ENV), [8], path)
     assert model.task_loss == "return"
+
+
+def test_second_order_outer_step_through_several_minibatches_matches_finite_differences():
+    """first_order=False: the outer step differentiates through every minibatch step of an update (with the
+    inner step's clipping), exactly; first_order=True is a different (approximate) gradient there."""
+    settings = dict(SMALL, n_epochs=2, meta_loss_kwargs={"hidden_sizes": (8,), "quadratic": ["mean"]})
+    model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, learning_rate=0.1, first_order=False,
+                max_grad_norm=0.5, **settings)
+    data, minibatches = _collected(model)
+    assert len(minibatches) == 2
+    model.policy.double()
+    model.meta_loss.double()
+    data = {k: v.double() for k, v in data.items()}
+    minibatches = [{k: v.double() for k, v in b.items()} for b in minibatches]
+    params = {k: v.detach().clone() for k, v in model.policy.actor_parameters().items()}
+    phi = {k: v.detach().clone() for k, v in model.meta_loss.named_parameters()}
+
+    def gradient(first_order):
+        return meta_gradient(model.learned_loss, model.task_loss_fn, params, phi, minibatches, data, 0.1,
+                             first_order=first_order, max_grad_norm=model.max_grad_norm)
+
+    def objective(meta_params):
+        updated = inner_update(model.learned_loss, params, meta_params, minibatches, 0.1,
+                               max_grad_norm=model.max_grad_norm)
+        return model.task_loss_fn(updated, data)
+
+    exact, value = gradient(False)
+    torch.testing.assert_close(value, objective(phi))
+    _assert_matches_finite_differences(objective, phi, exact)
+    approx, _ = gradient(True)
+    difference = sum(float((exact[k] - approx[k]).abs().sum()) for k in phi)
+    assert difference > 1e-6 * sum(float(g.abs().sum()) for g in exact.values())
