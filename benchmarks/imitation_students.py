@@ -44,22 +44,15 @@ def _error(model: ML3, expert: ML3, observations: torch.Tensor) -> float:
                                                       "expert_actions": expert.expert_actions(observations)}))
 
 
-def _rollout_observations(model: ML3) -> torch.Tensor:
-    return torch.as_tensor(model.rollout_buffer.observations.reshape(-1, model.observation_space.shape[0]))
-
-
-def _target_error(student: ML3, expert: ML3) -> str:
-    """``", target error X"``: the squared error of the student's learned-loss target for its policy mean, at
-    its last rollout's states, if that loss is quadratic in exactly the mean (else ``""``)."""
+def _target_error(student: ML3, expert: ML3, data: dict[str, torch.Tensor]) -> str:
+    """``", target error X"``: the squared error of the student's learned-loss target for its policy mean at
+    the states of ``data`` (``student.rollout_tensors()``: every input as the inner step feeds it), if that
+    loss is quadratic in exactly the mean (else ``""``)."""
     if student.meta_loss.quadratic != ("mean",):
         return ""
-    buffer = student.rollout_buffer
-    batch = {"observations": _rollout_observations(student),
-             "actions": torch.as_tensor(buffer.actions.reshape(-1, student.action_space.shape[0])),
-             "task_weights": torch.as_tensor(buffer.advantages.reshape(-1))}
     with torch.no_grad():
-        _, target, _ = student.meta_loss.quadratic_form(student.meta_loss_fields(None, batch))
-        error = ((student.clip_actions(target) - expert.expert_actions(batch["observations"])) ** 2).sum(-1).mean()
+        _, target, _ = student.meta_loss.quadratic_form(student.meta_loss_fields(None, data))
+        error = ((student.clip_actions(target) - expert.expert_actions(data["observations"])) ** 2).sum(-1).mean()
     return f", target error {float(error):.3f}"
 
 
@@ -94,7 +87,8 @@ def main() -> None:
     bc = ML3("MlpPolicy", env(), seed=STUDENT_SEED, policy_kwargs=policy_kwargs_for([64, 64]), **test_settings)
     fresh = {name: p.detach().clone() for name, p in bc.policy.actor_parameters().items()}
     bc.learn(test_settings["n_steps"] * n_envs)  # one rollout of the fresh policy (its ML3 update is undone)
-    observations = _rollout_observations(bc)
+    # the rollout's states in the buffer's (step, env) order, which the minibatch indices below draw from
+    observations = torch.as_tensor(bc.rollout_buffer.observations.reshape(-1, bc.observation_space.shape[0]))
     bc.policy.load_actor_parameters(fresh)
     params = bc.policy.actor_parameters()
     generator = torch.Generator().manual_seed(0)
@@ -125,8 +119,10 @@ def main() -> None:
         student.learn(rollout, reset_num_timesteps=False)
         if update in args.updates:
             metric = evaluate_task_metric(student, args.env_id, goals, seed=EVAL_SEED).mean()
-            print(f"learned loss: error {_error(student, teacher, _rollout_observations(student)):.3f}"
-                  f"{_target_error(student, teacher)} after {update} updates, task metric {metric:.1f}", flush=True)
+            data = student.rollout_tensors()
+            print(f"learned loss: error {_error(student, teacher, data['observations']):.3f}"
+                  f"{_target_error(student, teacher, data)} after {update} updates, "
+                  f"task metric {metric:.1f}", flush=True)
 
 
 if __name__ == "__main__":

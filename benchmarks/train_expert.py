@@ -37,7 +37,7 @@ class PrintTaskMetric(BaseCallback):
         self.env_id, self.every = env_id, every
         self.goals = sample_tasks(env_id, n_goals, "train", seed=0)
         self.held_out = sample_tasks(env_id, n_goals, "test", seed=TASK_SEED)
-        self._next = every
+        self._next = 0  # set by _init_callback from the model's step count
         self._start = time.time()
 
     def _init_callback(self) -> None:

@@ -482,8 +482,10 @@ class ML3(OnPolicyAlgorithm):
             vec_normalize.obs_rms.count = float(saved.get("count", 1e4))
 
     # ------------------------------------------------------------------ meta-loss inputs
-    def _rollout_tensors(self) -> dict[str, torch.Tensor]:
-        """The rollout buffer as flat tensors (env-major, like SB3's minibatches), plus derived fields."""
+    def rollout_tensors(self) -> dict[str, torch.Tensor]:
+        """The last rollout as flat tensors (env-major, like SB3's minibatches), plus derived fields, among
+        them ``task_weights``: the "advantage" meta-input and the default task weight. Public so that what a
+        learned loss reads can be rebuilt outside ``train`` (e.g. :meth:`meta_loss_fields` on a rollout)."""
         buffer = self.rollout_buffer
         n_steps, n_envs = buffer.buffer_size, buffer.n_envs
         starts = buffer.episode_starts.astype(np.int64)
@@ -499,7 +501,7 @@ class ML3(OnPolicyAlgorithm):
             array = array.swapaxes(0, 1).reshape(n_steps * n_envs, *array.shape[2:])
             return torch.as_tensor(array, device=self.device, dtype=torch.float32)
 
-        return {
+        data = {
             "observations": flat(buffer.observations),
             "actions": flat(buffer.actions),
             "rewards": flat(buffer.rewards),
@@ -509,6 +511,8 @@ class ML3(OnPolicyAlgorithm):
             "episode_starts": flat(buffer.episode_starts),
             "timesteps": flat(timesteps),
         }
+        data["task_weights"] = self._task_weights(data)
+        return data
 
     def meta_loss_fields(self, params: Params | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The named meta-loss inputs of the policy ``params`` (``None``: the live one) on a minibatch.
@@ -802,8 +806,7 @@ class ML3(OnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         inner_lr = float(self.lr_schedule(self._current_progress_remaining))
-        data = self._rollout_tensors()
-        data["task_weights"] = self._task_weights(data)  # the advantage meta-input, and the default task weight
+        data = self.rollout_tensors()
         task_value_targets = None
         if self.meta_train and self.task_reward is not None:
             data["task_loss_weights"], task_value_targets = self._task_reward_weights()
