@@ -27,9 +27,21 @@ def _collected(model: ML3):
     """A model whose rollout buffer holds one real rollout; returns its data and minibatches."""
     model._setup_learn(model.n_steps * model.n_envs, None)
     model.collect_rollouts(model.env, model._init_callback(None), model.rollout_buffer, model.n_steps)
-    data = model._rollout_tensors()
-    data["task_weights"] = model._task_weights(data)
+    data = model.rollout_tensors()
     return data, model._minibatches(data)
+
+
+def _in_double(model: ML3, data, minibatches):
+    """The model's policy, meta-loss and Q_task (if any) and the rollout's tensors in float64, for tight gradient
+    checks; returns (data, minibatches, params, phi) with theta and phi as detached copies."""
+    for net in (model.policy, model.meta_loss, model.task_q_net):
+        if net is not None:
+            net.double()
+    data = {k: v.double() for k, v in data.items()}
+    minibatches = [{k: v.double() for k, v in b.items()} for b in minibatches]
+    params = {k: v.detach().clone() for k, v in model.policy.actor_parameters().items()}
+    phi = {k: v.detach().clone() for k, v in model.meta_loss.named_parameters()}
+    return data, minibatches, params, phi
 
 
 def _assert_matches_finite_differences(objective, phi, grads, n_directions=3, eps=1e-6):
@@ -58,15 +70,12 @@ def _assert_task_loss_meta_gradient(model, params, phi, batch, data, inner_lr=0.
 def test_meta_gradient_through_policy_inner_step_matches_higher_and_finite_differences():
     model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, learning_rate=0.1, **SMALL)
     data, minibatches = _collected(model)
-    model.policy.double()
     model.meta_loss.double()
-    with torch.no_grad():
+    with torch.no_grad():  # a meta-loss away from its initialisation, perturbed in float64
         for p in model.meta_loss.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    data = {k: v.double() for k, v in data.items()}
-    batch = {k: v.double() for k, v in minibatches[0].items()}
-    params = {k: v.detach().clone() for k, v in model.policy.actor_parameters().items()}
-    phi = {k: v.detach().clone() for k, v in model.meta_loss.named_parameters()}
+    data, minibatches, params, phi = _in_double(model, data, minibatches)
+    batch = minibatches[0]
     grads, value = meta_gradient(model.learned_loss, model.reinforce_task_loss, params, phi, [batch], data, 0.1)
 
     # oracle 1: higher differentiating through one SGD step of the actor on the meta-loss
@@ -328,13 +337,8 @@ def test_q_value_task_loss_differentiates_through_the_action_value_and_fits_it(t
     model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, learning_rate=0.1, task_reward="distance",
                 task_critic=True, task_objective="q_value", task_critic_epochs=3, **SMALL)
     data, minibatches = _collected(model)
-    model.policy.double()
-    model.meta_loss.double()
-    model.task_q_net.double()
-    data = {k: v.double() for k, v in data.items()}
-    batch = {k: v.double() for k, v in minibatches[0].items()}
-    params = {k: v.detach().clone() for k, v in model.policy.actor_parameters().items()}
-    phi = {k: v.detach().clone() for k, v in model.meta_loss.named_parameters()}
+    data, minibatches, params, phi = _in_double(model, data, minibatches)
+    batch = minibatches[0]
 
     # by hand: the action-value of the clipped mean action, Q_task's own weights
     mean, _ = model.policy.actor_mean_std(params, data["observations"])
@@ -348,7 +352,7 @@ def test_q_value_task_loss_differentiates_through_the_action_value_and_fits_it(t
     model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, task_reward="distance", task_critic=True,
                 task_objective="q_value", task_critic_epochs=20, **SMALL)
     _collected(model)
-    data = model._rollout_tensors()
+    data = model.rollout_tensors()
     _, targets = model._task_reward_weights()
 
     def q_error() -> float:
@@ -391,12 +395,8 @@ def test_imitation_task_loss_shapes_a_loss_that_trains_policies_towards_the_expe
     torch.testing.assert_close(model.imitation_task_loss(None, data),
                                ((mean.clamp(-1, 1) - by_hand) ** 2).sum(-1).mean())
 
-    model.policy.double()
-    model.meta_loss.double()
-    data = {k: v.double() for k, v in data.items()}
-    batch = {k: v.double() for k, v in minibatches[0].items()}
-    params = {k: v.detach().clone() for k, v in model.policy.actor_parameters().items()}
-    phi = {k: v.detach().clone() for k, v in model.meta_loss.named_parameters()}
+    data, minibatches, params, phi = _in_double(model, data, minibatches)
+    batch = minibatches[0]
     _assert_task_loss_meta_gradient(model, params, phi, batch, data)
 
     def imitation_error_after_meta_test(meta_loss) -> float:
@@ -483,12 +483,7 @@ def test_second_order_outer_step_through_several_minibatches_matches_finite_diff
                 max_grad_norm=0.5, **settings)
     data, minibatches = _collected(model)
     assert len(minibatches) == 2
-    model.policy.double()
-    model.meta_loss.double()
-    data = {k: v.double() for k, v in data.items()}
-    minibatches = [{k: v.double() for k, v in b.items()} for b in minibatches]
-    params = {k: v.detach().clone() for k, v in model.policy.actor_parameters().items()}
-    phi = {k: v.detach().clone() for k, v in model.meta_loss.named_parameters()}
+    data, minibatches, params, phi = _in_double(model, data, minibatches)
 
     def gradient(first_order):
         return meta_gradient(model.learned_loss, model.task_loss_fn, params, phi, minibatches, data, 0.1,
