@@ -11,10 +11,45 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=1,
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the ValueError into a one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: a non-negative integer seed."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser, resumable: bool = True) -> None:
+    p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch CPU threads (default 1: small networks run fastest and repeat exactly)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--force", action="store_true", help="replace the results already in --out")
+    if resumable:
+        p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
 
 
 def _add_sine(subparsers: argparse._SubParsersAction) -> None:
@@ -27,14 +62,14 @@ def _add_sine(subparsers: argparse._SubParsersAction) -> None:
         description="Meta-train a learned loss on y = sin(x - pi) and meta-test it on 10 new sine tasks, "
         "beside SGD on the MSE task loss.",
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
+    p.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default: 0 1 2 3 4)")
     p.add_argument("--out", required=True, help="output folder for results.json and the PNG figures")
-    p.add_argument("--n-outer", type=int, default=defaults.n_outer, help="outer (meta-train) iterations")
-    p.add_argument("--inner-lr", type=float, default=defaults.inner_lr, help="inner step size alpha")
-    p.add_argument("--meta-lr", type=float, default=defaults.meta_lr, help="outer step size eta")
-    p.add_argument("--test-steps", type=int, default=defaults.test_steps, help="gradient steps at meta-test")
-    p.add_argument("--inner-steps", type=int, default=defaults.inner_steps, help="K unrolled inner steps")
-    p.add_argument("--reset-every", type=int, default=defaults.reset_every,
+    p.add_argument("--n-outer", type=_positive_int, default=defaults.n_outer, help="outer (meta-train) iterations")
+    p.add_argument("--inner-lr", type=_positive_float, default=defaults.inner_lr, help="inner step size alpha")
+    p.add_argument("--meta-lr", type=_positive_float, default=defaults.meta_lr, help="outer step size eta")
+    p.add_argument("--test-steps", type=_positive_int, default=defaults.test_steps, help="gradient steps at meta-test")
+    p.add_argument("--inner-steps", type=_positive_int, default=defaults.inner_steps, help="K unrolled inner steps")
+    p.add_argument("--reset-every", type=_positive_int, default=defaults.reset_every,
                    help="inner steps before the optimizee is re-initialised (M)")
     p.add_argument("--first-order", action="store_true", help="first-order meta-gradient through K steps")
     p.add_argument("--evaluate-on", choices=["query", "support"], default=defaults.evaluate_on,
@@ -42,11 +77,12 @@ def _add_sine(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-input-range", type=float, nargs=2, default=defaults.test_input_range,
                    metavar=("LOW", "HIGH"), help="x range of the meta-test tasks")
     p.add_argument("--compile", action="store_true", help="torch.compile the outer step (faster after ~30 s)")
-    _add_common(p)
+    _add_common(p, resumable=False)
     p.set_defaults(run=_run_sine)
 
 
 def _run_sine(args: argparse.Namespace) -> dict[str, Any]:
+    from sb3_ml3.experiments.store import prepare_out_dir
     from sb3_ml3.plotting import plot_sine
     from sb3_ml3.supervised.sine import SineConfig, run_sine
 
@@ -62,12 +98,15 @@ def _run_sine(args: argparse.Namespace) -> dict[str, Any]:
         test_input_range=tuple(args.test_input_range),
         compile=args.compile,
     )
+    prepare_out_dir(args.out, force=args.force)
     results = run_sine(args.seeds, config, progress=not args.no_progress)
     meta_losses = results.pop("meta_losses")
     for seed, meta_loss in meta_losses.items():
         meta_loss.save(os.path.join(args.out, f"meta_loss_seed{seed}.zip"))
     results["figures"] = plot_sine(results, args.out)
     s = results["summary"]
+    if results.get("partial"):
+        print(f"interrupted at seed {results['interrupted_at_seed']}: results of the finished seeds only (partial)")
     print(
         f"sine, {len(args.seeds)} seeds: final meta-test MSE  ML3 {s['mean_final_mse_ml3']:.4f}  "
         f"task loss {s['mean_final_mse_task_loss']:.4f}  ratio {s['ratio_ml3_over_task_loss']:.3f}"
@@ -76,47 +115,59 @@ def _run_sine(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _net_arch(text: str) -> list[int]:
+    """argparse type: ``64,64`` -> ``[64, 64]`` with positive widths (``""`` is a linear policy)."""
+    from sb3_ml3.experiments.settings import parse_net_arch
+
+    try:
+        return parse_net_arch(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare",
-        help="ML3 beside PPO (and TRPO) on held-out goals with the paper's metric (Fig. 4, METRICS.md)",
+        help="ML3 beside the tuned PPO (and TRPO) on held-out goals, with reference policies (Fig. 4, METRICS.md)",
         description="Meta-test a learned loss (given, or meta-trained first on the train goals) on held-out goals "
-        "beside PPO/TRPO: same env, tasks, seeds, budget and initial policies. Writes results.json, "
-        "compare_curves.csv, learning-curve PNGs and prints samples to 50%%/80%%, the ratio and the break-even.",
+        "beside PPO/TRPO as rl-zoo3 runs them (observation and reward normalisation): same env, tasks, seeds, "
+        "budget and initial policies. The table carries the reference policies (zero, random, best constant action, "
+        "an oracle where cheap) and each final policy's behaviour. Writes results.json, compare_curves.csv, "
+        "learning-curve PNGs (and GIF clips with --render); prints samples to 50%%/80%% of the baseline's plateau, "
+        "the ratio and the break-even. Settings per env: sb3_ml3/experiments/recipes/<env>.yml.",
     )
-    p.add_argument("env_id", help="a goal env, e.g. PointmassGoal-v0, ReacherGoal-v0, AntGoal-v0")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--meta-loss", default=None, help="a meta-loss file (ML3.save_meta_loss), or one per seed with {seed} in the path "
-                   "(e.g. results/reacher/meta_loss_seed{seed}.zip); default: meta-train one per seed")
-    p.add_argument("--meta-train-steps", type=int, default=None,
-                   help="env steps of meta-training per seed when no --meta-loss is given (default: per env)")
-    p.add_argument("--meta-train-samples", type=int, default=None,
+    p.add_argument("env_id", help="a registered goal env: PointmassGoal-v0, ReacherGoal-v0, AntGoal-v0, ...")
+    p.add_argument("--out", required=True, help="output folder (refused if it holds results, unless --resume/--force)")
+    p.add_argument("--meta-loss", default=None, help="a meta-loss file (ML3.save_meta_loss), or one per seed with {seed} "
+                   "in the path (e.g. results/reacher/meta_loss_seed{seed}.zip); default: meta-train one per seed")
+    p.add_argument("--meta-train-steps", type=_positive_int, default=None,
+                   help="env steps of meta-training per seed when no --meta-loss is given (default: the recipe's)")
+    p.add_argument("--meta-train-samples", type=_positive_int, default=None,
                    help="meta-train env steps of a given --meta-loss, if its file does not record them (break-even)")
     p.add_argument("--algos", nargs="+", default=["ml3", "ppo"], choices=["ml3", "ppo", "trpo"],
                    help="algorithms (default: ml3 ppo); PPO is the reference of the metrics")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0 1 2 3 4; --quick: 0)")
-    p.add_argument("--n-tasks", type=int, default=10, help="held-out goals (default 10)")
-    p.add_argument("--timesteps", type=int, default=None, help="env steps per run (default: per env)")
-    p.add_argument("--eval-every", type=int, default=None, help="env steps between evaluations (default: per env)")
-    p.add_argument("--net-archs", nargs="+", default=["64,64"],
+    p.add_argument("--seeds", type=_seed, nargs="+", default=None, help="seeds (default: 0 1 2 3 4; --quick: 0)")
+    p.add_argument("--n-tasks", type=_positive_int, default=None, help="held-out goals (default: the recipe's, 10)")
+    p.add_argument("--timesteps", type=_positive_int, default=None, help="env steps per run (default: the recipe's)")
+    p.add_argument("--eval-every", type=_positive_int, default=None,
+                   help="env steps between evaluations (default: the recipe's)")
+    p.add_argument("--net-archs", nargs="+", type=_net_arch, default=[[64, 64]],
                    help="policy architectures, e.g. 64,64 128,128,128 (the same loss on each: Fig. 4c-d)")
     p.add_argument("--task-mode", choices=["distribution", "per_task"], default="distribution",
                    help="one goal-conditioned run on the test goal region (default), or one run per held-out goal")
     p.add_argument("--hyperparams", default=None,
-                   help='JSON overrides of the settings tables, e.g. \'{"ppo": {"n_epochs": 5}, '
-                   '"ml3": {"meta_test": {"learning_rate": 0.003}}}\'')
+                   help='JSON overrides of the recipe, e.g. \'{"ppo": {"n_epochs": 5}, '
+                   '"ml3": {"meta_test": {"learning_rate": 0.003}}, "compare": {"eval_every": 1000}}\'')
+    p.add_argument("--render", action="store_true",
+                   help="write a GIF of each algorithm's final policy (first seed) on 3 held-out goals into --out")
+    p.add_argument("--expert", default=None, help="an SB3 model file shown as the 'expert' reference row")
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test in seconds")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted comparison in --out (same settings; more seeds, --net-archs or --algos "
-                   "may be added): reuse its meta-losses and finished runs (runs_done.jsonl), and continue an "
-                   "interrupted meta-training from its checkpoint (meta_train_seed<N>_checkpoint.zip, saved at every "
-                   "meta-validation)")
     _add_common(p)
     p.set_defaults(run=_run_compare)
 
 
 def _compare_outputs(results: dict[str, Any], out: str) -> dict[str, Any]:
-    from sb3_ml3.compare import save_outputs
+    from sb3_ml3.experiments.compare import save_outputs
 
     results = save_outputs(results, out)
     print(results["table"])
@@ -124,20 +175,28 @@ def _compare_outputs(results: dict[str, Any], out: str) -> dict[str, Any]:
     return results
 
 
-def _run_compare(args: argparse.Namespace) -> dict[str, Any]:
-    from sb3_ml3.compare import run_compare
-
+def _hyperparams(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
     try:
-        hyperparams = json.loads(args.hyperparams) if args.hyperparams else None
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"--hyperparams must be JSON, e.g. '{{\"ppo\": {{\"n_epochs\": 5}}}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--hyperparams must be a JSON object of recipe sections, got {text!r}.")
+    return value
+
+
+def _run_compare(args: argparse.Namespace) -> dict[str, Any]:
+    from sb3_ml3.experiments.compare import run_compare
+
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     results = run_compare(
         args.env_id, algos=args.algos, meta_loss=args.meta_loss, meta_train_steps=args.meta_train_steps,
         meta_train_samples=args.meta_train_samples, seeds=seeds, n_tasks=args.n_tasks,
         total_timesteps=args.timesteps, eval_every=args.eval_every, net_archs=args.net_archs,
-        hyperparams=hyperparams, task_mode=args.task_mode, quick=args.quick, out_dir=args.out,
-        resume=args.resume, progress=not args.no_progress,
+        hyperparams=_hyperparams(args.hyperparams), task_mode=args.task_mode, quick=args.quick, out_dir=args.out,
+        resume=args.resume, force=args.force, render=args.render, expert=args.expert, progress=not args.no_progress,
     )
     return _compare_outputs(results, args.out)
 
@@ -147,20 +206,22 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="the main demo: learn a loss on ReacherGoal, train a new policy architecture with it beside PPO",
         description="Meta-train a loss on ReacherGoal-v0's training goals (policy [64, 64]), meta-test it on 10 "
-        "held-out goals with a policy architecture it never saw ([128, 128, 128]) beside PPO, print the "
-        "samples-to-80%% table and save the figures. Full run: about 15 minutes on a laptop CPU.",
+        "held-out goals with a policy architecture it never saw ([128, 128, 128]) beside the tuned PPO, and print "
+        "the honest table: reference policies, behaviour, samples to 80%% of PPO's plateau.",
     )
     p.add_argument("--out", default="ml3_demo", help="output folder (default: ml3_demo)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0 1 2; --quick: 0)")
+    p.add_argument("--seeds", type=_seed, nargs="+", default=None, help="seeds (default: 0 1 2; --quick: 0)")
     p.add_argument("--quick", action="store_true", help="a tiny version (seconds) to check the installation")
+    p.add_argument("--render", action="store_true", help="write GIF clips of the final policies into --out")
     _add_common(p)
     p.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from sb3_ml3.compare import run_demo
+    from sb3_ml3.experiments.compare import run_demo
 
-    results = run_demo(quick=args.quick, out_dir=args.out, seeds=args.seeds, progress=not args.no_progress)
+    results = run_demo(quick=args.quick, out_dir=args.out, seeds=args.seeds, progress=not args.no_progress,
+                       resume=args.resume, force=args.force, render=args.render)
     return _compare_outputs(results, args.out)
 
 
@@ -174,10 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one experiment; bad settings exit with code 2 and one line saying what to do, Ctrl-C with 130
+    after writing what had finished (flagged ``"partial"``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
     import torch
+
+    from sb3_ml3.experiments.store import atomic_write_json
 
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -185,13 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = args.run(args)
     except ValueError as exc:  # bad settings: say what is wrong, no traceback
         parser.exit(2, f"ml3 {args.experiment}: error: {exc}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"ml3 {args.experiment}: interrupted before any result was finished\n")
     results["wall_time_s"] = round(time.time() - start, 2)
     results["command"] = "ml3 " + " ".join(sys.argv[1:] if argv is None else argv)
-    path = os.path.join(args.out, "results.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
+    path = atomic_write_json(os.path.join(args.out, "results.json"), results)
     print(f"wrote {path}" + "".join(f", {fig}" for fig in results.get("figures", [])))
-    return 0
+    return 130 if results.get("partial") else 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from sb3_ml3.atomic import atomic_path
+
 FORMAT_VERSION = 1
 _SPEC_FILE = "meta_loss.json"
 _WEIGHTS_FILE = "phi.pt"
@@ -321,16 +323,18 @@ class MetaLoss(nn.Module):
         }
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write the meta-loss to ``path`` (a zip archive: JSON spec + weights)."""
+        """Write the meta-loss to ``path`` (a zip archive: JSON spec + weights).
+
+        The archive is written to a temporary file and renamed over ``path``, so an interrupted
+        save leaves an earlier file at ``path`` whole.
+        """
         try:
             spec_text = json.dumps(self.config(), indent=2, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise MetaLossSpecError(f"Meta-loss metadata must be JSON-serialisable and finite: {exc}") from exc
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, buffer)
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(_SPEC_FILE, spec_text)
             archive.writestr(_WEIGHTS_FILE, buffer.getvalue())
 

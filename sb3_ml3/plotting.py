@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from sb3_ml3.atomic import atomic_path
+
 ML3_COLOR = "tab:blue"
 BASELINE_COLOR = "tab:orange"
 
@@ -41,11 +43,13 @@ def plot_curves(
     linestyles: Mapping[str, str] | None = None,
     hlines: Mapping[str, float] | None = None,
     band_note: str = "",
+    hline_colors: Mapping[str, str] | None = None,
 ) -> str:
     """One line per label with a mean +/- standard-error band over the given seed curves; saves a PNG.
 
-    ``hlines`` draws dotted reference levels (e.g. 80% of PPO's final progress); ``band_note`` is
-    appended to the title's description of the band (e.g. "tasks averaged inside a seed").
+    ``hlines`` draws dotted reference levels (e.g. the reference policies of METRICS.md, 80% of the
+    baseline's progress), coloured by ``hline_colors`` (grey by default); ``band_note`` is appended to
+    the title's description of the band (e.g. "tasks averaged inside a seed"). Written atomically.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=120)
@@ -57,7 +61,7 @@ def plot_curves(
         ax.plot(x, mean, label=label, color=color, linestyle=(linestyles or {}).get(label, "-"))
         ax.fill_between(x, mean - err, mean + err, alpha=0.25, color=color, linewidth=0)
     for label, level in (hlines or {}).items():
-        ax.axhline(level, color="0.4", linestyle=":", linewidth=1.0, label=label)
+        ax.axhline(level, color=(hline_colors or {}).get(label, "0.4"), linestyle=":", linewidth=1.2, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel, fontsize=9)
     note = f", {band_note}" if band_note else ""
@@ -68,7 +72,8 @@ def plot_curves(
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = os.fspath(path)
-    fig.savefig(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return path
 

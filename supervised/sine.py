@@ -195,16 +195,27 @@ class SineExperiment:
         }
 
     def run(self, seeds: Sequence[int], progress: bool = False) -> dict[str, Any]:
-        """All seeds; returns a JSON-ready dict (the meta-losses stay under ``"meta_losses"``)."""
+        """All seeds; returns a JSON-ready dict (the meta-losses stay under ``"meta_losses"``).
+
+        Ctrl-C (``KeyboardInterrupt``) during a seed keeps the seeds finished before it: the result
+        then has ``"partial": True`` and ``"interrupted_at_seed"``; with no seed finished it re-raises.
+        """
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(seeds) * self.config.n_outer, desc="ml3 sine: meta-train", unit="it")
         per_seed = []
+        interrupted_at = None
         try:
             for seed in seeds:
-                per_seed.append(self.run_seed(seed, progress=(lambda _: bar.update(1)) if bar else None))
+                try:
+                    per_seed.append(self.run_seed(seed, progress=(lambda _: bar.update(1)) if bar else None))
+                except KeyboardInterrupt:
+                    if not per_seed:
+                        raise
+                    interrupted_at = seed
+                    break
         finally:
             if bar is not None:
                 bar.close()
@@ -212,14 +223,18 @@ class SineExperiment:
         ml3 = torch.tensor([r["final_mse_ml3"] for r in per_seed])
         base = torch.tensor([r["final_mse_task_loss"] for r in per_seed])
         summary = {
-            "seeds": list(seeds),
+            "seeds": [r["seed"] for r in per_seed],
             "mean_final_mse_ml3": float(ml3.mean()),
             "mean_final_mse_task_loss": float(base.mean()),
             "ratio_ml3_over_task_loss": float(ml3.mean() / base.mean()),
             "skipped_meta_steps": int(sum(r["skipped_meta_steps"] for r in per_seed)),
         }
-        return {"experiment": "sine", "config": _jsonable(asdict(self.config)), "summary": summary,
-                "per_seed": per_seed, "meta_losses": meta_losses}
+        results = {"experiment": "sine", "config": _jsonable(asdict(self.config)), "summary": summary,
+                   "per_seed": per_seed, "meta_losses": meta_losses, "partial": interrupted_at is not None}
+        if interrupted_at is not None:
+            results["interrupted_at_seed"] = int(interrupted_at)
+            results["requested_seeds"] = list(seeds)
+        return results
 
 
 def run_sine(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: SineConfig | None = None, progress: bool = False) -> dict[str, Any]:

@@ -61,6 +61,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from sb3_ml3.atomic import atomic_path
 from sb3_ml3.functional import (Params, apply_meta_gradient, clip_grads, global_norm, make_meta_optimizer,
                                 meta_gradient)
 from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
@@ -939,8 +940,17 @@ class ML3(OnPolicyAlgorithm):
         return getattr(spec, "id", None)
 
     def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
+        """SB3's ``save`` (policy, critics, meta-loss and their optimisers), written atomically when
+        ``path`` is a file name: an interrupted save leaves an earlier file whole."""
         self._meta_loss_config = self.meta_loss.config()
-        super().save(path, exclude=exclude, include=include)
+        if not isinstance(path, (str, os.PathLike)):  # a file object: SB3 writes into it
+            super().save(path, exclude=exclude, include=include)
+            return
+        path = os.fspath(path)
+        if not path.endswith(".zip"):
+            path += ".zip"  # what SB3's save_to_zip_file does with a bare name
+        with atomic_path(path, suffix=".zip") as tmp:
+            super().save(tmp, exclude=exclude, include=include)
 
     def _excluded_save_params(self) -> list[str]:
         return super()._excluded_save_params() + [
