@@ -10,7 +10,7 @@ Two measurements on the train-split goals, both with a fresh [64, 64] policy (se
   clipping, minibatches of 400; the squared error after 40, 400 and 2,000 steps, and the task metric
   (deterministic, 10 train goals) after 400 and 2,000. What a loss that trains as fast as BC could give;
 * **a learned loss** (``--checkpoint``: a probe's ML3 checkpoint): a fresh policy trained by it at
-  meta-test (``ML3_SETTINGS`` meta-test settings, ``--learning-rate``, no freezing); the squared error
+  meta-test (the recipe's meta-test settings, ``--learning-rate``, no freezing); the squared error
   to the expert's actions at the student's own rollout states and the task metric after each of
   ``--updates`` updates. For a loss quadratic in the policy mean (``quadratic=["mean"]``) also the
   error of its *target* t(c) (clipped to the action bounds) at the same states: the point the learned
@@ -28,7 +28,7 @@ import copy
 import torch
 from stable_baselines3 import PPO
 
-from sb3_ml3.compare import EVAL_SEED, TASK_SEED, make_train_env, policy_kwargs_for, settings_for
+from sb3_ml3.experiments import EVAL_SEED, TASK_SEED, make_train_env, policy_kwargs_for, settings_for
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.evaluation import evaluate_task_metric
 from sb3_ml3.functional import clip_grads

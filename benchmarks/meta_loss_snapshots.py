@@ -1,6 +1,6 @@
 """How good is the meta-loss at each point of meta-training? (the case for meta-validation)
 
-Meta-trains one loss (``ML3_SETTINGS`` of the env, meta-validation off), keeps a copy of phi every
+Meta-trains one loss (the env's recipe, meta-validation off), keeps a copy of phi every
 ``--every`` env steps, then meta-tests every copy with a fresh policy on the train-split validation
 goals and on the held-out test goals (the same goals ``ml3 compare`` uses), and prints the task
 metric after 2k/4k/.../``--test-steps`` env steps. If the final loss is not the best copy, picking a
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_ml3.compare import (EVAL_SEED, TASK_SEED, TaskMetricCallback, build_model, initial_policy_state,
+from sb3_ml3.experiments import (EVAL_SEED, TASK_SEED, TaskMetricCallback, build_model, initial_policy_state,
                              load_initial_policy, make_train_env, policy_kwargs_for, settings_for)
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.ml3 import ML3

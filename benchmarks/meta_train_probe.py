@@ -3,7 +3,7 @@
     python benchmarks/meta_train_probe.py AntGoal-v0 --out probes/ant_A --timesteps 8000000 \\
         --meta-train '{"task_critic": true, "meta_epochs": 10, "task_clip_range": 0.2, "meta_lr": 0.001}'
 
-Meta-trains one seed with ``ML3_SETTINGS[env_id]`` (``--meta-train`` overrides its ``meta_train``
+Meta-trains one seed with the env's recipe (``settings_for("ml3", env_id)``) (``--meta-train`` overrides its ``meta_train``
 entry, ``--validation`` its ``meta_validation``, ``--policy-kwargs`` the policy's) and prints two
 signals while it runs:
 
@@ -13,7 +13,7 @@ signals while it runs:
 * every meta-validation, the validation metric (:class:`~sb3_ml3.ml3.MetaValidationCallback`:
   fresh policies on train-split goals), which is also appended to ``<out>/validation.jsonl``.
 
-The state is checkpointed at every validation (:class:`~sb3_ml3.compare.MetaTrainCheckpoint`), so
+The state is checkpointed at every validation (:class:`~sb3_ml3.experiments.MetaTrainCheckpoint`), so
 rerunning the same command after a stop continues where it was; ``<out>/best_meta_loss.zip`` is the
 best validated loss, usable with ``ml3 compare --meta-loss``.
 
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-from sb3_ml3.compare import MetaTrainCheckpoint, make_train_env, policy_kwargs_for, settings_for
+from sb3_ml3.experiments import MetaTrainCheckpoint, make_train_env, policy_kwargs_for, settings_for
 from sb3_ml3.ml3 import ML3, MetaValidationCallback
 
 
@@ -103,8 +103,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the checkpoint, the validation log and the best loss")
     parser.add_argument("--timesteps", type=int, default=2_000_000, help="meta-train env steps")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--meta-train", default="{}", help="JSON overrides of ML3_SETTINGS[env]['meta_train']")
-    parser.add_argument("--validation", default=None, help="JSON overrides of ML3_SETTINGS[env]['meta_validation']")
+    parser.add_argument("--meta-train", default="{}", help="JSON overrides of the recipe['meta_train']")
+    parser.add_argument("--validation", default=None, help="JSON overrides of the recipe['meta_validation']")
     parser.add_argument("--policy-kwargs", default="{}", help="JSON extra policy_kwargs, e.g. '{\"log_std_max\": 0}'")
     parser.add_argument("--init-meta-loss", default=None, help="a saved meta-loss to start meta-training from")
     parser.add_argument("--print-every", type=int, default=50, help="iterations between progress lines")

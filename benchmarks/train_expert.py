@@ -24,7 +24,7 @@ import time
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_ml3.compare import EVAL_SEED, TASK_SEED, build_model, make_train_env, settings_for
+from sb3_ml3.experiments import EVAL_SEED, TASK_SEED, build_model, make_train_env, settings_for
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.evaluation import evaluate_task_metric
 

@@ -14,26 +14,27 @@ import os
 
 import torch
 
-from sb3_ml3.compare import run_compare, save_outputs
+from sb3_ml3.experiments import run_compare, save_outputs
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--meta-loss", default=None)
-    parser.add_argument("--meta-train-steps", type=int, default=None, help="default: ML3_SETTINGS (200k)")
-    parser.add_argument("--timesteps", type=int, default=None, help="default: 100k")
+    parser.add_argument("--meta-train-steps", type=int, default=None, help="default: the recipe's (200k)")
+    parser.add_argument("--timesteps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--net-archs", nargs="+", default=["64,64"])
     parser.add_argument("--trpo", action="store_true", help="also run TRPO (sb3-contrib)")
     parser.add_argument("--out", default="compare_pointmass")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--force", action="store_true", help="replace the results already in --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = run_compare(
         "PointmassGoal-v0", algos=("ml3", "ppo", "trpo") if args.trpo else ("ml3", "ppo"),
         meta_loss=args.meta_loss, meta_train_steps=args.meta_train_steps, seeds=args.seeds,
         total_timesteps=args.timesteps, net_archs=args.net_archs, quick=args.quick,
-        out_dir=args.out, progress=not args.quick,
+        out_dir=args.out, force=args.force, progress=not args.quick,
     )
     save_outputs(results, args.out)
     print(results["table"])

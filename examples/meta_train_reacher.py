@@ -12,30 +12,17 @@ import argparse
 import os
 
 import torch
-from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_ml3 import ML3
-from sb3_ml3.compare import ML3_SETTINGS, run_compare, save_outputs
-from sb3_ml3.ml3 import MetaValidationCallback
+from sb3_ml3.experiments import meta_train_loss, run_compare, save_outputs, settings_for
 
 ENV_ID = "ReacherGoal-v0"
 
 
 def meta_train(seed: int, steps: int, path: str) -> int:
-    """Algorithm 4 on the training goals (task_split="train") with meta-validation; saves the loss,
-    returns its env steps (meta-training and validation)."""
-    recipe = ML3_SETTINGS[ENV_ID]
-    env = make_vec_env(ENV_ID, n_envs=recipe["n_envs"], seed=seed, env_kwargs={"task_split": "train"})
-    model = ML3("MlpPolicy", env, meta_train=True, seed=seed,
-                policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}}, **recipe["meta_train"])
-    # every 25k steps a frozen copy of the loss trains a fresh policy on validation goals of the
-    # train split; the best copy is restored at the end (meta-training is noisy, the last copy is
-    # not always the best)
-    validation = MetaValidationCallback(ENV_ID, seed=seed, **recipe["meta_validation"])
-    model.learn(steps, callback=validation)
-    used = int(model.num_timesteps) + validation.validation_timesteps
-    model.meta_loss.metadata["meta_train_timesteps"] = used  # for the break-even
-    model.save_meta_loss(path)
+    """Algorithm 4 on the training goals with the recipe's meta-validation (every 25k steps a frozen
+    copy of the loss trains a fresh policy on validation goals of the train split; the best copy is
+    kept); saves the loss, returns its env steps (meta-training and validation)."""
+    _, used = meta_train_loss(ENV_ID, seed, steps, settings_for("ml3", ENV_ID), path=path)
     return used
 
 
@@ -63,7 +50,7 @@ def main(argv=None) -> dict:
     results = run_compare(
         ENV_ID, algos=("ml3", "ppo"), meta_loss=loss_path, seeds=args.seeds,
         n_tasks=3 if args.quick else 10, total_timesteps=args.timesteps, eval_every=args.eval_every,
-        net_archs=[args.net_arch], progress=not args.quick,
+        net_archs=[args.net_arch], progress=not args.quick, out_dir=args.out, force=True,
     )
     save_outputs(results, args.out)
     print(results["table"])

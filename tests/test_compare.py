@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sb3_ml3.cli import main as cli_main
-from sb3_ml3.compare import (
+from sb3_ml3.experiments import (
     TaskMetricCallback,
     build_model,
     evaluation_schedule,
@@ -45,12 +45,21 @@ def test_cli_compare_quick_writes_json_csv_png_and_table(tmp_path, capsys):
     for run in results["runs"]:
         assert len(run["curve"]) == len(schedule) and len(run["per_goal"]) == results["config"]["n_tasks"]
         assert run["timesteps"] >= results["config"]["total_timesteps"]
-    # every algorithm starts from the same initial policy per seed and arch: identical step-0 metrics
+    # every algorithm starts from the same initial policy per seed and arch; PPO and TRPO also see the
+    # same normalised observations (their VecNormalize statistics come from the same first reset)
     for arch in ([64, 64], [32]):
-        starts = {r["algo"]: r["per_goal"] for r in results["runs"] if r["net_arch"] == arch}
-        first = [np.asarray(v)[:, 0] for v in starts.values()]
-        for other in first[1:]:
-            np.testing.assert_array_equal(first[0], other)
+        starts = {r["algo"]: np.asarray(r["per_goal"])[:, 0] for r in results["runs"] if r["net_arch"] == arch}
+        np.testing.assert_array_equal(starts["ppo"], starts["trpo"])
+    assert results["config"]["settings"]["ppo"]["normalize"] is True  # rl-zoo3's normalize: true
+    assert results["config"]["settings"]["ml3"]["normalize"] is False
+    # the reference policies of METRICS.md, on the same held-out goals
+    refs = results["references"]
+    assert {"zero_action", "random", "best_constant_action", "oracle"} <= set(refs)
+    assert refs["oracle"]["metric"] > refs["best_constant_action"]["metric"] >= refs["zero_action"]["metric"]
+    for run in results["runs"]:  # behaviour beside every number
+        b = run["behaviour"]
+        assert 0 <= b["saturation"] <= 1 and 0 <= b["success_rate"] <= 1 and b["final_distance"] >= 0
+    assert "best constant action" in printed and "oracle" in printed
     report = results["metrics"]["[64,64]"]
     assert set(report["algorithms"]) == {"ml3", "ppo", "trpo"} and "m_ref" in report
     assert results["meta_train"]["samples"] == 400 and os.path.isfile(os.path.join(out, "meta_loss_seed0.zip"))
@@ -88,7 +97,7 @@ def test_ml3_ppo_trpo_start_from_the_same_policy(net_arch):
     actions = {}
     for algo in ("ml3", "ppo", "trpo"):
         settings = settings_for(algo, ENV)
-        env = make_train_env(ENV, settings["n_envs"], seed=3)
+        env = make_train_env(ENV, settings["n_envs"], seed=3)  # raw observations: the same inputs for all
         model = build_model(algo, env, 3, settings, net_arch, meta_loss)
         load_initial_policy(model, initial_policy_state(env, 3, net_arch))
         obs = np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32)
@@ -127,18 +136,25 @@ def test_bad_settings_are_refused(tmp_path):
         run_compare(ENV, algos=("ml3", "sac"), quick=True)
     with pytest.raises(ValueError, match="hyperparams"):
         run_compare(ENV, hyperparams={"sac": {}}, quick=True)
+    with pytest.raises(ValueError, match="Unknown ppo settings"):
+        run_compare(ENV, hyperparams={"ppo": {"n_epoch": 5}}, quick=True)
+    with pytest.raises(ValueError, match="not a registered goal env"):
+        run_compare("Pendulum-v1", quick=True)
     with pytest.raises(SystemExit) as exc:
-        cli_main(["compare", ENV, "--quick", "--hyperparams", "{not json", "--out", str(tmp_path)])
+        cli_main(["compare", ENV, "--quick", "--hyperparams", "{not json", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
 
 
 def test_compare_resumes_an_interrupted_run(tmp_path, monkeypatch):
-    import sb3_ml3.compare as compare
+    import sb3_ml3.experiments.compare as compare
+    import sb3_ml3.experiments.meta_train as meta_train
+    import sb3_ml3.experiments.runs as runs
+    from sb3_ml3.experiments.store import RUNS_FILE
 
     out = str(tmp_path / "cmp")
     kwargs = dict(algos=["ml3", "ppo"], seeds=[0], net_archs=["16", "8"], quick=True, progress=False, verbose=0)
     full = compare.run_compare(ENV, out_dir=out, **kwargs)
-    log = os.path.join(out, compare.RUNS_FILE)
+    log = os.path.join(out, RUNS_FILE)
     with open(log) as f:
         lines = f.read().splitlines()
     assert len(lines) == 1 + 1 + 4  # header, the meta-loss meta-trained, one line per finished run
@@ -146,9 +162,9 @@ def test_compare_resumes_an_interrupted_run(tmp_path, monkeypatch):
         f.write("\n".join(lines[:-1]) + "\n")
 
     built = []
-    real_build = compare.build_model
-    monkeypatch.setattr(compare, "build_model", lambda algo, *a, **k: built.append(algo) or real_build(algo, *a, **k))
-    monkeypatch.setattr(compare, "meta_train_loss", lambda *a, **k: pytest.fail("the saved meta-loss must be reused"))
+    real_build = runs.build_model
+    monkeypatch.setattr(runs, "build_model", lambda algo, *a, **k: built.append(algo) or real_build(algo, *a, **k))
+    monkeypatch.setattr(meta_train, "meta_train_loss", lambda *a, **k: pytest.fail("the saved meta-loss must be reused"))
     resumed = compare.run_compare(ENV, out_dir=out, resume=True, **kwargs)
     assert built == ["ppo"]  # only the unfinished run ran again
     assert resumed["curves"] == full["curves"] and resumed["metrics"] == full["metrics"]
@@ -178,7 +194,7 @@ def test_compare_resumes_an_interrupted_run(tmp_path, monkeypatch):
 
 def test_an_interrupted_meta_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     """A meta-training killed mid-way continues from its last checkpoint: phi, Adam state, validation."""
-    from sb3_ml3.compare import MetaTrainCheckpoint
+    from sb3_ml3.experiments import MetaTrainCheckpoint
     from sb3_ml3.ml3 import ML3, MetaValidationCallback
 
     settings = settings_for("ml3", ENV, {"meta_validation": {"eval_freq": 400, "eval_at_updates": [1], "n_goals": 2}})

@@ -8,7 +8,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_ml3 import ML3, MetaLoss
-from sb3_ml3.compare import meta_train_loss, settings_for
+from sb3_ml3.experiments import meta_train_loss, settings_for
 from sb3_ml3.ml3.callbacks import MetaValidationCallback
 
 ENV = "PointmassGoal-v0"
@@ -108,7 +108,7 @@ def test_meta_train_loss_charges_validation_samples():
 
 
 def test_compare_reuses_one_meta_loss_per_seed(tmp_path):
-    from sb3_ml3.compare import run_compare
+    from sb3_ml3.experiments import run_compare
 
     for seed in (0, 1):
         meta_train_loss(ENV, seed, 100 * (seed + 1), settings_for("ml3", ENV, {"n_envs": 2}),

@@ -469,7 +469,7 @@ def test_a_loss_reading_the_advantage_refuses_another_task_loss(tmp_path):
     with pytest.raises(MetaLossSpecError, match="task_loss='return'"):
         ML3("MlpPolicy", _vec(), meta_loss=path, meta_inputs=inputs, **SMALL)
     ML3("MlpPolicy", _vec(), meta_loss=path, meta_inputs=inputs, task_loss="return", **SMALL)
-    from sb3_ml3.compare import build_model, make_train_env, settings_for  # compare feeds the recorded one
+    from sb3_ml3.experiments import build_model, make_train_env, settings_for  # compare feeds the recorded one
 
     model = build_model("ml3", make_train_env(ENV, 2, seed=0), 0, settings_for("ml3", ENV), [8], path)
     assert model.task_loss == "return"
