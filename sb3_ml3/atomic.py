@@ -26,6 +26,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a result file gets the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)

@@ -104,12 +104,12 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def reference_lines(references: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The reference policies' rows of the printed table."""
-    lines = [f"  {'reference policy':<28}{'metric':>10}{'final dist':>12}{'success':>9}{'on bounds':>11}"]
+    lines = [f"  {'reference policy':<40}{'metric':>10}{'final dist':>12}{'success':>9}{'on bounds':>11}"]
     for name, ref in references.items():
         label = REFERENCE_LABELS.get(name, name)
         if name == "best_constant_action" and ref.get("action") is not None:
             label += " " + "(" + ", ".join(f"{a:.2g}" for a in ref["action"]) + ")"
-        lines.append(f"  {label[:27]:<28}{ref['metric']:>10.4g}{_fmt(ref.get('final_distance'), '.3g'):>12}"
+        lines.append(f"  {label[:39]:<40}{ref['metric']:>10.4g}{_fmt(ref.get('final_distance'), '.3g'):>12}"
                      f"{_fmt(100 * ref['success_rate'] if ref.get('success_rate') is not None else None, '.0f'):>8}%"
                      f"{_fmt(100 * ref['saturation'] if ref.get('saturation') is not None else None, '.0f'):>10}%")
     return lines
