@@ -23,6 +23,12 @@ arcs of 45 degrees; ``"train"`` goals lie on the arcs starting at 0, 90, 180, 27
 ``"test"`` goals on the other four, ``"all"`` anywhere on the circle.  ``set_task`` accepts any
 goal on the floor (``|gx|, |gy| <= 40``).
 
+Success (``success_threshold = 0.5``): the torso's centre ends the episode less than 0.5 from the
+goal, i.e. the goal lies under the ant's body (the torso's radius is 0.25, its hips sit 0.28 and
+its upper legs end 0.57 from the centre in Ant-v5's model); that is a quarter of the default goal
+radius (2.0), so an ant that stops halfway never counts, while one that arrives and shuffles about
+the goal does.
+
 Rendered frames (``render_mode="rgb_array"``, ``"human"``, ...) show the goal as a red disc on the
 floor at ``(gx, gy)``.  It is a render-only marker, added to the scene of Gymnasium's MuJoCo
 renderer for each frame: the model, observations, physics and ``step`` are those of Ant-v5.  The
@@ -69,6 +75,8 @@ class AntGoalEnv(GoalTaskMixin, AntEnv):
 
     goal_dim = 2
     goal_slice = slice(29, 31)
+    #: an episode succeeds when the torso ends less than this from the goal (module docstring)
+    success_threshold = 0.5
 
     def __init__(
         self,

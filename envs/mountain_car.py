@@ -31,6 +31,9 @@ goals are uniform in ``[0.3, 0.4)``, ``"test"`` goals in ``[0.4, 0.5]`` (so 0.5 
 all of them need the swing-back and all can be held once reached.  ``set_task`` accepts any goal
 in the position range ``[-1.2, 0.5]``.
 
+Success (``success_threshold = 0.05``): the car ends the episode less than 0.05 from the goal
+position, half the width of the test goals' interval and 3% of the track's length.
+
 :func:`torch_step` / :func:`torch_reward` implement the same equations on batched torch tensors.
 """
 
@@ -108,6 +111,8 @@ class MountainCarGoalEnv(NumpyGoalEnv):
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(round(1 / DT))}
     goal_dim = 1
     goal_slice = slice(2, 3)
+    #: an episode succeeds when its final distance to the goal is below this (module docstring)
+    success_threshold = 0.05
     state_dim = 2
     state_slice = slice(0, 2)
     dt = DT

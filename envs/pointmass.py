@@ -21,6 +21,10 @@ Tasks: goals uniform over the annulus ``0.5 <= |g| <= 2.0``; ``"train"`` goals l
 half-plane (x > 0), ``"test"`` goals in the left (x < 0), as in the paper's Fig. 3(a).
 ``set_task`` accepts any goal inside the arena ``[-2.5, 2.5]^2``.
 
+Success (``success_threshold = 0.1``): the point ends the episode less than 0.1 from the goal, a
+fifth of the nearest goals' distance from the start (0.5) and half the distance it covers in one
+step at top speed (0.2).
+
 :func:`torch_step` / :func:`torch_reward` are the same equations for batched torch tensors
 (any leading shape, any float dtype), differentiable almost everywhere, for model-based ML3;
 :func:`numpy_step` / :func:`numpy_reward` are what the env itself runs.
@@ -111,6 +115,8 @@ class PointmassGoalEnv(NumpyGoalEnv):
     state_slice = slice(0, 4)
     dt = DT
     arena = ARENA
+    #: an episode succeeds when its final distance to the goal is below this (module docstring)
+    success_threshold = 0.1
     max_speed = MAX_SPEED
 
     # the differentiable dynamics, also reachable from the env

@@ -15,6 +15,10 @@ annulus ``0.05 <= |g| <= 0.20`` cut into 8 sectors of 45 degrees; ``"train"`` go
 sectors starting at 0, 90, 180 and 270 degrees, ``"test"`` goals in the other four (45, 135, 225,
 315), ``"all"`` in the whole annulus.  ``set_task`` accepts any goal with ``|g| <= 0.21``.
 
+Success (``success_threshold = 0.02``, both variants): the fingertip ends the episode less than
+0.02 from the goal: about the size of the target and fingertip spheres of Reacher's model (radii
+0.009 and 0.01), and under half the nearest goals' distance from the base (0.05).
+
 ``ReacherGoal4DEnv`` (id ``ReacherGoal4D-v0``) is the paper's lower-dimensional variant for
 model-based RL (Appendix A): the same arm and tasks, observation ``(q1, q2, dq1, dq2, gx, gy)``
 (joint angles in radians as MuJoCo integrates them, i.e. ``q1`` is not wrapped), action = the two
@@ -55,6 +59,8 @@ class ReacherGoalEnv(GoalTaskMixin, ReacherEnv):
     goal_dim = 2
     goal_slice = slice(4, 6)
     reach = REACH
+    #: an episode succeeds when its final fingertip-goal distance is below this (module docstring)
+    success_threshold = 0.02
     _obs_dim = 10
 
     def __init__(
