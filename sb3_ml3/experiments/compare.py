@@ -87,7 +87,8 @@ def resolve_config(env_id: str, algos: Sequence[str], seeds: Sequence[int], n_ta
     }
     if quick:
         config["n_tasks"] = min(config["n_tasks"], recipe["quick"]["n_tasks"])
-    config["schedule"] = evaluation_schedule(config["total_timesteps"], config["eval_every"])
+    config["eval_dense"] = [int(budget.get("eval_dense_until", 0)), budget.get("eval_dense_every")]
+    config["schedule"] = evaluation_schedule(config["total_timesteps"], config["eval_every"], *config["eval_dense"])
     return config
 
 
@@ -174,6 +175,8 @@ def run_compare(
     settings, schedule = config["settings"], config["schedule"]
     fingerprint = jsonable({k: config[k] for k in ("env_id", "n_tasks", "task_mode", "total_timesteps",
                                                      "eval_every", "quick")} | {"env_kwargs": env_kwargs or {}})
+    if config["eval_dense"][0]:
+        fingerprint["eval_dense"] = config["eval_dense"]
     run_log = RunLog(out_dir, fingerprint, resume) if out_dir is not None else None
     references = _compute_references(env_id, goals, env_kwargs, expert)
     run_fingerprints = {a: jsonable({"settings": settings[a]}) for a in config["algos"]}
@@ -246,6 +249,7 @@ def run_compare(
         "config": {
             "algos": config["algos"], "seeds": config["seeds"], "n_tasks": config["n_tasks"], "task_mode": task_mode,
             "total_timesteps": config["total_timesteps"], "eval_every": config["eval_every"], "quick": quick,
+            "eval_dense_until_every": config["eval_dense"],
             "net_archs": config["net_archs"], "vf_arch": list(VF_ARCH), "task_seed": TASK_SEED,
             "eval_seed": EVAL_SEED, "env_kwargs": env_kwargs or {}, "settings": settings,
         },

@@ -38,11 +38,22 @@ EVAL_SEED = 12345
 RUN_KEYS = ("n_envs", "normalize")
 
 
-def evaluation_schedule(total_timesteps: int, eval_every: int) -> list[int]:
-    """Env steps at which every algorithm is evaluated: 0, eval_every, 2 eval_every, ..., total."""
+def evaluation_schedule(total_timesteps: int, eval_every: int, dense_until: int = 0,
+                        dense_every: int | None = None) -> list[int]:
+    """Env steps at which every algorithm is evaluated: 0, eval_every, 2 eval_every, ..., total.
+
+    With ``dense_until`` and ``dense_every``, the first ``dense_until`` steps are evaluated every
+    ``dense_every`` steps instead: long budgets keep a fine grid where the fast learner crosses its
+    thresholds (METRICS.md: neither crossing may be set by the grid).
+    """
     if total_timesteps < 1 or eval_every < 1:
         raise ValueError(f"total_timesteps and eval_every must be positive, got {total_timesteps} and {eval_every}.")
-    steps = list(range(0, total_timesteps + 1, eval_every))
+    steps = set(range(0, total_timesteps + 1, eval_every))
+    if dense_until > 0:
+        if dense_every is None or dense_every < 1:
+            raise ValueError(f"eval_dense_every must be positive with eval_dense_until, got {dense_every}.")
+        steps |= set(range(0, min(dense_until, total_timesteps) + 1, dense_every))
+    steps = sorted(steps)
     if steps[-1] != total_timesteps:
         steps.append(total_timesteps)
     if len(steps) < 4:
