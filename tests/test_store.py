@@ -21,18 +21,20 @@ def _cli_error(capsys, argv):
 
 def test_a_second_compare_into_the_same_out_is_refused_and_leaves_results_unchanged(tmp_path, capsys):
     out = str(tmp_path / "cmp")
-    assert cli_main(["compare", ENV, *QUICK, "--algos", "ppo", "--out", out]) == 0
+    assert cli_main(["compare", "ReacherGoal-v0", "--quick", "--algos", "ppo", "--out", out, "--no-progress"]) == 0
     path = os.path.join(out, "results.json")
     with open(path, "rb") as f:
         before = f.read()
-    assert "references" in json.loads(before)
-    code, err = _cli_error(capsys, ["compare", ENV, *QUICK, "--algos", "ppo", "--out", out])
+    refs = json.loads(before)["references"]
+    assert {"zero_action", "random", "best_constant_action", "oracle"} <= set(refs)
+    code, err = _cli_error(capsys, ["compare", "ReacherGoal-v0", "--quick", "--algos", "ppo", "--out", out])
     assert code == 2 and "already holds results" in err and "--resume" in err and "--force" in err
     with open(path, "rb") as f:
         assert f.read() == before
-    assert cli_main(["compare", ENV, *QUICK, "--algos", "ppo", "--out", out, "--resume"]) == 0  # resume: allowed
-    assert cli_main(["compare", ENV, *QUICK, "--algos", "ppo", "--out", out, "--force"]) == 0  # force: allowed
-    code, err = _cli_error(capsys, ["compare", ENV, *QUICK, "--out", out, "--force", "--resume"])
+    resumed = ["compare", "ReacherGoal-v0", "--quick", "--algos", "ppo", "--out", out, "--no-progress"]
+    assert cli_main([*resumed, "--resume"]) == 0  # resume: allowed (the finished run is reused)
+    assert cli_main([*resumed, "--force"]) == 0  # force: allowed
+    code, err = _cli_error(capsys, [*resumed, "--force", "--resume"])
     assert code == 2 and "one of them" in err
 
 
