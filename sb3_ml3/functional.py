@@ -37,6 +37,9 @@ __all__ = [
     "parameters_of",
     "functional_call",
     "inner_update",
+    "InnerOptimizer",
+    "SGD",
+    "Adam",
     "clip_grads",
     "global_norm",
     "meta_gradient",
@@ -65,6 +68,84 @@ def _steps_and_batches(batch: Any, steps: int | None) -> list[Any]:
     return [batch] * steps
 
 
+class InnerOptimizer:
+    """A pure inner-step rule: ``step(params, grads, lr, state) -> (params, state)``, differentiable in everything.
+
+    The inner step of the paper is plain SGD (:class:`SGD`). :class:`Adam` lets a learned loss that contains
+    PPO's surrogate take PPO's own steps (PPO optimises with Adam), so that ML3 starts from PPO's update and
+    meta-training only has to improve on it. ``state`` is ``None`` for a fresh optimizer or what an earlier
+    ``step`` returned; :meth:`from_torch` reads it from a live ``torch.optim`` optimizer, so that the
+    differentiable recomputation of an update (the outer step) starts where the live update started.
+    """
+
+    name = "base"
+
+    def step(self, params: Params, grads: Params, lr: float, state: Any) -> tuple[Params, Any]:
+        raise NotImplementedError
+
+    def from_torch(self, optimizer: torch.optim.Optimizer, names: Mapping[torch.Tensor, str]) -> Any:
+        return None
+
+
+class SGD(InnerOptimizer):
+    """theta' = theta - alpha * g (Eq. 2): the paper's inner step. Stateless."""
+
+    name = "sgd"
+
+    def step(self, params: Params, grads: Params, lr: float, state: Any) -> tuple[Params, Any]:
+        return {name: value - lr * grads[name] for name, value in params.items()}, state
+
+
+class Adam(InnerOptimizer):
+    """PyTorch's Adam (no weight decay, no amsgrad) written as a pure function, equal to ``torch.optim.Adam``.
+
+    The state is ``(step, exp_avg, exp_avg_sq)``. The square root reads ``exp_avg_sq + 1e-30``: its derivative
+    stays finite where a gradient component is exactly zero, and the value moves by less than float32 can show.
+    """
+
+    name = "adam"
+
+    def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+
+    def step(self, params: Params, grads: Params, lr: float, state: Any) -> tuple[Params, Any]:
+        beta1, beta2 = self.betas
+        if state is None:
+            state = (0, {k: torch.zeros_like(v) for k, v in params.items()},
+                     {k: torch.zeros_like(v) for k, v in params.items()})
+        step, exp_avg, exp_avg_sq = state
+        step += 1
+        exp_avg = {k: beta1 * exp_avg[k] + (1 - beta1) * grads[k] for k in params}
+        exp_avg_sq = {k: beta2 * exp_avg_sq[k] + (1 - beta2) * grads[k] * grads[k] for k in params}
+        step_size = lr / (1 - beta1 ** step)
+        correction = math.sqrt(1 - beta2 ** step)
+        updated = {
+            k: v - step_size * exp_avg[k] / (torch.sqrt(exp_avg_sq[k] + 1e-30) / correction + self.eps)
+            for k, v in params.items()
+        }
+        return updated, (step, exp_avg, exp_avg_sq)
+
+    def from_torch(self, optimizer: torch.optim.Optimizer, names: Mapping[torch.Tensor, str]) -> Any:
+        """The state of a live ``torch.optim.Adam`` over the same parameters (``names``: tensor -> name), detached."""
+        steps, exp_avg, exp_avg_sq = set(), {}, {}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                st = optimizer.state.get(p)
+                if not st:
+                    return None  # a fresh optimizer: no step taken yet
+                steps.add(int(st["step"]))
+                exp_avg[names[p]] = st["exp_avg"].detach().clone()
+                exp_avg_sq[names[p]] = st["exp_avg_sq"].detach().clone()
+        if len(steps) != 1:
+            raise ValueError(f"The Adam optimizer's parameters have different step counts {sorted(steps)}.")
+        return steps.pop(), exp_avg, exp_avg_sq
+
+
+#: The inner optimizers by name, as ``ML3(inner_optimizer=...)`` and the recipes spell them.
+INNER_OPTIMIZERS: dict[str, type[InnerOptimizer]] = {"sgd": SGD, "adam": Adam}
+
+
 def inner_update(
     learned_loss: LearnedLossFn,
     params: Params,
@@ -74,8 +155,10 @@ def inner_update(
     steps: int | None = None,
     first_order: bool = False,
     max_grad_norm: float | None = None,
+    optimizer: InnerOptimizer | None = None,
+    optimizer_state: Any = None,
 ) -> Params:
-    """K plain-SGD steps of the optimizee on the learned loss (Eq. 2), differentiable w.r.t. phi.
+    """K steps of the optimizee on the learned loss (Eq. 2; plain SGD by default), differentiable w.r.t. phi.
 
     :param learned_loss: ``(params, meta_params, batch) -> scalar`` L_learned.
     :param params: the optimizee parameters theta.
@@ -89,15 +172,19 @@ def inner_update(
         through the unroll: cheaper and more stable for long unrolls; exact for K = 1.
     :param max_grad_norm: if given, each step's gradient is rescaled to at most this global norm
         (:func:`clip_grads`), which bounds the step whatever phi does.
+    :param optimizer: the step rule (:class:`SGD` when ``None``, the paper's; or :class:`Adam`).
+    :param optimizer_state: the rule's state before the first step (``None``: fresh).
     :return: theta_K as a new dictionary.
     """
+    rule = SGD() if optimizer is None else optimizer
+    state = optimizer_state
     gradient = grad(learned_loss)
     for minibatch in _steps_and_batches(batch, steps):
         point = {k: v.detach() for k, v in params.items()} if first_order else params
         grads = gradient(point, meta_params, minibatch)
         if max_grad_norm is not None:
             grads = clip_grads(grads, max_grad_norm)
-        params = {name: value - inner_lr * grads[name] for name, value in params.items()}  # Eq. 2
+        params, state = rule.step(params, grads, inner_lr, state)  # Eq. 2
     return params
 
 
@@ -131,6 +218,8 @@ def meta_gradient(
     first_order: bool = False,
     return_updated: bool = False,
     max_grad_norm: float | None = None,
+    optimizer: InnerOptimizer | None = None,
+    optimizer_state: Any = None,
 ) -> tuple[Params, torch.Tensor] | tuple[Params, torch.Tensor, Params]:
     """The outer-step gradient grad_phi L_T(theta'(phi)) and the task loss value (Eq. 5-6).
 
@@ -140,7 +229,8 @@ def meta_gradient(
     """
 
     def objective(phi: Params) -> tuple[torch.Tensor, Params]:
-        updated = inner_update(learned_loss, params, phi, batch, inner_lr, steps, first_order, max_grad_norm)
+        updated = inner_update(learned_loss, params, phi, batch, inner_lr, steps, first_order, max_grad_norm,
+                               optimizer, optimizer_state)
         return task_loss(updated, query), updated
 
     (grads, (value, updated)) = grad_and_value(objective, has_aux=True)(meta_params)

@@ -59,6 +59,30 @@ OUTPUTS: dict[str, Any] = {
 }
 
 
+#: Loss families with a fixed, known part: ``"ppo"`` is PPO's clipped surrogate plus a learned correction.
+SURROGATES = ("ppo",)
+#: the inputs the ``"ppo"`` family computes its surrogate from
+PPO_SURROGATE_FIELDS = ("action", "mean", "std", "old_log_prob", "advantage")
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def ppo_surrogate(fields: Mapping[str, torch.Tensor], clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate per sample, -min(r A, clip(r, 1 - eps, 1 + eps) A), and log r.
+
+    r = pi(a | mean, std) / pi_old(a) with pi a diagonal Gaussian, pi_old's log-density given
+    (``old_log_prob``) and A the advantage. log r is clamped to [-20, 20] so that r stays finite.
+    """
+    mean, std, action = fields["mean"], fields["std"], fields["action"]
+    log_prob = (-0.5 * ((action - mean) / std) ** 2 - torch.log(std) - _LOG_SQRT_2PI).sum(-1)
+    old, advantage = fields["old_log_prob"], fields["advantage"]
+    old = old.squeeze(-1) if old.dim() > log_prob.dim() else old
+    advantage = advantage.squeeze(-1) if advantage.dim() > log_prob.dim() else advantage
+    log_ratio = torch.clamp(log_prob - old, -20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return -torch.min(ratio * advantage, clipped * advantage), log_ratio
+
+
 class MetaLossSpecError(ValueError):
     """A meta-loss does not fit the setting it is used in (inputs, widths or file)."""
 
@@ -196,9 +220,26 @@ class MetaLoss(nn.Module):
         metadata: Mapping[str, Any] | None = None,
         quadratic: Sequence[str] = (),
         quadratic_reference: Mapping[str, str] | None = None,
+        surrogate: str | None = None,
+        clip_range: float = 0.2,
     ) -> None:
         super().__init__()
         self.spec = InputSpec.parse(inputs)
+        self.surrogate = surrogate
+        self.clip_range = float(clip_range)
+        if surrogate is not None:
+            if surrogate not in SURROGATES:
+                raise MetaLossSpecError(f"Unknown surrogate {surrogate!r}; choose one of {list(SURROGATES)} or None.")
+            missing = [f for f in PPO_SURROGATE_FIELDS if f not in self.spec.names]
+            if missing:
+                raise MetaLossSpecError(
+                    f"surrogate='ppo' computes PPO's clipped surrogate from the inputs {list(PPO_SURROGATE_FIELDS)}; "
+                    f"[{self.spec}] lacks {missing}."
+                )
+            if quadratic:
+                raise MetaLossSpecError("A meta-loss is either a quadratic form or a surrogate family, not both.")
+            if not 0.0 < self.clip_range < 1.0:
+                raise MetaLossSpecError(f"clip_range must lie in (0, 1), got {clip_range}.")
         if activation not in ACTIVATIONS:
             raise MetaLossSpecError(f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
         if output not in OUTPUTS:
@@ -233,7 +274,7 @@ class MetaLoss(nn.Module):
             if widths[name] != widths[ref]:
                 raise MetaLossSpecError(f"quadratic_reference: {name!r} and {ref!r} must have the same width.")
         layers: list[nn.Module] = []
-        width = self.spec.dim - self._quadratic_dim
+        width = self.spec.dim - self._quadratic_dim + (1 if surrogate else 0)  # the surrogate's correction also reads log r
         for hidden in self.hidden_sizes:
             layers += [nn.Linear(width, hidden, bias=self.bias), ACTIVATIONS[activation]()]
             width = hidden
@@ -242,15 +283,22 @@ class MetaLoss(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Xavier-uniform weights and zero biases (the initialisation of the paper's code)."""
-        for module in self.net:
-            if isinstance(module, nn.Linear):
-                fan_out, fan_in = module.weight.shape
-                bound = math.sqrt(6.0 / (fan_in + fan_out))
-                with torch.no_grad():
-                    module.weight.uniform_(-bound, bound, generator=generator)
-                    if module.bias is not None:
-                        module.bias.zero_()
+        """Xavier-uniform weights and zero biases (the initialisation of the paper's code).
+
+        A surrogate family's last layer starts at zero: the loss is then exactly PPO's surrogate, and its
+        meta-gradient is not (the last layer's gradient is the hidden activations).
+        """
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        for module in linears:
+            fan_out, fan_in = module.weight.shape
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            with torch.no_grad():
+                module.weight.uniform_(-bound, bound, generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+        if self.surrogate is not None:
+            with torch.no_grad():
+                linears[-1].weight.zero_()
 
     # ------------------------------------------------------------------ evaluation
     def _fields(self, args: tuple, kwargs: dict) -> Mapping[str, torch.Tensor]:
@@ -269,6 +317,8 @@ class MetaLoss(nn.Module):
     def forward(self, *args: Any, **kwargs: torch.Tensor) -> torch.Tensor:
         """Per-sample loss values M_phi(inputs), with the inputs' batch shape."""
         fields = self._fields(args, kwargs)
+        if self.surrogate is not None:
+            return self.surrogate_parts(fields).sum(0)
         if not self.quadratic:
             x = self.spec.concat(fields).to(self.net[0].weight.dtype)
             return OUTPUTS[self.output](self.net(x)).squeeze(-1)
@@ -276,6 +326,20 @@ class MetaLoss(nn.Module):
         # and the weight w (> 0) computed from the context c (the other fields). Bounded below by zero.
         q, target, weight = self.quadratic_form(fields)
         return OUTPUTS[self.output]((weight * (q - target) ** 2).sum(-1))
+
+    def surrogate_parts(self, *args: Any, **kwargs: torch.Tensor) -> torch.Tensor:
+        """(surrogate, correction) per sample, stacked on dim 0, of a surrogate-family loss M = L_PPO + C_phi.
+
+        C_phi is the MLP of all inputs and log r (zero at initialisation): what meta-training has added to
+        PPO's update, which is worth inspecting on its own.
+        """
+        if self.surrogate is None:
+            raise MetaLossSpecError("surrogate_parts needs a surrogate-family meta-loss (built with surrogate='ppo').")
+        fields = self._fields(args, kwargs)
+        base, log_ratio = ppo_surrogate(fields, self.clip_range)
+        x = self.spec.concat(fields).to(self.net[0].weight.dtype)
+        correction = OUTPUTS[self.output](self.net(torch.cat([x, log_ratio.unsqueeze(-1).to(x.dtype)], -1))).squeeze(-1)
+        return torch.stack([base.to(correction.dtype), correction])
 
     def quadratic_form(self, *args: Any, **kwargs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, t(c), w(c)) of a quadratic meta-loss M = sum_j w_j(c) (q_j - t_j(c))^2, each ``(..., width)``.
@@ -318,6 +382,8 @@ class MetaLoss(nn.Module):
             "bias": self.bias,
             "quadratic": list(self.quadratic),
             "quadratic_reference": dict(self.quadratic_reference),
+            "surrogate": self.surrogate,
+            "clip_range": self.clip_range,
             "dtype": str(self.net[0].weight.dtype).replace("torch.", ""),
             "metadata": self.metadata,
         }
@@ -395,6 +461,8 @@ class MetaLoss(nn.Module):
                 bias=config["bias"],
                 quadratic=config.get("quadratic", ()),
                 quadratic_reference=config.get("quadratic_reference") or {},
+                surrogate=config.get("surrogate"),
+                clip_range=config.get("clip_range", 0.2),
                 metadata=config.get("metadata") or {},
             )
         except KeyError as exc:
@@ -423,4 +491,5 @@ class MetaLoss(nn.Module):
         return meta_loss.to(map_location)
 
     def extra_repr(self) -> str:
-        return f"inputs=[{self.spec}], output={self.output}"
+        family = f", surrogate={self.surrogate}, clip_range={self.clip_range}" if self.surrogate else ""
+        return f"inputs=[{self.spec}], output={self.output}{family}"

@@ -62,8 +62,8 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from sb3_ml3.atomic import atomic_path
-from sb3_ml3.functional import (Params, apply_meta_gradient, clip_grads, global_norm, make_meta_optimizer,
-                                meta_gradient)
+from sb3_ml3.functional import (INNER_OPTIMIZERS, Adam, InnerOptimizer, Params, apply_meta_gradient, clip_grads,
+                                global_norm, make_meta_optimizer, meta_gradient)
 from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
 from sb3_ml3.ml3.policies import ML3Policy, gaussian_entropy, gaussian_kl, gaussian_log_prob
 
@@ -73,7 +73,8 @@ SelfML3 = TypeVar("SelfML3", bound="ML3")
 DEFAULT_META_INPUTS = ("obs", "action", "mean", "std", "goal")
 #: Further per-sample inputs a meta-loss may read (each of width 1). ``advantage`` is the task loss's
 #: weight (GAE advantage or centred return, normalised per rollout when ``normalize_advantage``).
-OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "timestep")
+#: ``old_log_prob`` is log pi_old(a|s) of the policy that collected the rollout (PPO's ratio denominator).
+OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "timestep", "old_log_prob")
 TASK_LOSSES = ("advantage", "return")
 #: the task loss the outer step differentiates: Eq. 7-8's score function, a learned action-value's action
 #: gradient, or behavioural cloning of an expert (Sec. IV.C.4)
@@ -147,6 +148,9 @@ class ML3(OnPolicyAlgorithm):
         acting and collecting). A loss meta-trained with ``policy_reset_interval=N`` has only seen
         policies up to N updates old; past that horizon it is extrapolating (the short-horizon bias),
         and in our runs it then slowly degraded the policy. ``None``: update until ``learn()`` ends.
+    :param inner_optimizer: the inner step rule: ``"sgd"`` (the paper's, Eq. 2) or ``"adam"`` (PyTorch's Adam
+        with SB3's ``eps=1e-5``), e.g. for a meta-loss in PPO's family (``meta_loss_kwargs={"surrogate": "ppo"}``)
+        that then starts from PPO's own update. The outer step differentiates the same rule.
     :param vf_learning_rate: Adam step size of the critic.
     :param normalize_advantage: normalise the task-loss weights per rollout.
     """
@@ -184,6 +188,7 @@ class ML3(OnPolicyAlgorithm):
         meta_max_grad_norm: float | None = 1.0,
         max_policy_updates: int | None = None,
         vf_learning_rate: float = 1e-3,
+        inner_optimizer: str = "sgd",
         normalize_advantage: bool = True,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -241,6 +246,7 @@ class ML3(OnPolicyAlgorithm):
         self.max_policy_updates = max_policy_updates
         self._n_policy_updates = 0
         self.vf_learning_rate = vf_learning_rate
+        self.inner_optimizer = inner_optimizer
         self.normalize_advantage = normalize_advantage
         self._meta_loss_source = meta_loss
         self._meta_loss_config: dict[str, Any] | None = None
@@ -263,6 +269,8 @@ class ML3(OnPolicyAlgorithm):
             )
         if not any(f in self.meta_inputs for f in ("mean", "std")):
             raise ValueError("meta_inputs must include 'mean' or 'std': the learned loss reaches theta through them.")
+        if self.inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(f"inner_optimizer must be one of {sorted(INNER_OPTIMIZERS)}, got {self.inner_optimizer!r}.")
         if self.task_loss not in TASK_LOSSES:
             raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {self.task_loss!r}.")
         if self.task_reward is not None and (not isinstance(self.task_reward, str) or not self.task_reward):
@@ -317,7 +325,13 @@ class ML3(OnPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        self.policy.optimizer = torch.optim.SGD(self.policy.actor_parameters().values(), lr=self.lr_schedule(1))
+        actor = list(self.policy.actor_parameters().values())
+        if self.inner_optimizer == "adam":
+            self.inner_rule: InnerOptimizer = Adam(eps=1e-5)
+            self.policy.optimizer = torch.optim.Adam(actor, lr=self.lr_schedule(1), eps=1e-5)
+        else:
+            self.inner_rule = INNER_OPTIMIZERS[self.inner_optimizer]()
+            self.policy.optimizer = torch.optim.SGD(actor, lr=self.lr_schedule(1))
         self.value_optimizer = torch.optim.Adam(self.policy.critic_parameters(), lr=self.vf_learning_rate)
         self.task_value_net: torch.nn.Module | None = None
         self.task_value_optimizer: torch.optim.Optimizer | None = None
@@ -341,7 +355,7 @@ class ML3(OnPolicyAlgorithm):
         self._sync_observation_normalization()
         self.meta_loss.requires_grad_(self.meta_train)
         self.meta_optimizer = make_meta_optimizer(self.meta_loss.parameters(), self.meta_lr) if self.meta_train else None
-        self._pending: tuple[Params, list[dict[str, torch.Tensor]], float] | None = None
+        self._pending: tuple[Params, list[dict[str, torch.Tensor]], float, Any] | None = None
         self._episode_t = np.zeros(self.n_envs, dtype=np.int64)
         # last: loading a saved expert builds (and randomly initialises) a PPO policy, which must not
         # shift the random initialisation of this model's own networks
@@ -551,6 +565,8 @@ class ML3(OnPolicyAlgorithm):
                 fields[name] = batch["episode_starts"]
             elif name == "timestep":
                 fields[name] = batch["timesteps"] / TIMESTEP_SCALE
+            elif name == "old_log_prob":
+                fields[name] = batch["old_log_prob"]
         return fields
 
     def learned_loss(self, params: Params | None, meta_params: Params | None, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -699,7 +715,8 @@ class ML3(OnPolicyAlgorithm):
     # ------------------------------------------------------------------ training
     def _minibatches(self, data: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         size = next(iter(data.values())).shape[0]
-        keys = ("observations", "actions", "rewards", "returns", "task_weights", "episode_starts", "timesteps")
+        keys = ("observations", "actions", "rewards", "returns", "task_weights", "episode_starts", "timesteps",
+                "old_log_prob")
         batches = []
         for _ in range(self.n_epochs):
             order = torch.as_tensor(np.random.permutation(size), device=self.device)
@@ -712,11 +729,12 @@ class ML3(OnPolicyAlgorithm):
         """theta <- theta - alpha grad_theta L_learned on each minibatch, in place (Eq. 2; Alg. 5 line 4).
 
         Used by both meta-test and meta-train, so the update a learned loss is trained for is the update
-        it performs. A non-finite learned loss or gradient skips that minibatch (counted and logged).
+        it performs: ``policy.optimizer`` (SGD, or Adam with ``inner_optimizer="adam"``) takes the step that
+        :class:`~sb3_ml3.functional.InnerOptimizer` recomputes in the outer step. A non-finite learned loss
+        or gradient skips that minibatch (counted and logged).
         """
         named = self.policy.actor_parameters()
         actor = list(named.values())
-        lr = self.policy.optimizer.param_groups[0]["lr"]
         losses, norms = [], []
         for batch in minibatches:
             loss = self.learned_loss(None, None, batch)
@@ -727,8 +745,9 @@ class ML3(OnPolicyAlgorithm):
                 continue
             if self.max_grad_norm is not None:  # the rescaling functional.inner_update applies
                 grads = list(clip_grads(dict(zip(named, grads)), self.max_grad_norm, norm).values())
-            with torch.no_grad():
-                torch._foreach_add_(actor, grads, alpha=-lr)  # plain SGD (Eq. 2)
+            for p, g in zip(actor, grads):
+                p.grad = g
+            self.policy.optimizer.step()  # Eq. 2 (SGD) or its Adam variant
             losses.append(loss.detach())
             norms.append(norm)
         return {
@@ -743,13 +762,14 @@ class ML3(OnPolicyAlgorithm):
         and meta-gradient norm are the first step's (the loss of the policy that collected the rollout).
         """
         assert self._pending is not None and self.meta_optimizer is not None
-        params, minibatches, inner_lr = self._pending
+        params, minibatches, inner_lr, optimizer_state = self._pending
         first: dict[str, float] = {}
         for _ in range(self.meta_epochs):
             phi = {name: p.detach() for name, p in self.meta_loss.named_parameters()}
             grads, value = meta_gradient(
                 self.learned_loss, self.task_loss_fn, params, phi, minibatches, data, inner_lr,
                 first_order=self.first_order, max_grad_norm=self.max_grad_norm,
+                optimizer=self.inner_rule, optimizer_state=optimizer_state,
             )
             result = apply_meta_gradient(self.meta_optimizer, self.meta_loss, grads, value, self.meta_max_grad_norm)
             if not first:
@@ -762,6 +782,16 @@ class ML3(OnPolicyAlgorithm):
                     print(f"ML3: skipped a meta-step ({result.reason}); phi unchanged")
                 break
         return first
+
+    def _restore_optimizer_state(self, state: Any, names: dict[torch.Tensor, str]) -> None:
+        """Put back the inner optimizer's state from before a rejected update (Adam's moments; SGD has none)."""
+        self.policy.optimizer.state.clear()
+        if state is None or not isinstance(self.inner_rule, Adam):
+            return
+        step, exp_avg, exp_avg_sq = state
+        for p, name in names.items():
+            self.policy.optimizer.state[p] = {"step": torch.tensor(float(step)), "exp_avg": exp_avg[name].clone(),
+                                              "exp_avg_sq": exp_avg_sq[name].clone()}
 
     @property
     def policy_frozen(self) -> bool:
@@ -830,15 +860,18 @@ class ML3(OnPolicyAlgorithm):
         frozen = self.policy_frozen
         if reset:
             self.policy.reset_actor()  # Alg. 4 line 4: the next rollout comes from a fresh theta_0
+            self.policy.optimizer.state.clear()  # ... and a fresh inner optimizer
         elif not frozen:
             self._n_policy_updates += 1
             minibatches = self._minibatches(data)
             before_params = [p.detach().clone() for p in self.policy.actor_parameters().values()]
             with torch.no_grad():
                 old_mean, old_std = self.policy.actor_mean_std(None, data["observations"])
+            names = {p: n for n, p in self.policy.actor_parameters().items()}
+            optimizer_state = self.inner_rule.from_torch(self.policy.optimizer, names)
             if self.meta_train:
                 before = dict(zip(self.policy.actor_parameters(), before_params))
-                self._pending = (before, minibatches, inner_lr)
+                self._pending = (before, minibatches, inner_lr, optimizer_state)
             stats.update(self.inner_step(minibatches))
             if not all(torch.isfinite(p).all() for p in self.policy.actor_parameters().values()):
                 # the learned loss blew the policy up: never keep a non-finite policy
@@ -846,8 +879,10 @@ class ML3(OnPolicyAlgorithm):
                 self._pending = None
                 if self.meta_train:
                     self.policy.reset_actor()
+                    self.policy.optimizer.state.clear()
                 else:
                     self.policy.load_actor_parameters({k: v for k, v in zip(self.policy.actor_parameters(), before_params)})
+                    self._restore_optimizer_state(optimizer_state, names)
             with torch.no_grad():
                 new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
                 kl = gaussian_kl(old_mean, old_std, new_mean, new_std).mean()
@@ -906,6 +941,7 @@ class ML3(OnPolicyAlgorithm):
             "action_shape": list(self.action_space.shape),
             "goal_slice": None if self.goal_slice is None else [self.goal_slice.start, self.goal_slice.stop],
             "inner_lr": float(self.lr_schedule(1)),
+            "inner_optimizer": self.inner_optimizer,
             "n_steps": self.n_steps,
             "batch_size": self.batch_size,
             "n_epochs": self.n_epochs,
