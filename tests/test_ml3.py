@@ -262,9 +262,9 @@ def test_task_reward_weights_are_centred_rewards_to_go_of_the_info_key():
     model = ML3("MlpPolicy", _vec(n=3), meta_train=True, seed=0, task_reward="distance", gamma=0.9,
                 normalize_advantage=False, **dict(SMALL, n_steps=60, batch_size=60))
     data, _ = _collected(model)
-    rewards = np.stack(model._task_rewards)  # (n_steps, n_envs): the distances the envs reported
+    rewards = model.rollout_buffer.grid("task_rewards")  # (n_steps, n_envs): the distances the envs reported
     assert rewards.shape == (60, 3) and np.all(rewards > 0)
-    starts = model.rollout_buffer.episode_starts
+    starts = model.rollout_buffer.grid("episode_starts")
     expected = np.zeros_like(rewards)
     for e in range(3):  # by hand: sum_j gamma^j r_{k+j}, stopping where the next episode starts
         for k in range(60):
@@ -297,10 +297,10 @@ def test_task_critic_weighs_the_task_loss_by_gae_of_the_info_key(tmp_path):
     model = ML3("MlpPolicy", _vec(n=3), meta_train=True, seed=0, task_reward="distance", task_critic=True,
                 gamma=0.9, gae_lambda=0.8, normalize_advantage=False, **dict(SMALL, n_steps=60, batch_size=60))
     _collected(model)
-    rewards = np.stack(model._task_rewards)
-    starts = model.rollout_buffer.episode_starts
+    rewards = model.rollout_buffer.grid("task_rewards")
+    starts = model.rollout_buffer.grid("episode_starts")
     with torch.no_grad():
-        values = model.task_value_net(torch.as_tensor(model.rollout_buffer.observations)).squeeze(-1).numpy()
+        values = model.task_value_net(torch.as_tensor(model.rollout_buffer.grid("observations"))).squeeze(-1).numpy()
         last = model.task_value_net(torch.as_tensor(model._last_obs)).squeeze(-1).numpy()
     expected = np.zeros((60, 3))
     for e in range(3):  # by hand: A_k = sum_j (gamma lambda)^j delta_{k+j} within the episode

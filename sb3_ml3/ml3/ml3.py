@@ -65,6 +65,7 @@ from sb3_ml3.atomic import atomic_path
 from sb3_ml3.functional import (INNER_OPTIMIZERS, Adam, InnerOptimizer, Params, apply_meta_gradient, clip_grads,
                                 global_norm, make_meta_optimizer, meta_gradient)
 from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
+from sb3_ml3.ml3.buffers import ML3RolloutBuffer
 from sb3_ml3.ml3.policies import ML3Policy, gaussian_entropy, gaussian_kl, gaussian_log_prob
 
 SelfML3 = TypeVar("SelfML3", bound="ML3")
@@ -86,6 +87,30 @@ TASK_OBJECTIVES = ("reinforce", "q_value", "imitation")
 DEFAULT_META_LOSS_KWARGS: dict[str, Any] = {"hidden_sizes": (40, 40), "quadratic": ("mean",)}
 #: ``timestep`` enters the meta-loss as t / TIMESTEP_SCALE so that it stays O(1).
 TIMESTEP_SCALE = 100.0
+
+
+def _refuse_dict_observations(env: Any) -> None:
+    """ML3's own message for a Dict observation space (SB3's points to ``MultiInputPolicy``, which ML3 lacks)."""
+    space = env if isinstance(env, spaces.Space) else getattr(env, "observation_space", None)
+    if isinstance(space, spaces.Dict):
+        raise ValueError(
+            f"ML3 reads flat Box observations (its meta-loss sees the state and the goal as vectors), got a Dict "
+            f"space with keys {list(space.spaces)}. Flatten it first, e.g. gymnasium.wrappers.FlattenObservation "
+            "(for goal envs, put the goal last and give the env a goal_slice)."
+        )
+
+
+def _made_space(env: Any) -> spaces.Space | None:
+    """The observation space of an env id (made and closed), for :func:`_refuse_dict_observations`."""
+    import gymnasium as gym
+
+    made = gym.make(env) if isinstance(env, str) else None
+    if made is None:
+        return None
+    try:
+        return made.observation_space
+    finally:
+        made.close()
 
 
 class ML3(OnPolicyAlgorithm):
@@ -198,26 +223,33 @@ class ML3(OnPolicyAlgorithm):
         device: torch.device | str = "auto",
         _init_setup_model: bool = True,
     ) -> None:
-        super().__init__(
-            policy,
-            env,
-            learning_rate=learning_rate,
-            n_steps=n_steps,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            ent_coef=0.0,
-            vf_coef=0.0,
-            max_grad_norm=float("inf") if max_grad_norm is None else max_grad_norm,
-            use_sde=False,
-            sde_sample_freq=-1,
-            stats_window_size=stats_window_size,
-            tensorboard_log=tensorboard_log,
-            policy_kwargs=policy_kwargs,
-            verbose=verbose,
-            seed=seed,
-            device=device,
-            _init_setup_model=False,
-        )
+        _refuse_dict_observations(env)
+        try:
+            super().__init__(
+                policy,
+                env,
+                learning_rate=learning_rate,
+                n_steps=n_steps,
+                gamma=gamma,
+                gae_lambda=gae_lambda,
+                ent_coef=0.0,
+                vf_coef=0.0,
+                max_grad_norm=float("inf") if max_grad_norm is None else max_grad_norm,
+                use_sde=False,
+                sde_sample_freq=-1,
+                stats_window_size=stats_window_size,
+                tensorboard_log=tensorboard_log,
+                policy_kwargs=policy_kwargs,
+                verbose=verbose,
+                seed=seed,
+                device=device,
+                rollout_buffer_class=ML3RolloutBuffer,
+                _init_setup_model=False,
+            )
+        except ValueError as error:  # an env id whose env has Dict observations: SB3 made it and refused it
+            if "MultiInputPolicy" in str(error):
+                _refuse_dict_observations(_made_space(env))
+            raise
         if getattr(self, "action_space", None) is not None and not isinstance(self.action_space, spaces.Box):
             raise ValueError(
                 f"ML3 needs a continuous Box action space (its meta-loss reads the Gaussian policy's mean and std), "
@@ -232,7 +264,6 @@ class ML3(OnPolicyAlgorithm):
         self.meta_loss_kwargs = dict(DEFAULT_META_LOSS_KWARGS if meta_loss_kwargs is None else meta_loss_kwargs)
         self.task_loss = task_loss
         self.task_reward = task_reward
-        self._task_rewards: list[np.ndarray] = []
         self.task_critic = task_critic
         self.task_objective = task_objective
         self.task_critic_epochs = task_critic_epochs
@@ -324,7 +355,10 @@ class ML3(OnPolicyAlgorithm):
                 )
 
     def _setup_model(self) -> None:
+        env_id = self._env_id()
+        self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "env_name": env_id or "the env"}
         super()._setup_model()
+        self.policy.env_name = env_id or "the env"
         actor = list(self.policy.actor_parameters().values())
         if self.inner_optimizer == "adam":
             self.inner_rule: InnerOptimizer = Adam(eps=1e-5)
@@ -356,7 +390,6 @@ class ML3(OnPolicyAlgorithm):
         self.meta_loss.requires_grad_(self.meta_train)
         self.meta_optimizer = make_meta_optimizer(self.meta_loss.parameters(), self.meta_lr) if self.meta_train else None
         self._pending: tuple[Params, list[dict[str, torch.Tensor]], float, Any] | None = None
-        self._episode_t = np.zeros(self.n_envs, dtype=np.int64)
         # last: loading a saved expert builds (and randomly initialises) a PPO policy, which must not
         # shift the random initialisation of this model's own networks
         self._expert_policy: BasePolicy | None = None
@@ -498,36 +531,12 @@ class ML3(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------ meta-loss inputs
     def rollout_tensors(self) -> dict[str, torch.Tensor]:
-        """The last rollout as flat tensors (env-major, like SB3's minibatches), plus derived fields, among
-        them ``task_weights``: the "advantage" meta-input and the default task weight. Public so that what a
+        """The last rollout's valid samples as flat tensors (env-major, like SB3's minibatches), among them
+        ``task_weights``: the "advantage" meta-input and the default task weight. Public so that what a
         learned loss reads can be rebuilt outside ``train`` (e.g. :meth:`meta_loss_fields` on a rollout)."""
         buffer = self.rollout_buffer
-        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
-        starts = buffer.episode_starts.astype(np.int64)
-        timesteps = np.empty((n_steps, n_envs), dtype=np.float32)
-        t = self._episode_t.copy()
-        for k in range(n_steps):
-            t = np.where(starts[k] > 0, 0, t)
-            timesteps[k] = t
-            t = t + 1
-        self._episode_t = np.where(self._last_episode_starts, 0, t)
-
-        def flat(array: np.ndarray) -> torch.Tensor:
-            array = array.swapaxes(0, 1).reshape(n_steps * n_envs, *array.shape[2:])
-            return torch.as_tensor(array, device=self.device, dtype=torch.float32)
-
-        data = {
-            "observations": flat(buffer.observations),
-            "actions": flat(buffer.actions),
-            "rewards": flat(buffer.rewards),
-            "returns": flat(buffer.returns),
-            "advantages": flat(buffer.advantages),
-            "old_log_prob": flat(buffer.log_probs),
-            "episode_starts": flat(buffer.episode_starts),
-            "timesteps": flat(timesteps),
-        }
-        data["task_weights"] = self._task_weights(data)
-        return data
+        buffer.compute_task_weights(self.task_loss, self.normalize_advantage)
+        return buffer.tensors()
 
     def meta_loss_fields(self, params: Params | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The named meta-loss inputs of the policy ``params`` (``None``: the live one) on a minibatch.
@@ -579,77 +588,26 @@ class ML3(OnPolicyAlgorithm):
             return self.meta_loss(fields).mean()
         return functional_call(self.meta_loss, meta_params, (fields,)).mean()
 
-    def _task_weights(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.task_loss == "advantage":
-            weights = data["advantages"]
-        else:
-            weights = data["returns"] - data["returns"].mean()
-        if self.normalize_advantage and weights.numel() > 1:
-            weights = (weights - weights.mean()) / (weights.std() + 1e-8)
-        return weights
-
-    def _recorded_task_rewards(self) -> np.ndarray:
-        """The rollout's ``task_reward`` values, (n_steps, n_envs)."""
-        n_steps = self.rollout_buffer.buffer_size
-        if len(self._task_rewards) != n_steps:
-            raise RuntimeError(
-                f"task_reward={self.task_reward!r}: recorded {len(self._task_rewards)} steps of it, the rollout "
-                f"has {n_steps}; rollouts must be collected by ML3.collect_rollouts."
-            )
-        return np.stack(self._task_rewards).astype(np.float64)
-
     def _task_reward_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The task-loss weights of ``task_reward``, flat (env-major) and normalised, and the critic's targets.
+        """The task-loss weights of ``task_reward``, flat and normalised, and the task critic's targets.
 
-        Without ``task_critic``: centred discounted rewards-to-go, which stop at episode starts and at the
-        end of the rollout (no bootstrap: the critic learns the env's reward, not this one), the baseline
-        being the mean over envs at the same step; no targets. With it: GAE(gamma, gae_lambda) advantages
-        of the task reward under V_task, bootstrapped from V_task at the rollout's end and cut at episode
-        ends (truncated or not: the task metric sums each episode), and the lambda-returns V_task learns.
+        See :meth:`ML3RolloutBuffer.task_reward_weights`: rewards-to-go without ``task_critic``, GAE under
+        V_task with it. Called before the rollout is flattened (it needs the (n_steps, n_envs) layout).
         """
         buffer = self.rollout_buffer
-        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
-        rewards = self._recorded_task_rewards()
-        starts = buffer.episode_starts
-        targets = None
-        if self.task_value_net is None:
-            to_go = np.zeros_like(rewards)
-            running = np.zeros(n_envs)
-            for k in reversed(range(n_steps)):
-                nxt = starts[k + 1] if k + 1 < n_steps else np.ones(n_envs)
-                running = rewards[k] + self.gamma * running * (1.0 - nxt)
-                to_go[k] = running
-            weights = to_go - to_go.mean(axis=1, keepdims=True) if n_envs > 1 else to_go - to_go.mean()
-        else:
+        values = last_values = None
+        if self.task_value_net is not None:
             with torch.no_grad():
-                obs = torch.as_tensor(buffer.observations, device=self.device, dtype=torch.float32)
+                obs = torch.as_tensor(buffer.grid("observations"), device=self.device, dtype=torch.float32)
                 values = self.task_value_net(obs).squeeze(-1).double().cpu().numpy()  # (n_steps, n_envs)
                 last_obs = torch.as_tensor(self._last_obs, device=self.device, dtype=torch.float32)
                 last_values = self.task_value_net(last_obs).squeeze(-1).double().cpu().numpy()
-            weights = np.zeros_like(rewards)
-            running = np.zeros(n_envs)
-            for k in reversed(range(n_steps)):
-                if k + 1 < n_steps:
-                    not_end, next_values = 1.0 - starts[k + 1], values[k + 1]
-                else:
-                    not_end, next_values = 1.0 - self._last_episode_starts, last_values
-                delta = rewards[k] + self.gamma * next_values * not_end - values[k]
-                running = delta + self.gamma * self.gae_lambda * not_end * running
-                weights[k] = running
-            targets = weights + values
-
-        def flat(array: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(array.swapaxes(0, 1).reshape(-1), device=self.device, dtype=torch.float32)
-
-        weights_t = flat(weights)
-        if self.task_value_net is not None and self.normalize_advantage and weights_t.numel() > 1:
-            weights_t = weights_t - weights_t.mean()
-        if self.normalize_advantage and weights_t.numel() > 1:
-            weights_t = weights_t / (weights_t.std() + 1e-8)
-        return weights_t, None if targets is None else flat(targets)
+        weights, targets = buffer.task_reward_weights(self.gamma, self.gae_lambda, self.normalize_advantage, values,
+                                                      last_values, np.asarray(self._last_episode_starts, dtype=np.float64))
+        return buffer.flat(weights), None if targets is None else buffer.flat(targets)
 
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
-        """SB3 calls this after every env step of a rollout: record ``task_reward`` from the infos."""
+        """SB3 calls this after every env step of a rollout, before adding the step: stage ``task_reward``."""
         super()._update_info_buffer(infos, dones)
         if self.task_reward is not None and self.meta_train:
             missing = [i for i, info in enumerate(infos) if self.task_reward not in info]
@@ -658,11 +616,7 @@ class ML3(OnPolicyAlgorithm):
                     f"task_reward={self.task_reward!r}, but the info of env {missing[0]} has no such key "
                     f"(keys: {sorted(infos[missing[0]])}); pick one the env reports, or task_reward=None."
                 )
-            self._task_rewards.append(np.array([float(info[self.task_reward]) for info in infos]))
-
-    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
-        self._task_rewards = []  # one rollout's task rewards, also after an interrupted rollout
-        return super().collect_rollouts(*args, **kwargs)
+            self.rollout_buffer.stage_task_reward(np.array([float(info[self.task_reward]) for info in infos]))
 
     def reinforce_task_loss(self, params: Params | None, data: dict[str, torch.Tensor]) -> torch.Tensor:
         """L_T = -mean[w * log pi_theta(a|s)] - c_H * entropy on the rollout ``data`` (Eq. 7-8).
@@ -713,17 +667,9 @@ class ML3(OnPolicyAlgorithm):
             self.task_objective, self.reinforce_task_loss)
 
     # ------------------------------------------------------------------ training
-    def _minibatches(self, data: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        size = next(iter(data.values())).shape[0]
-        keys = ("observations", "actions", "rewards", "returns", "task_weights", "episode_starts", "timesteps",
-                "old_log_prob")
-        batches = []
-        for _ in range(self.n_epochs):
-            order = torch.as_tensor(np.random.permutation(size), device=self.device)
-            for start in range(0, size - self.batch_size + 1, self.batch_size):
-                index = order[start:start + self.batch_size]
-                batches.append({k: data[k][index] for k in keys})
-        return batches
+    def _minibatches(self, data: dict[str, torch.Tensor] | None = None) -> list[dict[str, torch.Tensor]]:
+        """``n_epochs`` shuffled passes over the rollout's valid samples in minibatches (the buffer's)."""
+        return self.rollout_buffer.minibatches(self.batch_size, self.n_epochs)
 
     def inner_step(self, minibatches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """theta <- theta - alpha grad_theta L_learned on each minibatch, in place (Eq. 2; Alg. 5 line 4).
@@ -837,10 +783,17 @@ class ML3(OnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         inner_lr = float(self.lr_schedule(self._current_progress_remaining))
-        data = self.rollout_tensors()
-        task_value_targets = None
+        task_value_targets = task_loss_weights = None
         if self.meta_train and self.task_reward is not None:
-            data["task_loss_weights"], task_value_targets = self._task_reward_weights()
+            task_loss_weights, task_value_targets = self._task_reward_weights()
+        data = self.rollout_tensors()
+        if task_loss_weights is not None:
+            data["task_loss_weights"] = task_loss_weights
+        if data["observations"].shape[0] < self.batch_size:  # non-finite rewards left too few samples
+            self._pending = None
+            self.logger.record("train/invalid_samples", self.rollout_buffer.n_invalid)
+            self.logger.record("train/skipped_rollouts", 1)
+            return
         if self.meta_train and self.task_objective == "imitation":
             if self._expert_policy is None:
                 raise ValueError(
@@ -911,6 +864,7 @@ class ML3(OnPolicyAlgorithm):
             self.logger.record("train/skipped_meta_steps", self.skipped_meta_steps)
             self.logger.record("train/policy_reset", int(reset))
         self.logger.record("train/skipped_inner_steps", self.skipped_inner_steps)
+        self.logger.record("train/invalid_samples", self.rollout_buffer.n_invalid)
 
     def learn(
         self: SelfML3,
@@ -990,7 +944,7 @@ class ML3(OnPolicyAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         return super()._excluded_save_params() + [
-            "meta_loss", "meta_optimizer", "value_optimizer", "_meta_loss_source", "_pending", "_obs_columns", "_task_rewards",
+            "meta_loss", "meta_optimizer", "value_optimizer", "_meta_loss_source", "_pending", "_obs_columns",
             "task_value_net", "task_value_optimizer", "task_q_net", "task_q_optimizer", "_expert_policy",
         ] + ([] if self.expert is None or isinstance(self.expert, (str, os.PathLike)) else ["expert"])
 

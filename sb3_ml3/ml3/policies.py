@@ -84,6 +84,26 @@ class ML3Policy(ActorCriticPolicy):
         if not isinstance(self.action_dist, DiagGaussianDistribution):
             raise ValueError(f"ML3Policy needs a diagonal Gaussian action distribution, got {type(self.action_dist)}.")
         object.__setattr__(self, "_actor_view", _ActorView(self))
+        #: how a non-finite observation's error names the env (ML3 sets its id)
+        self.env_name = "the env"
+
+    def _check_finite(self, obs: torch.Tensor) -> None:
+        """Refuse a NaN or inf observation with a message naming the env, before it reaches the networks
+        (``torch.distributions`` would otherwise fail with a constraint message about ``loc``)."""
+        if isinstance(obs, torch.Tensor) and obs.is_floating_point() and not bool(torch.isfinite(obs).all()):
+            raise ValueError(
+                f"{self.env_name} returned a non-finite observation (NaN or inf): "
+                f"{obs[~torch.isfinite(obs).all(dim=-1)][:1].tolist()}. Fix the env (or the wrapper that makes "
+                "it) before training; ML3 never feeds such values to its policy or meta-loss."
+            )
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self._check_finite(obs)
+        return super().forward(obs, deterministic)
+
+    def _predict(self, observation: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        self._check_finite(observation)
+        return super()._predict(observation, deterministic)
 
     def _get_action_dist_from_latent(self, latent_pi: torch.Tensor) -> DiagGaussianDistribution:
         mean_actions = self.action_net(latent_pi)
