@@ -90,3 +90,12 @@ def test_a_dict_observation_space_gets_ml3s_own_message():
     gym.register("DictObsForTest-v0", entry_point=_DictEnv)
     with pytest.raises(ValueError, match="ML3 reads flat Box observations"):
         ML3("MlpPolicy", "DictObsForTest-v0")
+
+
+def test_a_loss_file_from_another_env_with_the_same_widths_warns(tmp_path):
+    model = ML3("MlpPolicy", _vec(), seed=0, **SMALL)
+    model.save_meta_loss(tmp_path / "loss.zip")
+    with pytest.warns(UserWarning, match="meta-trained on PointmassGoal-v0 and is used on SameWidths-v0"):
+        gym.register("SameWidths-v0", entry_point="sb3_ml3.envs.pointmass:PointmassGoalEnv", max_episode_steps=50)
+        env = make_vec_env("SameWidths-v0", n_envs=2, seed=0, env_kwargs={"task_split": "train"})
+        ML3("MlpPolicy", env, meta_loss=str(tmp_path / "loss.zip"), **SMALL)

@@ -61,11 +61,11 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from sb3_ml3.atomic import atomic_path
 from sb3_ml3.functional import (INNER_OPTIMIZERS, Adam, InnerOptimizer, Params, apply_meta_gradient, clip_grads,
                                 global_norm, make_meta_optimizer, meta_gradient)
 from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
 from sb3_ml3.ml3.buffers import ML3RolloutBuffer
+from sb3_ml3.ml3.persistence import load_model, save_model
 from sb3_ml3.ml3.policies import ML3Policy, gaussian_entropy, gaussian_kl, gaussian_log_prob
 
 SelfML3 = TypeVar("SelfML3", bound="ML3")
@@ -393,7 +393,7 @@ class ML3(OnPolicyAlgorithm):
         # last: loading a saved expert builds (and randomly initialises) a PPO policy, which must not
         # shift the random initialisation of this model's own networks
         self._expert_policy: BasePolicy | None = None
-        if self.expert is not None and self.meta_train:
+        if self.expert is not None and self.meta_train and not isinstance(self.expert, _UnsavedExpert):
             self._expert_policy = self._load_expert(self.expert)
 
     def _make_task_value_net(self) -> torch.nn.Module:
@@ -492,6 +492,13 @@ class ML3(OnPolicyAlgorithm):
             meta_loss = source
         else:
             meta_loss = MetaLoss.load(source, inputs=spec)
+        trained_on, here = meta_loss.metadata.get("env_id"), self._env_id()
+        if trained_on is not None and here is not None and trained_on != here:
+            warnings.warn(
+                f"This meta-loss was meta-trained on {trained_on} and is used on {here}: its input widths fit, "
+                "but what it learned may not transfer. Meta-train one on this env for a fair result.",
+                stacklevel=3,
+            )
         trained_with = meta_loss.metadata.get("task_loss")
         if "advantage" in self.meta_inputs and trained_with is not None and trained_with != self.task_loss:
             raise MetaLossSpecError(
@@ -929,34 +936,45 @@ class ML3(OnPolicyAlgorithm):
             return None
         return getattr(spec, "id", None)
 
-    def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
-        """SB3's ``save`` (policy, critics, meta-loss and their optimisers), written atomically when
-        ``path`` is a file name: an interrupted save leaves an earlier file whole."""
-        self._meta_loss_config = self.meta_loss.config()
-        if not isinstance(path, (str, os.PathLike)):  # a file object: SB3 writes into it
-            super().save(path, exclude=exclude, include=include)
-            return
-        path = os.fspath(path)
-        if not path.endswith(".zip"):
-            path += ".zip"  # what SB3's save_to_zip_file does with a bare name
-        with atomic_path(path, suffix=".zip") as tmp:
-            super().save(tmp, exclude=exclude, include=include)
+    def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:
+        """Write the model (settings, networks, optimisers, the pending outer step) to ``path``, atomically.
 
-    def _excluded_save_params(self) -> list[str]:
-        return super()._excluded_save_params() + [
-            "meta_loss", "meta_optimizer", "value_optimizer", "_meta_loss_source", "_pending", "_obs_columns",
-            "task_value_net", "task_value_optimizer", "task_q_net", "task_q_optimizer", "_expert_policy",
-        ] + ([] if self.expert is None or isinstance(self.expert, (str, os.PathLike)) else ["expert"])
+        The file holds JSON and tensors only (:mod:`sb3_ml3.ml3.persistence`), so that :meth:`load` never runs
+        code from it. ``exclude``/``include`` are SB3's arguments and are not supported.
+        """
+        if exclude is not None or include is not None:
+            raise ValueError("ML3.save writes every part a resumed training needs; exclude/include are not supported.")
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"ML3.save writes to a file name, got {type(path).__name__}.")
+        save_model(self, path)
 
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts = ["policy", "policy.optimizer", "value_optimizer", "meta_loss"]
+    @classmethod
+    def load(cls: type[SelfML3], path: str | os.PathLike, env: GymEnv | None = None,  # type: ignore[override]
+             device: torch.device | str = "auto", custom_objects: dict[str, Any] | None = None,
+             print_system_info: bool = False, force_reset: bool = True, **kwargs: Any) -> SelfML3:
+        """Rebuild a model saved by :meth:`save`, reading JSON and ``weights_only`` tensors only.
+
+        ``kwargs`` replace saved settings (e.g. ``expert=...``, which a file does not hold when it was an
+        object); ``custom_objects`` (SB3's) may give ``learning_rate``; its other keys are ignored.
+        """
+        if custom_objects and "learning_rate" in custom_objects and "learning_rate" not in kwargs:
+            kwargs["learning_rate"] = custom_objects["learning_rate"]
+        return load_model(cls, path, env=env, device=device, force_reset=force_reset, **kwargs)
+
+    def state_dict_names(self) -> list[str]:
+        """The networks and optimisers a file holds, by attribute path."""
+        names = ["policy", "policy.optimizer", "value_optimizer", "meta_loss"]
         if self.meta_optimizer is not None:
-            state_dicts.append("meta_optimizer")
+            names.append("meta_optimizer")
         if self.task_value_net is not None:
-            state_dicts += ["task_value_net", "task_value_optimizer"]
+            names += ["task_value_net", "task_value_optimizer"]
         if self.task_q_net is not None:
-            state_dicts += ["task_q_net", "task_q_optimizer"]
-        return state_dicts, []
+            names += ["task_q_net", "task_q_optimizer"]
+        return names
+
+
+class _UnsavedExpert:
+    """Stands for an expert object that a model file could not hold: ``train`` asks for it again."""
 
 
 __all__ = ["ML3", "DEFAULT_META_INPUTS", "OPTIONAL_META_INPUTS"]
