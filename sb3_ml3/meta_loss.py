@@ -222,6 +222,7 @@ class MetaLoss(nn.Module):
         quadratic_reference: Mapping[str, str] | None = None,
         surrogate: str | None = None,
         clip_range: float = 0.2,
+        correction_fields: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.spec = InputSpec.parse(inputs)
@@ -240,6 +241,14 @@ class MetaLoss(nn.Module):
                 raise MetaLossSpecError("A meta-loss is either a quadratic form or a surrogate family, not both.")
             if not 0.0 < self.clip_range < 1.0:
                 raise MetaLossSpecError(f"clip_range must lie in (0, 1), got {clip_range}.")
+        self.correction_fields = None if correction_fields is None else tuple(correction_fields)
+        if self.correction_fields is not None:
+            unknown = [f for f in self.correction_fields if f not in self.spec.names]
+            if surrogate is None or unknown or len(set(self.correction_fields)) != len(self.correction_fields):
+                raise MetaLossSpecError(
+                    f"correction_fields {list(self.correction_fields)} must be distinct inputs of [{self.spec}] of a "
+                    "surrogate-family loss (the correction always reads log r as well)."
+                )
         if activation not in ACTIVATIONS:
             raise MetaLossSpecError(f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
         if output not in OUTPUTS:
@@ -274,7 +283,10 @@ class MetaLoss(nn.Module):
             if widths[name] != widths[ref]:
                 raise MetaLossSpecError(f"quadratic_reference: {name!r} and {ref!r} must have the same width.")
         layers: list[nn.Module] = []
-        width = self.spec.dim - self._quadratic_dim + (1 if surrogate else 0)  # the surrogate's correction also reads log r
+        width = self.spec.dim - self._quadratic_dim
+        if self.correction_fields is not None:
+            width = sum(dict(self.spec.fields)[f] for f in self.correction_fields)
+        width += 1 if surrogate else 0  # the surrogate's correction also reads log r
         for hidden in self.hidden_sizes:
             layers += [nn.Linear(width, hidden, bias=self.bias), ACTIVATIONS[activation]()]
             width = hidden
@@ -330,14 +342,19 @@ class MetaLoss(nn.Module):
     def surrogate_parts(self, *args: Any, **kwargs: torch.Tensor) -> torch.Tensor:
         """(surrogate, correction) per sample, stacked on dim 0, of a surrogate-family loss M = L_PPO + C_phi.
 
-        C_phi is the MLP of all inputs and log r (zero at initialisation): what meta-training has added to
-        PPO's update, which is worth inspecting on its own.
+        C_phi is the MLP of log r and all inputs, or the ``correction_fields`` only (zero at initialisation).
+        With ``correction_fields=("advantage",)`` it is a learned drift in the ratio and the advantage, as in
+        Lu et al. 2022 (Discovered Policy Optimisation): it can reweigh PPO's update but not teach a target
+        action that ignores the rewards. C_phi is what meta-training has added to PPO's update, worth
+        inspecting on its own.
         """
         if self.surrogate is None:
             raise MetaLossSpecError("surrogate_parts needs a surrogate-family meta-loss (built with surrogate='ppo').")
         fields = self._fields(args, kwargs)
         base, log_ratio = ppo_surrogate(fields, self.clip_range)
         x = self.spec.concat(fields).to(self.net[0].weight.dtype)
+        if self.correction_fields is not None:
+            x = torch.cat([x[..., self._columns[f]] for f in self.correction_fields], dim=-1)
         correction = OUTPUTS[self.output](self.net(torch.cat([x, log_ratio.unsqueeze(-1).to(x.dtype)], -1))).squeeze(-1)
         return torch.stack([base.to(correction.dtype), correction])
 
@@ -384,6 +401,7 @@ class MetaLoss(nn.Module):
             "quadratic_reference": dict(self.quadratic_reference),
             "surrogate": self.surrogate,
             "clip_range": self.clip_range,
+            "correction_fields": None if self.correction_fields is None else list(self.correction_fields),
             "dtype": str(self.net[0].weight.dtype).replace("torch.", ""),
             "metadata": self.metadata,
         }
@@ -463,6 +481,7 @@ class MetaLoss(nn.Module):
                 quadratic_reference=config.get("quadratic_reference") or {},
                 surrogate=config.get("surrogate"),
                 clip_range=config.get("clip_range", 0.2),
+                correction_fields=config.get("correction_fields"),
                 metadata=config.get("metadata") or {},
             )
         except KeyError as exc:

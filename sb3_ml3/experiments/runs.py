@@ -173,6 +173,8 @@ def recorded_meta_inputs(meta_loss: MetaLoss | str | os.PathLike) -> dict[str, A
     fed = {"meta_inputs": tuple(inputs)} if inputs else {}
     if metadata.get("task_loss") is not None:  # how its advantage input was computed
         fed["task_loss"] = metadata["task_loss"]
+    if metadata.get("inner_optimizer") is not None:  # the inner step rule it was meta-trained for
+        fed["inner_optimizer"] = metadata["inner_optimizer"]
     return fed
 
 

@@ -58,6 +58,8 @@ class MetaValidationCallback(BaseCallback):
     :param best_meta_loss_path: if given, the best meta-loss is saved there (``ML3.save_meta_loss``
         format) whenever it improves.
     :param env_kwargs: extra env arguments (validation training and evaluation).
+    :param validate_at_start: validate the initial meta-loss too, so that it is a candidate: for a loss
+        that starts as a known update (``surrogate="ppo"``), meta-training then never ends worse than it began.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class MetaValidationCallback(BaseCallback):
         restore_best: bool = True,
         best_meta_loss_path: str | os.PathLike | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        validate_at_start: bool = False,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
@@ -91,6 +94,7 @@ class MetaValidationCallback(BaseCallback):
         self.restore_best = restore_best
         self.best_meta_loss_path = best_meta_loss_path
         self.env_kwargs = dict(env_kwargs or {})
+        self.validate_at_start = bool(validate_at_start)
         #: (meta-train env steps, mean validation metric) of every validation
         self.history: list[tuple[int, float]] = []
         self.best_metric = -np.inf
@@ -120,6 +124,10 @@ class MetaValidationCallback(BaseCallback):
     # ------------------------------------------------------------------ hooks
     def _on_step(self) -> bool:
         return True
+
+    def _on_training_start(self) -> None:
+        if self.validate_at_start and not self.history:
+            self._validate()
 
     def _on_rollout_start(self) -> None:
         # between iterations: phi has just taken its outer step
