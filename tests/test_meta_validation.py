@@ -121,3 +121,16 @@ def test_compare_reuses_one_meta_loss_per_seed(tmp_path):
     assert results["meta_train"]["samples"] == 150
     with pytest.raises(ValueError, match="no file"):
         run_compare(ENV, algos=["ml3"], meta_loss=pattern, seeds=[0, 2], quick=True, progress=False, verbose=0)
+
+
+def test_validate_at_start_makes_the_initial_loss_a_candidate():
+    model = _model()
+    start = _phi(model)
+    callback = MetaValidationCallback(ENV, eval_freq=64, eval_at_updates=(1,), n_goals=2, validate_at_start=True)
+    model.learn(128, callback=callback)
+    assert [s for s, _ in callback.history] == [0, 64, 128]
+    if callback.best_timesteps == 0:  # the initial loss won: it is what the model keeps
+        assert all(torch.equal(v, start[k]) for k, v in model.meta_loss.state_dict().items())
+    first = MetaValidationCallback(ENV, eval_freq=64, eval_at_updates=(1,), n_goals=2)
+    _model().learn(128, callback=first)
+    assert [s for s, _ in first.history] == [64, 128]

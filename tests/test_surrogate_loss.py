@@ -107,3 +107,20 @@ def test_meta_training_a_ppo_family_loss_changes_its_correction_only_through_out
     moved = [k for k, v in model.meta_loss.state_dict().items() if not torch.equal(v, start[k])]
     assert "net.2.weight" in moved
     assert all(torch.isfinite(v).all() for v in model.meta_loss.state_dict().values())
+
+
+def test_a_drift_correction_reads_only_the_ratio_and_the_advantage(tmp_path):
+    loss = MetaLoss(SPEC, hidden_sizes=(8,), surrogate="ppo", correction_fields=("advantage",))
+    assert loss.net[0].in_features == 2  # the advantage and log r
+    with torch.no_grad():
+        loss.net[-1].weight.normal_()
+    f = _fields()
+    moved = dict(f, obs=f["obs"] + 5.0, goal=-f["goal"])
+    assert torch.equal(loss(f), loss(moved))  # blind to the state and the goal: no target action to teach
+    loss.save(tmp_path / "drift.zip")
+    back = MetaLoss.load(tmp_path / "drift.zip")
+    assert back.correction_fields == ("advantage",) and torch.allclose(back(f), loss(f))
+    with pytest.raises(MetaLossSpecError, match="correction_fields"):
+        MetaLoss(SPEC, surrogate="ppo", correction_fields=("reward",))
+    with pytest.raises(MetaLossSpecError, match="correction_fields"):
+        MetaLoss("y_pred:1, y_target:1", correction_fields=("y_pred",))
