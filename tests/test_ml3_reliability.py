@@ -99,3 +99,17 @@ def test_a_loss_file_from_another_env_with_the_same_widths_warns(tmp_path):
         gym.register("SameWidths-v0", entry_point="sb3_ml3.envs.pointmass:PointmassGoalEnv", max_episode_steps=50)
         env = make_vec_env("SameWidths-v0", n_envs=2, seed=0, env_kwargs={"task_split": "train"})
         ML3("MlpPolicy", env, meta_loss=str(tmp_path / "loss.zip"), **SMALL)
+
+
+def test_an_untrained_loss_at_meta_test_warns_loudly():
+    from sb3_ml3.ml3.ml3 import UntrainedMetaLossWarning
+
+    with pytest.warns(UntrainedMetaLossWarning, match="untrained"):
+        ML3("MlpPolicy", _vec(), **SMALL)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedMetaLossWarning)
+        ML3("MlpPolicy", _vec(), meta_train=True, **SMALL)  # meta-training it: no warning
+        ML3("MlpPolicy", _vec(), inner_optimizer="adam", **dict(SMALL, meta_loss_kwargs={"surrogate": "ppo"}),
+            meta_inputs=("obs", "action", "mean", "std", "goal", "advantage", "old_log_prob"))  # PPO's update

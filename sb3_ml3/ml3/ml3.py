@@ -89,6 +89,10 @@ DEFAULT_META_LOSS_KWARGS: dict[str, Any] = {"hidden_sizes": (40, 40), "quadratic
 TIMESTEP_SCALE = 100.0
 
 
+class UntrainedMetaLossWarning(UserWarning):
+    """ML3 is about to train a policy with a meta-loss nobody trained."""
+
+
 def _refuse_dict_observations(env: Any) -> None:
     """ML3's own message for a Dict observation space (SB3's points to ``MultiInputPolicy``, which ML3 lacks)."""
     space = env if isinstance(env, spaces.Space) else getattr(env, "observation_space", None)
@@ -486,7 +490,16 @@ class ML3(OnPolicyAlgorithm):
             return meta_loss
         source = self._meta_loss_source
         if source is None:
-            return MetaLoss(spec, **self.meta_loss_kwargs)
+            meta_loss = MetaLoss(spec, **self.meta_loss_kwargs)
+            if not self.meta_train and meta_loss.surrogate is None:
+                warnings.warn(
+                    "ML3 with meta_train=False and no meta_loss trains the policy with a new, untrained (random) "
+                    "meta-loss, which teaches nothing useful. Pass meta_loss= (a file from ML3.save_meta_loss), "
+                    "meta_train=True to meta-train one, or meta_loss_kwargs={'surrogate': 'ppo'} for a loss that "
+                    "starts as PPO's update.",
+                    UntrainedMetaLossWarning, stacklevel=4,
+                )
+            return meta_loss
         if isinstance(source, MetaLoss):
             source.spec.require(spec, "ML3(meta_loss=...)")
             meta_loss = source
@@ -977,4 +990,4 @@ class _UnsavedExpert:
     """Stands for an expert object that a model file could not hold: ``train`` asks for it again."""
 
 
-__all__ = ["ML3", "DEFAULT_META_INPUTS", "OPTIONAL_META_INPUTS"]
+__all__ = ["ML3", "DEFAULT_META_INPUTS", "OPTIONAL_META_INPUTS", "UntrainedMetaLossWarning"]
