@@ -134,3 +134,14 @@ def test_without_the_pending_step_the_resumed_run_loses_an_outer_step(tmp_path):
         loaded = ML3.load(tmp_path / name, env=env, force_reset=False)
         loaded.learn(32, reset_num_timesteps=False)
         assert loaded._n_meta_updates == expected, name
+
+
+def test_unbounded_observation_spaces_round_trip(tmp_path):
+    """ReacherGoal's observations are unbounded: JSON has no infinity, the file must still hold them."""
+    env = make_vec_env("ReacherGoal-v0", n_envs=2, seed=0)
+    model = ML3("MlpPolicy", env, seed=0, **SMALL)
+    model.save(tmp_path / "reacher.zip")
+    loaded = ML3.load(tmp_path / "reacher.zip")
+    assert loaded.observation_space == model.observation_space and np.isinf(loaded.observation_space.low).all()
+    obs = env.reset()
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])

@@ -59,7 +59,10 @@ class ModelFileError(ValueError):
 def space_to_json(space: spaces.Space) -> dict[str, Any]:
     if not isinstance(space, spaces.Box):
         raise ModelFileError(f"ML3 files store Box spaces only, got {space}.")
-    return {"type": "Box", "low": space.low.tolist(), "high": space.high.tolist(), "shape": list(space.shape),
+    def bounds(values: np.ndarray) -> list[Any]:  # JSON has no infinity: unbounded ends are "inf" / "-inf"
+        return [float(v) if np.isfinite(v) else str(float(v)) for v in values.reshape(-1).tolist()]
+
+    return {"type": "Box", "low": bounds(space.low), "high": bounds(space.high), "shape": list(space.shape),
             "dtype": str(space.dtype)}
 
 
@@ -70,9 +73,10 @@ def space_from_json(data: Any, source: str) -> spaces.Box:
         dtype = np.dtype(data["dtype"])
         if dtype.kind != "f":
             raise ModelFileError(f"{source}: a Box of dtype {dtype} is not ML3's.")
-        low = np.asarray(data["low"], dtype=dtype)
-        high = np.asarray(data["high"], dtype=dtype)
-        return spaces.Box(low=low, high=high, shape=tuple(int(n) for n in data["shape"]), dtype=dtype)
+        shape = tuple(int(n) for n in data["shape"])
+        low = np.asarray([float(v) for v in data["low"]], dtype=dtype).reshape(shape)
+        high = np.asarray([float(v) for v in data["high"]], dtype=dtype).reshape(shape)
+        return spaces.Box(low=low, high=high, shape=shape, dtype=dtype)
     except (KeyError, TypeError, ValueError) as error:
         if isinstance(error, ModelFileError):
             raise
