@@ -83,7 +83,7 @@ def test_meta_gradient_through_policy_inner_step_matches_higher_and_finite_diffe
     model.meta_loss.zero_grad()
     with higher.innerloop_ctx(view, torch.optim.SGD(view.parameters(), lr=0.1), copy_initial_weights=True) as (fview, diffopt):
         mean, std = fview(batch["observations"])
-        diffopt.step(model.meta_loss(model._meta_fields(batch, mean, std)).mean())
+        diffopt.step(model.meta_loss(model.inputs.fields(batch, mean, std)).mean())
         mean, std = fview(data["observations"])
         log_prob = torch.distributions.Normal(mean, std).log_prob(data["actions"]).sum(-1)
         task_loss = -(data["task_weights"] * log_prob).mean()
@@ -125,7 +125,7 @@ def test_rollout_inputs_are_constants():
     batch = minibatches[0]
     assert not any(v.requires_grad for v in batch.values())
     mean, std = model.policy.actor_mean_std(None, batch["observations"])
-    fields = model._meta_fields(batch, mean, std)
+    fields = model.inputs.fields(batch, mean, std)
     assert [k for k, v in fields.items() if v.requires_grad] == ["mean", "std"]
     assert fields["goal"].shape[-1] == 2 and fields["obs"].shape[-1] == 4
 

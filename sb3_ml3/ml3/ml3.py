@@ -65,17 +65,12 @@ from sb3_ml3.functional import (INNER_OPTIMIZERS, Adam, InnerOptimizer, Params, 
                                 global_norm, make_meta_optimizer, meta_gradient)
 from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
 from sb3_ml3.ml3.buffers import ML3RolloutBuffer
+from sb3_ml3.ml3.meta_inputs import DEFAULT_META_INPUTS, OPTIONAL_META_INPUTS, MetaInputs, check_meta_inputs
 from sb3_ml3.ml3.persistence import load_model, save_model
 from sb3_ml3.ml3.policies import ML3Policy, gaussian_entropy, gaussian_kl, gaussian_log_prob
 
 SelfML3 = TypeVar("SelfML3", bound="ML3")
 
-#: The meta-loss inputs of the paper (Sec. III.B.2 and its appendix notes on mean and std).
-DEFAULT_META_INPUTS = ("obs", "action", "mean", "std", "goal")
-#: Further per-sample inputs a meta-loss may read (each of width 1). ``advantage`` is the task loss's
-#: weight (GAE advantage or centred return, normalised per rollout when ``normalize_advantage``).
-#: ``old_log_prob`` is log pi_old(a|s) of the policy that collected the rollout (PPO's ratio denominator).
-OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "timestep", "old_log_prob")
 TASK_LOSSES = ("advantage", "return")
 #: the task loss the outer step differentiates: Eq. 7-8's score function, a learned action-value's action
 #: gradient, or behavioural cloning of an expert (Sec. IV.C.4)
@@ -85,9 +80,6 @@ TASK_OBJECTIVES = ("reinforce", "q_value", "imitation")
 #: inputs c. It is bounded below, so the inner steps cannot run the policy off to the action bounds,
 #: which the plain-MLP loss of the paper did in our runs (BENCHMARKS.md, "Model-free ML3").
 DEFAULT_META_LOSS_KWARGS: dict[str, Any] = {"hidden_sizes": (40, 40), "quadratic": ("mean",)}
-#: ``timestep`` enters the meta-loss as t / TIMESTEP_SCALE so that it stays O(1).
-TIMESTEP_SCALE = 100.0
-
 
 class UntrainedMetaLossWarning(UserWarning):
     """ML3 is about to train a policy with a meta-loss nobody trained."""
@@ -296,14 +288,7 @@ class ML3(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------ set-up
     def _check_arguments(self) -> None:
-        unknown = [f for f in self.meta_inputs if f not in DEFAULT_META_INPUTS + OPTIONAL_META_INPUTS]
-        if unknown or not self.meta_inputs or len(set(self.meta_inputs)) != len(self.meta_inputs):
-            raise ValueError(
-                f"meta_inputs {self.meta_inputs} must be distinct names from "
-                f"{DEFAULT_META_INPUTS + OPTIONAL_META_INPUTS}" + (f"; unknown: {unknown}" if unknown else "") + "."
-            )
-        if not any(f in self.meta_inputs for f in ("mean", "std")):
-            raise ValueError("meta_inputs must include 'mean' or 'std': the learned loss reaches theta through them.")
+        check_meta_inputs(self.meta_inputs)
         if self.inner_optimizer not in INNER_OPTIMIZERS:
             raise ValueError(f"inner_optimizer must be one of {sorted(INNER_OPTIMIZERS)}, got {self.inner_optimizer!r}.")
         if self.task_loss not in TASK_LOSSES:
@@ -383,13 +368,9 @@ class ML3(OnPolicyAlgorithm):
             self.task_q_optimizer = torch.optim.Adam(self.task_q_net.parameters(), lr=self.vf_learning_rate)
         if self.env is not None:
             self.goal_slice = self._goal_slice_of_env()
-        spec = self.meta_input_spec()
-        self._obs_columns: torch.Tensor | None = None  # the observation without its goal, for the "obs" input
-        if self.goal_slice is not None:
-            all_columns = range(self.observation_space.shape[0])
-            columns = [i for i in all_columns if i not in all_columns[self.goal_slice]]
-            self._obs_columns = torch.tensor(columns, dtype=torch.long, device=self.device)
-        self.meta_loss = self._build_meta_loss(spec).to(self.device)
+        self.inputs = MetaInputs(self.meta_inputs, self.observation_space, self.action_space, self.goal_slice,
+                                 self.device)
+        self.meta_loss = self._build_meta_loss(self.inputs.spec).to(self.device)
         self._sync_observation_normalization()
         self.meta_loss.requires_grad_(self.meta_train)
         self.meta_optimizer = make_meta_optimizer(self.meta_loss.parameters(), self.meta_lr) if self.meta_train else None
@@ -472,16 +453,7 @@ class ML3(OnPolicyAlgorithm):
 
     def meta_input_spec(self) -> InputSpec:
         """The meta-loss inputs this setting provides, with their widths."""
-        if not isinstance(self.observation_space, spaces.Box) or len(self.observation_space.shape) != 1:
-            raise ValueError(f"ML3 feeds flat Box observations to the meta-loss, got {self.observation_space}.")
-        obs_dim = int(self.observation_space.shape[0])
-        goal_dim = 0
-        if self.goal_slice is not None:
-            goal_dim = len(range(obs_dim)[self.goal_slice])
-        action_dim = int(np.prod(self.action_space.shape))
-        widths = {"obs": obs_dim - goal_dim, "action": action_dim, "mean": action_dim, "std": action_dim,
-                  "goal": goal_dim}
-        return InputSpec(tuple((name, widths.get(name, 1)) for name in self.meta_inputs))
+        return self.inputs.spec
 
     def _build_meta_loss(self, spec: InputSpec) -> MetaLoss:
         if self._meta_loss_config is not None:  # ML3.load(): architecture from the file, weights follow
@@ -566,37 +538,7 @@ class ML3(OnPolicyAlgorithm):
         its quadratic target for the policy mean (:meth:`sb3_ml3.MetaLoss.quadratic_form`).
         """
         mean, std = self.policy.actor_mean_std(params, batch["observations"])
-        return self._meta_fields(batch, mean, std)
-
-    def _meta_fields(self, batch: dict[str, torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The named meta-loss inputs for a minibatch, given the policy's mean and std (the only ones that
-        depend on theta)."""
-        obs = batch["observations"]
-        fields: dict[str, torch.Tensor] = {}
-        for name in self.meta_inputs:
-            if name == "obs":
-                fields[name] = obs if self._obs_columns is None else obs[..., self._obs_columns]
-            elif name == "goal":
-                fields[name] = obs[..., self.goal_slice]
-            elif name == "action":
-                fields[name] = batch["actions"]
-            elif name == "mean":
-                fields[name] = mean
-            elif name == "std":
-                fields[name] = std
-            elif name == "reward":
-                fields[name] = batch["rewards"]
-            elif name == "return":
-                fields[name] = batch["returns"]
-            elif name == "advantage":
-                fields[name] = batch["task_weights"]
-            elif name == "episode_start":
-                fields[name] = batch["episode_starts"]
-            elif name == "timestep":
-                fields[name] = batch["timesteps"] / TIMESTEP_SCALE
-            elif name == "old_log_prob":
-                fields[name] = batch["old_log_prob"]
-        return fields
+        return self.inputs.fields(batch, mean, std)
 
     def learned_loss(self, params: Params | None, meta_params: Params | None, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """L_learned(theta, phi) = mean M_phi(s, a, mu_theta(s), sigma_theta, g) over a minibatch (Eq. 2-3).
