@@ -33,6 +33,7 @@ from sb3_ml3.envs import sample_tasks
 from sb3_ml3.evaluation import evaluate_task_metric
 from sb3_ml3.functional import clip_grads
 from sb3_ml3.ml3 import ML3
+from sb3_ml3.ml3.task_losses import ImitationTaskLoss
 
 STUDENT_SEED = 5
 
@@ -40,7 +41,7 @@ STUDENT_SEED = 5
 def _error(model: ML3, expert: ML3, observations: torch.Tensor) -> float:
     """The imitation task loss of ``model``'s policy against ``expert``'s expert at ``observations``."""
     with torch.no_grad():
-        return float(model.imitation_task_loss(None, {"observations": observations,
+        return float(ImitationTaskLoss(model, None).loss(None, {"observations": observations,
                                                       "expert_actions": expert.expert_actions(observations)}))
 
 
@@ -98,7 +99,7 @@ def main() -> None:
         for _ in range(steps - done):
             index = torch.randint(0, observations.shape[0], (test_settings["batch_size"],), generator=generator)
             batch = {"observations": observations[index], "expert_actions": teacher.expert_actions(observations[index])}
-            loss = bc.imitation_task_loss(None, batch)
+            loss = ImitationTaskLoss(bc, None).loss(None, batch)
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)  # log_std: unused
             grads = {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(params.items(), grads)}
             with torch.no_grad():  # the inner step's SGD with its norm-1 clipping (ML3.inner_step)

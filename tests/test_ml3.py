@@ -76,7 +76,7 @@ def test_meta_gradient_through_policy_inner_step_matches_higher_and_finite_diffe
             p.add_(0.1 * torch.randn_like(p))
     data, minibatches, params, phi = _in_double(model, data, minibatches)
     batch = minibatches[0]
-    grads, value = meta_gradient(model.learned_loss, model.reinforce_task_loss, params, phi, [batch], data, 0.1)
+    grads, value = meta_gradient(model.learned_loss, model.task_loss_fn, params, phi, [batch], data, 0.1)
 
     # oracle 1: higher differentiating through one SGD step of the actor on the meta-loss
     view = copy.deepcopy(model.policy._actor_view)
@@ -97,7 +97,7 @@ def test_meta_gradient_through_policy_inner_step_matches_higher_and_finite_diffe
     # oracle 2: central finite differences along random directions
     def objective(meta_params):
         updated = inner_update(model.learned_loss, params, meta_params, [batch], 0.1)
-        return model.reinforce_task_loss(updated, data)
+        return model.task_loss_fn(updated, data)
 
     _assert_matches_finite_differences(objective, phi, grads)
 
@@ -205,8 +205,8 @@ def test_integrates_with_subproc_vecnormalize_and_callbacks(tmp_path):
 
 def test_non_finite_task_loss_is_skipped_counted_and_never_written():
     model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, **SMALL)
-    original = model.reinforce_task_loss
-    model.reinforce_task_loss = lambda params, data: original(params, data) * float("nan")
+    original = model.objective.loss
+    model.objective.loss = lambda params, data: original(params, data) * float("nan")
     before = {k: v.clone() for k, v in model.meta_loss.state_dict().items()}
     model.learn(4 * 32)
     assert model.skipped_meta_steps >= 2 and model._n_meta_updates == 0
@@ -281,7 +281,7 @@ def test_task_reward_weights_are_centred_rewards_to_go_of_the_info_key():
     assert starts[1:].any(), "the rollout should cross an episode boundary (Pointmass episodes: 50 steps)"
     # the advantage meta-input keeps the env reward's weights; only the task loss reads task_reward
     model.train()
-    assert model.reinforce_task_loss(None, dict(data, task_loss_weights=torch.zeros(180))).item() == 0.0
+    assert model.task_loss_fn(None, dict(data, task_loss_weights=torch.zeros(180))).item() == 0.0
 
     bad = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, task_reward="no_such_key", **SMALL)
     with pytest.raises(KeyError, match="no_such_key.*info"):
@@ -344,7 +344,7 @@ def test_q_value_task_loss_differentiates_through_the_action_value_and_fits_it(t
     mean, _ = model.policy.actor_mean_std(params, data["observations"])
     clipped = mean.clamp(float(model.action_space.low[0]), float(model.action_space.high[0]))
     by_hand = -model.task_q_net(torch.cat([data["observations"], clipped], dim=-1)).mean()
-    torch.testing.assert_close(model.q_value_task_loss(params, data), by_hand)
+    torch.testing.assert_close(model.task_loss_fn(params, data), by_hand)
 
     _assert_task_loss_meta_gradient(model, params, phi, batch, data)
 
@@ -357,7 +357,7 @@ def test_q_value_task_loss_differentiates_through_the_action_value_and_fits_it(t
 
     def q_error() -> float:
         with torch.no_grad():
-            return float(torch.mean((model.task_q_value(data["observations"], data["actions"]) - targets) ** 2))
+            return float(torch.mean((model.objective.q_value(data["observations"], data["actions"]) - targets) ** 2))
 
     before = q_error()
     model.train()
@@ -392,7 +392,7 @@ def test_imitation_task_loss_shapes_a_loss_that_trains_policies_towards_the_expe
         by_hand = torch.as_tensor(expert.predict(data["observations"].numpy(), deterministic=True)[0])
         mean, _ = model.policy.actor_mean_std(None, data["observations"])
     torch.testing.assert_close(data["expert_actions"], by_hand)
-    torch.testing.assert_close(model.imitation_task_loss(None, data),
+    torch.testing.assert_close(model.task_loss_fn(None, data),
                                ((mean.clamp(-1, 1) - by_hand) ** 2).sum(-1).mean())
 
     data, minibatches, params, phi = _in_double(model, data, minibatches)
@@ -416,7 +416,7 @@ def test_imitation_task_loss_shapes_a_loss_that_trains_policies_towards_the_expe
     assert after < 0.3 * before, (before, after)  # measured: 0.30 -> 0.04
 
     model.save(tmp_path / "model.zip")  # the expert travels as its path
-    assert ML3.load(tmp_path / "model.zip", env=_vec())._expert_policy is not None
+    assert ML3.load(tmp_path / "model.zip", env=_vec()).objective.expert is not None
     with_object = ML3("MlpPolicy", _vec(), meta_train=True, task_objective="imitation", expert=expert, **SMALL)
     with_object.save(tmp_path / "object.zip")  # an expert object is not pickled into the file
     with pytest.raises(ValueError, match="expert=expert"):
@@ -441,15 +441,15 @@ def test_clipped_task_loss_has_reinforces_gradient_at_the_behaviour_policy_and_r
     from sb3_ml3.ml3.policies import gaussian_log_prob
     np.testing.assert_allclose(gaussian_log_prob(mean, std, data["actions"]).detach(), data["old_log_prob"],
                                rtol=1e-5, atol=1e-5)  # the buffer's log-probs are the collecting policy's
-    clipped = torch.autograd.grad(model.reinforce_task_loss(params, data), list(params.values()))
+    clipped = torch.autograd.grad(model.task_loss_fn(params, data), list(params.values()))
     model.task_clip_range = None
-    plain = torch.autograd.grad(model.reinforce_task_loss(params, data), list(params.values()))
+    plain = torch.autograd.grad(model.task_loss_fn(params, data), list(params.values()))
     for a, b in zip(clipped, plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     # far from the behaviour policy every ratio is clipped on the side the weight pushes: no gradient
     model.task_clip_range = 0.2
     far = dict(data, old_log_prob=data["old_log_prob"] - 10.0 * torch.sign(data["task_weights"]))
-    zero = torch.autograd.grad(model.reinforce_task_loss(params, far), list(params.values()), allow_unused=True)
+    zero = torch.autograd.grad(model.task_loss_fn(params, far), list(params.values()), allow_unused=True)
     assert all(g is None or torch.count_nonzero(g) == 0 for g in zero)
 
     model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, meta_epochs=3, task_clip_range=0.2, **SMALL)

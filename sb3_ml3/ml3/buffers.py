@@ -20,7 +20,7 @@ Sample order is SB3's: after :meth:`finalize`, arrays are flat and env-major (``
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch

@@ -50,31 +50,26 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 from gymnasium import spaces
-from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.torch_layers import create_mlp
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import explained_variance
-from stable_baselines3.common.vec_env import VecNormalize
 from torch.func import functional_call
-from torch.nn import functional as F
 
 from sb3_ml3.functional import (INNER_OPTIMIZERS, Adam, InnerOptimizer, Params, apply_meta_gradient, clip_grads,
                                 global_norm, make_meta_optimizer, meta_gradient)
 from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
 from sb3_ml3.ml3.buffers import ML3RolloutBuffer
+from sb3_ml3.ml3.task_losses import (TASK_OBJECTIVES, ImitationTaskLoss, QValueTaskLoss, TaskCritic, TaskLoss,
+                                     clip_actions, fit_regression, make_task_loss)
 from sb3_ml3.ml3.meta_inputs import DEFAULT_META_INPUTS, OPTIONAL_META_INPUTS, MetaInputs, check_meta_inputs
 from sb3_ml3.ml3.persistence import load_model, save_model
-from sb3_ml3.ml3.policies import ML3Policy, gaussian_entropy, gaussian_kl, gaussian_log_prob
+from sb3_ml3.ml3.policies import ML3Policy, gaussian_kl
 
 SelfML3 = TypeVar("SelfML3", bound="ML3")
 
 TASK_LOSSES = ("advantage", "return")
-#: the task loss the outer step differentiates: Eq. 7-8's score function, a learned action-value's action
-#: gradient, or behavioural cloning of an expert (Sec. IV.C.4)
-TASK_OBJECTIVES = ("reinforce", "q_value", "imitation")
 #: A new meta-loss is a quadratic form in the policy mean around a learned target,
 #: M = sum_j softplus(w_j(c)) (mu_j - t_j(c))^2 with (t, w) an MLP (two layers of 40) of the other
 #: inputs c. It is bounded below, so the inner steps cannot run the policy off to the action bounds,
@@ -356,16 +351,9 @@ class ML3(OnPolicyAlgorithm):
             self.inner_rule = INNER_OPTIMIZERS[self.inner_optimizer]()
             self.policy.optimizer = torch.optim.SGD(actor, lr=self.lr_schedule(1))
         self.value_optimizer = torch.optim.Adam(self.policy.critic_parameters(), lr=self.vf_learning_rate)
-        self.task_value_net: torch.nn.Module | None = None
-        self.task_value_optimizer: torch.optim.Optimizer | None = None
-        if self.task_critic:
-            self.task_value_net = self._make_task_value_net().to(self.device)
-            self.task_value_optimizer = torch.optim.Adam(self.task_value_net.parameters(), lr=self.vf_learning_rate)
-        self.task_q_net: torch.nn.Module | None = None
-        self.task_q_optimizer: torch.optim.Optimizer | None = None
-        if self.task_objective == "q_value":
-            self.task_q_net = self._make_task_q_net().to(self.device)
-            self.task_q_optimizer = torch.optim.Adam(self.task_q_net.parameters(), lr=self.vf_learning_rate)
+        #: V_task of ``task_reward`` (``task_critic=True``), and the task loss L_T of ``task_objective``
+        self.task_value: TaskCritic | None = TaskCritic(self) if self.task_critic else None
+        self.objective: TaskLoss = make_task_loss(self)
         if self.env is not None:
             self.goal_slice = self._goal_slice_of_env()
         self.inputs = MetaInputs(self.meta_inputs, self.observation_space, self.action_space, self.goal_slice,
@@ -377,64 +365,34 @@ class ML3(OnPolicyAlgorithm):
         self._pending: tuple[Params, list[dict[str, torch.Tensor]], float, Any] | None = None
         # last: loading a saved expert builds (and randomly initialises) a PPO policy, which must not
         # shift the random initialisation of this model's own networks
-        self._expert_policy: BasePolicy | None = None
         if self.expert is not None and self.meta_train and not isinstance(self.expert, _UnsavedExpert):
-            self._expert_policy = self._load_expert(self.expert)
+            assert isinstance(self.objective, ImitationTaskLoss)
+            self.objective.expert = self.objective.load_expert(self.expert)
 
-    def _make_task_value_net(self) -> torch.nn.Module:
-        """The task critic V_task(s) of ``task_reward``: an MLP like SB3's default value net (64, 64, tanh)."""
-        if not isinstance(self.observation_space, spaces.Box) or len(self.observation_space.shape) != 1:
-            raise ValueError(f"task_critic needs a flat Box observation space, got {self.observation_space}.")
-        return torch.nn.Sequential(*create_mlp(int(self.observation_space.shape[0]), 1, [64, 64], torch.nn.Tanh))
+    @property
+    def task_value_net(self) -> torch.nn.Module | None:
+        return None if self.task_value is None else self.task_value.net
 
-    def _make_task_q_net(self) -> torch.nn.Module:
-        """Q_task(s, a) of ``task_reward``: an MLP (256, 256, ReLU) of the state and the clipped action, like TD3's."""
-        n_obs, n_act = int(self.observation_space.shape[0]), int(self.action_space.shape[0])
-        return torch.nn.Sequential(*create_mlp(n_obs + n_act, 1, [256, 256], torch.nn.ReLU))
+    @property
+    def task_value_optimizer(self) -> torch.optim.Optimizer | None:
+        return None if self.task_value is None else self.task_value.optimizer
 
-    def task_q_value(self, observations: torch.Tensor, actions: torch.Tensor, constant: bool = False) -> torch.Tensor:
-        """Q_task(s, a), flat; actions are clipped to the action space's bounds first, as the env clips them.
+    @property
+    def task_q_net(self) -> torch.nn.Module | None:
+        return self.objective.q_net if isinstance(self.objective, QValueTaskLoss) else None
 
-        ``constant``: Q_task's weights enter as constants (no graph to them), as the task loss needs.
-        """
-        assert self.task_q_net is not None
-        inputs = torch.cat([observations, self.clip_actions(actions)], dim=-1)
-        if constant:
-            weights = {name: p.detach() for name, p in self.task_q_net.named_parameters()}
-            return functional_call(self.task_q_net, weights, (inputs,)).squeeze(-1)
-        return self.task_q_net(inputs).squeeze(-1)
-
-    def _load_expert(self, expert: BaseAlgorithm | BasePolicy | str | os.PathLike) -> BasePolicy:
-        """The expert's policy, checked against this env's spaces, on this model's device, frozen."""
-        if isinstance(expert, (str, os.PathLike)):
-            if not os.path.exists(expert) and not os.path.exists(f"{expert}.zip"):
-                raise FileNotFoundError(f"expert {str(expert)!r}: no such file; pass a saved SB3 PPO model.")
-            expert = PPO.load(expert, device=self.device)
-        policy = expert.policy if isinstance(expert, BaseAlgorithm) else expert
-        if not isinstance(policy, BasePolicy):
-            raise TypeError(f"expert must be an SB3 model, an SB3 policy or a saved PPO path, got {type(expert).__name__}.")
-        if policy.observation_space.shape != self.observation_space.shape or policy.action_space.shape != self.action_space.shape:
-            raise ValueError(
-                f"the expert's spaces (observations {policy.observation_space.shape}, actions "
-                f"{policy.action_space.shape}) do not match this env's ({self.observation_space.shape}, "
-                f"{self.action_space.shape}): train the expert on the same env."
-            )
-        policy = policy.to(self.device)
-        policy.set_training_mode(False)
-        return policy.requires_grad_(False)
+    @property
+    def task_q_optimizer(self) -> torch.optim.Optimizer | None:
+        return self.objective.optimizer if isinstance(self.objective, QValueTaskLoss) else None
 
     def expert_actions(self, observations: torch.Tensor) -> torch.Tensor:
-        """a_E(s): the expert's deterministic actions, clipped to the action bounds."""
-        assert self._expert_policy is not None
-        with torch.no_grad():
-            actions = self._expert_policy._predict(observations, deterministic=True).to(observations.dtype)
-        return self.clip_actions(actions.reshape(observations.shape[0], -1))
+        """a_E(s): the expert's deterministic actions, clipped to the action bounds (``task_objective="imitation"``)."""
+        assert isinstance(self.objective, ImitationTaskLoss)
+        return self.objective.expert_actions(observations)
 
     def clip_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Actions clipped to the action space's bounds, as the env receives them (differentiable inside)."""
-        low = torch.as_tensor(self.action_space.low, device=actions.device, dtype=actions.dtype)
-        high = torch.as_tensor(self.action_space.high, device=actions.device, dtype=actions.dtype)
-        return torch.maximum(torch.minimum(actions, high), low)
+        return clip_actions(actions, self.action_space)
 
     def _goal_slice_of_env(self) -> slice | None:
         try:
@@ -558,12 +516,9 @@ class ML3(OnPolicyAlgorithm):
         """
         buffer = self.rollout_buffer
         values = last_values = None
-        if self.task_value_net is not None:
-            with torch.no_grad():
-                obs = torch.as_tensor(buffer.grid("observations"), device=self.device, dtype=torch.float32)
-                values = self.task_value_net(obs).squeeze(-1).double().cpu().numpy()  # (n_steps, n_envs)
-                last_obs = torch.as_tensor(self._last_obs, device=self.device, dtype=torch.float32)
-                last_values = self.task_value_net(last_obs).squeeze(-1).double().cpu().numpy()
+        if self.task_value is not None:
+            values = self.task_value.values(buffer.grid("observations"))  # (n_steps, n_envs)
+            last_values = self.task_value.values(self._last_obs)
         weights, targets = buffer.task_reward_weights(self.gamma, self.gae_lambda, self.normalize_advantage, values,
                                                       last_values, np.asarray(self._last_episode_starts, dtype=np.float64))
         return buffer.flat(weights), None if targets is None else buffer.flat(targets)
@@ -580,53 +535,10 @@ class ML3(OnPolicyAlgorithm):
                 )
             self.rollout_buffer.stage_task_reward(np.array([float(info[self.task_reward]) for info in infos]))
 
-    def reinforce_task_loss(self, params: Params | None, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        """L_T = -mean[w * log pi_theta(a|s)] - c_H * entropy on the rollout ``data`` (Eq. 7-8).
-
-        w is ``data["task_loss_weights"]`` when present (``task_reward``), else ``data["task_weights"]``.
-        With ``task_clip_range`` eps: -mean[min(r w, clip(r, 1 - eps, 1 + eps) w)], r = pi_theta / pi_old.
-        """
-        mean, std = self.policy.actor_mean_std(params, data["observations"])
-        weights = data.get("task_loss_weights", data["task_weights"])
-        log_prob = gaussian_log_prob(mean, std, data["actions"])
-        if self.task_clip_range is None:
-            loss = -(weights * log_prob).mean()  # Eq. 7-8
-        else:
-            ratio = torch.exp(log_prob - data["old_log_prob"])
-            clipped = torch.clamp(ratio, 1.0 - self.task_clip_range, 1.0 + self.task_clip_range)
-            loss = -torch.min(ratio * weights, clipped * weights).mean()
-        return self._with_entropy_bonus(loss, std)
-
-    def _with_entropy_bonus(self, task_loss: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """Every task loss's entropy term: L_T - c_H * mean entropy of the Gaussian policy (``task_ent_coef``)."""
-        if self.task_ent_coef:
-            return task_loss - self.task_ent_coef * gaussian_entropy(std).mean()
-        return task_loss
-
-    def q_value_task_loss(self, params: Params | None, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        """L_T = -mean_s Q_task(s, mu_theta(s)) - c_H * entropy on the rollout's states (``task_objective="q_value"``).
-
-        Q_task's weights are constants here: the outer step differentiates only through mu_theta, i.e.
-        through theta_i(phi).
-        """
-        mean, std = self.policy.actor_mean_std(params, data["observations"])
-        loss = -self.task_q_value(data["observations"], mean, constant=True).mean()
-        return self._with_entropy_bonus(loss, std)
-
-    def imitation_task_loss(self, params: Params | None, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        """L_T = mean_s ||clip(mu_theta(s)) - a_E(s)||^2 - c_H * entropy (``task_objective="imitation"``).
-
-        ``data["expert_actions"]`` holds a_E at the rollout's states (computed once per rollout by ``train``).
-        """
-        mean, std = self.policy.actor_mean_std(params, data["observations"])
-        loss = ((self.clip_actions(mean) - data["expert_actions"]) ** 2).sum(dim=-1).mean()
-        return self._with_entropy_bonus(loss, std)
-
     @property
     def task_loss_fn(self) -> Any:
         """The task loss L_T(params, data) the outer step differentiates (``task_objective``)."""
-        return {"q_value": self.q_value_task_loss, "imitation": self.imitation_task_loss}.get(
-            self.task_objective, self.reinforce_task_loss)
+        return self.objective.loss
 
     # ------------------------------------------------------------------ training
     def _minibatches(self, data: dict[str, torch.Tensor] | None = None) -> list[dict[str, torch.Tensor]]:
@@ -715,30 +627,41 @@ class ML3(OnPolicyAlgorithm):
         """
         return self.meta_train or any(name in self.meta_inputs for name in ("advantage", "return"))
 
-    def _train_critic(self, data: dict[str, torch.Tensor], value_net: Any = None,
-                      optimizer: torch.optim.Optimizer | None = None, targets: torch.Tensor | None = None,
-                      with_actions: bool = False, epochs: int | None = None) -> float:
-        """Regress a critic on its targets: by default the value head on the env reward's GAE returns.
+    def _train_critic(self, data: dict[str, torch.Tensor]) -> float:
+        """Regress the value head on the env reward's GAE returns (it supplies the advantages)."""
+        return fit_regression(self.policy.predict_values, (data["observations"],), data["returns"],
+                              self.value_optimizer, self.n_epochs, self.batch_size)
 
-        ``value_net`` maps observations (and the rollout's actions, ``with_actions``) to values.
+    def _update_policy(self, data: dict[str, torch.Tensor], inner_lr: float) -> dict[str, float]:
+        """The inner step on the rollout (Eq. 2), remembered for the next outer step at meta-train.
+
+        A policy the learned loss made non-finite is never kept: meta-train starts a fresh one, meta-test
+        puts the previous one (and its inner optimizer's state) back.
         """
-        predict = self.policy.predict_values if value_net is None else value_net
-        optimizer = self.value_optimizer if optimizer is None else optimizer
-        targets = data["returns"] if targets is None else targets
-        losses = []
-        size = data["observations"].shape[0]
-        for _ in range(self.n_epochs if epochs is None else epochs):
-            order = torch.as_tensor(np.random.permutation(size), device=self.device)
-            for start in range(0, size, self.batch_size):
-                index = order[start:start + self.batch_size]
-                inputs = (data["observations"][index],) + ((data["actions"][index],) if with_actions else ())
-                values = predict(*inputs).flatten()
-                loss = F.mse_loss(targets[index], values)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-        return float(np.mean(losses))
+        self._n_policy_updates += 1
+        minibatches = self._minibatches(data)
+        named = self.policy.actor_parameters()
+        before = {name: p.detach().clone() for name, p in named.items()}
+        with torch.no_grad():
+            old_mean, old_std = self.policy.actor_mean_std(None, data["observations"])
+        names = {p: n for n, p in named.items()}
+        optimizer_state = self.inner_rule.from_torch(self.policy.optimizer, names)
+        if self.meta_train:
+            self._pending = (before, minibatches, inner_lr, optimizer_state)
+        stats = self.inner_step(minibatches)
+        if not all(torch.isfinite(p).all() for p in named.values()):
+            self.skipped_inner_steps += 1
+            self._pending = None
+            if self.meta_train:
+                self.policy.reset_actor()
+                self.policy.optimizer.state.clear()
+            else:
+                self.policy.load_actor_parameters(before)
+                self._restore_optimizer_state(optimizer_state, names)
+        with torch.no_grad():
+            new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
+            stats["approx_kl"] = gaussian_kl(old_mean, old_std, new_mean, new_std).mean().item()
+        return stats
 
     def train(self) -> None:
         """One ML3 update on the last rollout: outer step (meta-train), inner step, critic regression."""
@@ -756,13 +679,8 @@ class ML3(OnPolicyAlgorithm):
             self.logger.record("train/invalid_samples", self.rollout_buffer.n_invalid)
             self.logger.record("train/skipped_rollouts", 1)
             return
-        if self.meta_train and self.task_objective == "imitation":
-            if self._expert_policy is None:
-                raise ValueError(
-                    "task_objective='imitation' meta-trains against an expert, and this model has none (an expert "
-                    "object is not saved with the model): pass it again, e.g. ML3.load(path, env, expert=expert)."
-                )
-            data["expert_actions"] = self.expert_actions(data["observations"])
+        if self.meta_train:
+            self.objective.prepare(data)  # e.g. the expert's actions at the rollout's states
         self._n_iterations += 1
         stats: dict[str, float] = {}
 
@@ -777,38 +695,12 @@ class ML3(OnPolicyAlgorithm):
             self.policy.reset_actor()  # Alg. 4 line 4: the next rollout comes from a fresh theta_0
             self.policy.optimizer.state.clear()  # ... and a fresh inner optimizer
         elif not frozen:
-            self._n_policy_updates += 1
-            minibatches = self._minibatches(data)
-            before_params = [p.detach().clone() for p in self.policy.actor_parameters().values()]
-            with torch.no_grad():
-                old_mean, old_std = self.policy.actor_mean_std(None, data["observations"])
-            names = {p: n for n, p in self.policy.actor_parameters().items()}
-            optimizer_state = self.inner_rule.from_torch(self.policy.optimizer, names)
-            if self.meta_train:
-                before = dict(zip(self.policy.actor_parameters(), before_params))
-                self._pending = (before, minibatches, inner_lr, optimizer_state)
-            stats.update(self.inner_step(minibatches))
-            if not all(torch.isfinite(p).all() for p in self.policy.actor_parameters().values()):
-                # the learned loss blew the policy up: never keep a non-finite policy
-                self.skipped_inner_steps += 1
-                self._pending = None
-                if self.meta_train:
-                    self.policy.reset_actor()
-                    self.policy.optimizer.state.clear()
-                else:
-                    self.policy.load_actor_parameters({k: v for k, v in zip(self.policy.actor_parameters(), before_params)})
-                    self._restore_optimizer_state(optimizer_state, names)
-            with torch.no_grad():
-                new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
-                kl = gaussian_kl(old_mean, old_std, new_mean, new_std).mean()
-            stats["approx_kl"] = kl.item()
+            stats.update(self._update_policy(data, inner_lr))
         if task_value_targets is not None:
-            self.logger.record("train/task_value_loss", self._train_critic(
-                data, self.task_value_net, self.task_value_optimizer, task_value_targets, epochs=self.task_critic_epochs))
-            if self.task_q_net is not None:
-                self.logger.record("train/task_q_loss", self._train_critic(
-                    data, self.task_q_value, self.task_q_optimizer, task_value_targets, with_actions=True,
-                    epochs=self.task_critic_epochs))
+            assert self.task_value is not None
+            self.logger.record("train/task_value_loss", self.task_value.fit(data, task_value_targets))
+            for key, value in self.objective.fit(data, task_value_targets).items():
+                self.logger.record(f"train/{key}", value)
         if frozen:
             self.logger.record("train/policy_frozen", 1)
         elif self.critic_needed:
