@@ -43,7 +43,6 @@ loss reads no advantage or return skips it.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -59,50 +58,24 @@ from torch.func import functional_call
 
 from sb3_ml3.functional import (INNER_OPTIMIZERS, Adam, InnerOptimizer, Params, apply_meta_gradient, clip_grads,
                                 global_norm, make_meta_optimizer, meta_gradient)
-from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
+from sb3_ml3.meta_loss import InputSpec, MetaLoss
 from sb3_ml3.ml3.buffers import ML3RolloutBuffer
-from sb3_ml3.ml3.task_losses import (TASK_OBJECTIVES, ImitationTaskLoss, QValueTaskLoss, TaskCritic, TaskLoss,
+from sb3_ml3.ml3.loss_files import build_meta_loss, save_meta_loss, sync_observation_normalization
+from sb3_ml3.ml3.checks import (UntrainedMetaLossWarning, check_arguments, made_space,
+                                refuse_dict_observations)
+from sb3_ml3.ml3.task_losses import (ImitationTaskLoss, QValueTaskLoss, TaskCritic, TaskLoss,
                                      clip_actions, fit_regression, make_task_loss)
-from sb3_ml3.ml3.meta_inputs import DEFAULT_META_INPUTS, OPTIONAL_META_INPUTS, MetaInputs, check_meta_inputs
+from sb3_ml3.ml3.meta_inputs import DEFAULT_META_INPUTS, OPTIONAL_META_INPUTS, MetaInputs
 from sb3_ml3.ml3.persistence import load_model, save_model
 from sb3_ml3.ml3.policies import ML3Policy, gaussian_kl
 
 SelfML3 = TypeVar("SelfML3", bound="ML3")
 
-TASK_LOSSES = ("advantage", "return")
 #: A new meta-loss is a quadratic form in the policy mean around a learned target,
 #: M = sum_j softplus(w_j(c)) (mu_j - t_j(c))^2 with (t, w) an MLP (two layers of 40) of the other
 #: inputs c. It is bounded below, so the inner steps cannot run the policy off to the action bounds,
 #: which the plain-MLP loss of the paper did in our runs (BENCHMARKS.md, "Model-free ML3").
 DEFAULT_META_LOSS_KWARGS: dict[str, Any] = {"hidden_sizes": (40, 40), "quadratic": ("mean",)}
-
-class UntrainedMetaLossWarning(UserWarning):
-    """ML3 is about to train a policy with a meta-loss nobody trained."""
-
-
-def _refuse_dict_observations(env: Any) -> None:
-    """ML3's own message for a Dict observation space (SB3's points to ``MultiInputPolicy``, which ML3 lacks)."""
-    space = env if isinstance(env, spaces.Space) else getattr(env, "observation_space", None)
-    if isinstance(space, spaces.Dict):
-        raise ValueError(
-            f"ML3 reads flat Box observations (its meta-loss sees the state and the goal as vectors), got a Dict "
-            f"space with keys {list(space.spaces)}. Flatten it first, e.g. gymnasium.wrappers.FlattenObservation "
-            "(for goal envs, put the goal last and give the env a goal_slice)."
-        )
-
-
-def _made_space(env: Any) -> spaces.Space | None:
-    """The observation space of an env id (made and closed), for :func:`_refuse_dict_observations`."""
-    import gymnasium as gym
-
-    made = gym.make(env) if isinstance(env, str) else None
-    if made is None:
-        return None
-    try:
-        return made.observation_space
-    finally:
-        made.close()
-
 
 class ML3(OnPolicyAlgorithm):
     """Meta-Learning via Learned Loss for model-free RL (Bechtle et al., Algorithms 4 and 5).
@@ -214,7 +187,7 @@ class ML3(OnPolicyAlgorithm):
         device: torch.device | str = "auto",
         _init_setup_model: bool = True,
     ) -> None:
-        _refuse_dict_observations(env)
+        refuse_dict_observations(env)
         try:
             super().__init__(
                 policy,
@@ -239,7 +212,7 @@ class ML3(OnPolicyAlgorithm):
             )
         except ValueError as error:  # an env id whose env has Dict observations: SB3 made it and refused it
             if "MultiInputPolicy" in str(error):
-                _refuse_dict_observations(_made_space(env))
+                refuse_dict_observations(made_space(env))
             raise
         if getattr(self, "action_space", None) is not None and not isinstance(self.action_space, spaces.Box):
             raise ValueError(
@@ -283,63 +256,10 @@ class ML3(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------ set-up
     def _check_arguments(self) -> None:
-        check_meta_inputs(self.meta_inputs)
-        if self.inner_optimizer not in INNER_OPTIMIZERS:
-            raise ValueError(f"inner_optimizer must be one of {sorted(INNER_OPTIMIZERS)}, got {self.inner_optimizer!r}.")
-        if self.task_loss not in TASK_LOSSES:
-            raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {self.task_loss!r}.")
-        if self.task_reward is not None and (not isinstance(self.task_reward, str) or not self.task_reward):
-            raise ValueError(f"task_reward must be None or the name of an info key, got {self.task_reward!r}.")
-        if self.task_critic and self.task_reward is None:
-            raise ValueError("task_critic=True learns the value of task_reward: pass task_reward (an info key) too.")
-        if self.task_objective not in TASK_OBJECTIVES:
-            raise ValueError(f"task_objective must be one of {TASK_OBJECTIVES}, got {self.task_objective!r}.")
-        if self.task_objective == "q_value" and not self.task_critic:
-            raise ValueError(
-                "task_objective='q_value' fits Q_task to the task critic's lambda-returns: pass task_critic=True "
-                "and task_reward (an info key) too."
-            )
-        if self.task_objective != "reinforce" and self.task_clip_range is not None:
-            raise ValueError(
-                f"task_clip_range clips REINFORCE's likelihood ratio; task_objective={self.task_objective!r} has none."
-            )
-        if (self.task_objective == "imitation") != (self.expert is not None):
-            raise ValueError(
-                "task_objective='imitation' and expert go together: pass the expert to imitate (an SB3 model, "
-                f"policy or saved PPO path) with it, and no expert otherwise (task_objective={self.task_objective!r})."
-            )
-        if self.task_critic_epochs is not None and self.task_critic_epochs < 1:
-            raise ValueError(f"task_critic_epochs must be None or >= 1, got {self.task_critic_epochs}.")
-        if self.meta_epochs < 1:
-            raise ValueError(f"meta_epochs must be >= 1, got {self.meta_epochs}.")
-        if self.task_clip_range is not None and not self.task_clip_range > 0:
-            raise ValueError(f"task_clip_range must be None or > 0, got {self.task_clip_range}.")
-        if self.meta_epochs > 1 and self.task_clip_range is None and self.task_objective == "reinforce":
-            raise ValueError(
-                f"meta_epochs={self.meta_epochs} reuses each rollout for several outer steps: pass task_clip_range "
-                "(e.g. 0.2) so the task loss is the importance-weighted, clipped surrogate."
-            )
-        if self.batch_size < 1 or self.n_epochs < 1:
-            raise ValueError(f"batch_size and n_epochs must be positive, got {self.batch_size} and {self.n_epochs}.")
-        if self.max_policy_updates is not None and self.max_policy_updates < 0:
-            raise ValueError(f"max_policy_updates must be None or >= 0, got {self.max_policy_updates}.")
-        if self.policy_reset_interval is not None and self.policy_reset_interval < 1:
-            raise ValueError(f"policy_reset_interval must be None or >= 1, got {self.policy_reset_interval}.")
-        if self.env is not None:
-            buffer_size = self.n_steps * self.env.num_envs
-            if self.batch_size > buffer_size:
-                raise ValueError(
-                    f"batch_size ({self.batch_size}) exceeds the rollout size n_steps * n_envs = {buffer_size}."
-                )
-            if buffer_size % self.batch_size:
-                warnings.warn(
-                    f"The rollout size {buffer_size} is not a multiple of batch_size {self.batch_size}: "
-                    "the last, smaller minibatch of each epoch is dropped.",
-                    stacklevel=3,
-                )
+        check_arguments(self)
 
     def _setup_model(self) -> None:
-        env_id = self._env_id()
+        env_id = self.env_id
         self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "env_name": env_id or "the env"}
         super()._setup_model()
         self.policy.env_name = env_id or "the env"
@@ -414,70 +334,10 @@ class ML3(OnPolicyAlgorithm):
         return self.inputs.spec
 
     def _build_meta_loss(self, spec: InputSpec) -> MetaLoss:
-        if self._meta_loss_config is not None:  # ML3.load(): architecture from the file, weights follow
-            meta_loss = MetaLoss.from_config(self._meta_loss_config, source="the saved ML3 model")
-            meta_loss.spec.require(spec, "Loading an ML3 model")
-            return meta_loss
-        source = self._meta_loss_source
-        if source is None:
-            meta_loss = MetaLoss(spec, **self.meta_loss_kwargs)
-            if not self.meta_train and meta_loss.surrogate is None:
-                warnings.warn(
-                    "ML3 with meta_train=False and no meta_loss trains the policy with a new, untrained (random) "
-                    "meta-loss, which teaches nothing useful. Pass meta_loss= (a file from ML3.save_meta_loss), "
-                    "meta_train=True to meta-train one, or meta_loss_kwargs={'surrogate': 'ppo'} for a loss that "
-                    "starts as PPO's update.",
-                    UntrainedMetaLossWarning, stacklevel=4,
-                )
-            return meta_loss
-        if isinstance(source, MetaLoss):
-            source.spec.require(spec, "ML3(meta_loss=...)")
-            meta_loss = source
-        else:
-            meta_loss = MetaLoss.load(source, inputs=spec)
-        trained_on, here = meta_loss.metadata.get("env_id"), self._env_id()
-        if trained_on is not None and here is not None and trained_on != here:
-            warnings.warn(
-                f"This meta-loss was meta-trained on {trained_on} and is used on {here}: its input widths fit, "
-                "but what it learned may not transfer. Meta-train one on this env for a fair result.",
-                stacklevel=3,
-            )
-        trained_with = meta_loss.metadata.get("task_loss")
-        if "advantage" in self.meta_inputs and trained_with is not None and trained_with != self.task_loss:
-            raise MetaLossSpecError(
-                f"This meta-loss reads the 'advantage' input as task_loss={trained_with!r} computes it (GAE "
-                f"advantage or centred return), and this ML3 has task_loss={self.task_loss!r}; "
-                f"pass task_loss={trained_with!r}."
-            )
-        return meta_loss
+        return build_meta_loss(self, spec)
 
     def _sync_observation_normalization(self) -> None:
-        """A meta-loss sees observations as they were normalised when it was meta-trained: keep that true."""
-        saved = self.meta_loss.metadata.get("obs_normalization")
-        vec_normalize = self.get_vec_normalize_env()
-        normalizing = vec_normalize is not None and vec_normalize.norm_obs
-        if self.env is None or (saved is None and not normalizing):
-            return
-        if saved is not None and not normalizing:
-            raise MetaLossSpecError(
-                "This meta-loss was meta-trained on VecNormalize-d observations but this env does not normalise "
-                "observations: wrap it in VecNormalize(env, norm_obs=True)."
-            )
-        if saved is None and normalizing and self._meta_loss_source is not None and not self.meta_train:
-            raise MetaLossSpecError(
-                "This env normalises observations (VecNormalize) but the meta-loss was meta-trained on raw "
-                "observations: use norm_obs=False, or meta-train the loss with VecNormalize."
-            )
-        if saved is not None:
-            mean = np.asarray(saved["mean"], dtype=np.float64)
-            if mean.shape != vec_normalize.obs_rms.mean.shape:
-                raise MetaLossSpecError(
-                    f"The meta-loss's observation normalisation has shape {mean.shape}, this env's "
-                    f"{vec_normalize.obs_rms.mean.shape}."
-                )
-            vec_normalize.obs_rms.mean = mean
-            vec_normalize.obs_rms.var = np.asarray(saved["var"], dtype=np.float64)
-            vec_normalize.obs_rms.count = float(saved.get("count", 1e4))
+        sync_observation_normalization(self)
 
     # ------------------------------------------------------------------ meta-loss inputs
     def rollout_tensors(self) -> dict[str, torch.Tensor]:
@@ -740,41 +600,12 @@ class ML3(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------ files
     def save_meta_loss(self, path: str | os.PathLike) -> None:
-        """Save the meta-loss on its own, with its input spec and the observation normalisation it saw."""
-        metadata = dict(self.meta_loss.metadata)
-        metadata.update({
-            "algorithm": "ML3",
-            "meta_inputs": list(self.meta_inputs),
-            "observation_shape": list(self.observation_space.shape),
-            "action_shape": list(self.action_space.shape),
-            "goal_slice": None if self.goal_slice is None else [self.goal_slice.start, self.goal_slice.stop],
-            "inner_lr": float(self.lr_schedule(1)),
-            "inner_optimizer": self.inner_optimizer,
-            "n_steps": self.n_steps,
-            "batch_size": self.batch_size,
-            "n_epochs": self.n_epochs,
-            "policy_reset_interval": self.policy_reset_interval,
-            "task_loss": self.task_loss,  # what the advantage meta-input means
-            "task_reward": self.task_reward,
-        })
-        env_id = self._env_id()
-        if env_id:
-            metadata["env_id"] = env_id
-        vec_normalize = self.get_vec_normalize_env()
-        if vec_normalize is not None and vec_normalize.norm_obs:
-            metadata["obs_normalization"] = {
-                "mean": vec_normalize.obs_rms.mean.tolist(),
-                "var": vec_normalize.obs_rms.var.tolist(),
-                "count": float(vec_normalize.obs_rms.count),
-                "clip_obs": float(vec_normalize.clip_obs),
-                "epsilon": float(vec_normalize.epsilon),
-            }
-        else:
-            metadata.pop("obs_normalization", None)
-        self.meta_loss.metadata = metadata
-        self.meta_loss.save(path)
+        """Save the meta-loss on its own, with what it was trained with (inputs, env, normalisation, ...)."""
+        save_meta_loss(self, path)
 
-    def _env_id(self) -> str | None:
+    @property
+    def env_id(self) -> str | None:
+        """The registered id of the training env (``None`` without an env or for an unregistered one)."""
         if self.env is None:
             return None
         try:
