@@ -61,6 +61,13 @@ OUTPUTS: dict[str, Any] = {
 
 #: Loss families with a fixed, known part: ``"ppo"`` is PPO's clipped surrogate plus a learned correction.
 SURROGATES = ("ppo",)
+#: forms of the surrogate family's correction C_phi: ``"free"`` is the MLP's output (zero at initialisation);
+#: ``"penalty"`` is (log r)^2 softplus(MLP), a learned per-sample trust region: non-negative, zero with zero
+#: slope at r = 1, so it can slow the policy's change on some samples but never push it away from pi_old
+CORRECTIONS = ("free", "penalty")
+#: the penalty's initial weight softplus(PENALTY_BIAS) ~ 0.0067: the loss starts within 3e-4 of PPO's
+#: surrogate inside the clip range, and the penalty's parameters get a gradient from the first outer step
+PENALTY_BIAS = -5.0
 #: the inputs the ``"ppo"`` family computes its surrogate from
 PPO_SURROGATE_FIELDS = ("action", "mean", "std", "old_log_prob", "advantage")
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -223,6 +230,7 @@ class MetaLoss(nn.Module):
         surrogate: str | None = None,
         clip_range: float = 0.2,
         correction_fields: Sequence[str] | None = None,
+        correction: str = "free",
     ) -> None:
         super().__init__()
         self.spec = InputSpec.parse(inputs)
@@ -241,6 +249,9 @@ class MetaLoss(nn.Module):
                 raise MetaLossSpecError("A meta-loss is either a quadratic form or a surrogate family, not both.")
             if not 0.0 < self.clip_range < 1.0:
                 raise MetaLossSpecError(f"clip_range must lie in (0, 1), got {clip_range}.")
+        if correction not in CORRECTIONS:
+            raise MetaLossSpecError(f"Unknown correction {correction!r}; choose one of {list(CORRECTIONS)}.")
+        self.correction = correction
         self.correction_fields = None if correction_fields is None else tuple(correction_fields)
         if self.correction_fields is not None:
             unknown = [f for f in self.correction_fields if f not in self.spec.names]
@@ -311,6 +322,8 @@ class MetaLoss(nn.Module):
         if self.surrogate is not None:
             with torch.no_grad():
                 linears[-1].weight.zero_()
+                if self.correction == "penalty" and linears[-1].bias is not None:
+                    linears[-1].bias.fill_(PENALTY_BIAS)
 
     # ------------------------------------------------------------------ evaluation
     def _fields(self, args: tuple, kwargs: dict) -> Mapping[str, torch.Tensor]:
@@ -355,7 +368,11 @@ class MetaLoss(nn.Module):
         x = self.spec.concat(fields).to(self.net[0].weight.dtype)
         if self.correction_fields is not None:
             x = torch.cat([x[..., self._columns[f]] for f in self.correction_fields], dim=-1)
-        correction = OUTPUTS[self.output](self.net(torch.cat([x, log_ratio.unsqueeze(-1).to(x.dtype)], -1))).squeeze(-1)
+        out = self.net(torch.cat([x, log_ratio.unsqueeze(-1).to(x.dtype)], -1)).squeeze(-1)
+        if self.correction == "penalty":
+            correction = log_ratio.to(out.dtype) ** 2 * nn.functional.softplus(out)
+        else:
+            correction = OUTPUTS[self.output](out)
         return torch.stack([base.to(correction.dtype), correction])
 
     def quadratic_form(self, *args: Any, **kwargs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -402,6 +419,7 @@ class MetaLoss(nn.Module):
             "surrogate": self.surrogate,
             "clip_range": self.clip_range,
             "correction_fields": None if self.correction_fields is None else list(self.correction_fields),
+            "correction": self.correction,
             "dtype": str(self.net[0].weight.dtype).replace("torch.", ""),
             "metadata": self.metadata,
         }
@@ -482,6 +500,7 @@ class MetaLoss(nn.Module):
                 surrogate=config.get("surrogate"),
                 clip_range=config.get("clip_range", 0.2),
                 correction_fields=config.get("correction_fields"),
+                correction=config.get("correction", "free"),
                 metadata=config.get("metadata") or {},
             )
         except KeyError as exc:

@@ -7,6 +7,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from torch.distributions import Normal
 
 from sb3_ml3 import ML3, MetaLoss, MetaLossSpecError
+from sb3_ml3.meta_loss import ppo_surrogate
 from sb3_ml3.functional import meta_gradient, parameters_of
 
 SPEC = "obs:3, action:2, mean:2, std:2, goal:2, advantage:1, old_log_prob:1"
@@ -124,3 +125,22 @@ def test_a_drift_correction_reads_only_the_ratio_and_the_advantage(tmp_path):
         MetaLoss(SPEC, surrogate="ppo", correction_fields=("reward",))
     with pytest.raises(MetaLossSpecError, match="correction_fields"):
         MetaLoss("y_pred:1, y_target:1", correction_fields=("y_pred",))
+
+
+def test_a_penalty_correction_is_a_learned_trust_region():
+    """(log r)^2 softplus(net): never negative, zero at r = 1, and starts within 3e-4 of PPO's surrogate."""
+    loss = MetaLoss(SPEC, hidden_sizes=(8,), surrogate="ppo", correction="penalty")
+    f = _fields()
+    _, correction = loss.surrogate_parts(f)
+    _, log_ratio = ppo_surrogate(f, 0.2)
+    small = log_ratio.abs() < 0.2
+    assert small.any() and (correction[small] < 3e-4).all() and (correction >= 0).all()
+    with torch.no_grad():
+        for p in loss.net.parameters():
+            p.normal_()
+    _, correction = loss.surrogate_parts(f)
+    assert (correction >= 0).all() and correction.max() > 1e-3
+    at_one = dict(f, old_log_prob=Normal(f["mean"], f["std"]).log_prob(f["action"]).sum(-1))
+    assert torch.allclose(loss.surrogate_parts(at_one)[1], torch.zeros(len(f["obs"])), atol=1e-10)
+    with pytest.raises(MetaLossSpecError, match="Unknown correction"):
+        MetaLoss(SPEC, surrogate="ppo", correction="bonus")
