@@ -1,0 +1,141 @@
+"""ML3 with a meta-loss in PPO's family: meta-train its correction, meta-test it against PPO.
+
+    python benchmarks/ppo_family.py meta-train --env ReacherGoal-v0 --out docs/results/ppo_family/r3 \
+        --timesteps 300000 --correction free
+    python benchmarks/ppo_family.py meta-test --env ReacherGoal-v0 --timesteps 100000 --seeds 0 1 2 \
+        --out docs/results/ppo_family/metatest_r3.json --loss docs/results/ppo_family/r3/meta_loss_seed0.zip
+    python benchmarks/ppo_family.py meta-test ... --loss fresh     # the family at zero correction (PPO's update)
+    python benchmarks/ppo_family.py meta-test ... --loss ppo       # SB3's PPO, the env's recipe
+
+The loss is M = L_PPO(r, A) + C_phi (``MetaLoss(surrogate="ppo")``): PPO's clipped surrogate of the ratio
+r = pi_theta(a|s) / pi_old(a|s) and the advantage A, plus a learned correction C_phi that starts at zero
+(``--correction free``) or as a learned trust region (``penalty``); ``--drift`` lets the correction read
+only A and log r. ML3's inner step is Adam with PPO's settings from the env's recipe (n_steps, batch,
+epochs, learning rate; max_grad_norm 0.5; SB3's eps 1e-5), so that at zero correction ML3 takes PPO's
+actor update. Meta-training (Algorithm 4) takes one outer step per rollout on the clipped REINFORCE task
+loss of the next rollout, first-order through all the update's minibatch steps, with meta-validation on
+train-split goals that includes the initial loss (``validate_at_start``). Meta-test trains fresh policies
+on the held-out goals, evaluated on a dense grid, with the comparison's seeds, goals and initial policies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from sb3_ml3 import MetaLoss
+from sb3_ml3.envs import sample_tasks
+from sb3_ml3.experiments import (TASK_SEED, atomic_write_json, evaluation_schedule, load_recipe, meta_train_loss,
+                                 run_one)
+from sb3_ml3.experiments.meta_train import meta_train_fingerprint
+
+INPUTS = ["obs", "action", "mean", "std", "goal", "advantage", "old_log_prob"]
+
+
+def inner_settings(env_id: str) -> tuple[dict, int]:
+    """ML3's inner-step settings that equal the env's PPO recipe, and its number of envs."""
+    ppo = load_recipe(env_id)["ppo"]
+    settings = dict(n_steps=ppo["n_steps"], batch_size=ppo["batch_size"], n_epochs=ppo["n_epochs"],
+                    learning_rate=ppo["learning_rate"], gamma=ppo.get("gamma", 0.99), max_grad_norm=0.5,
+                    vf_learning_rate=ppo["learning_rate"], inner_optimizer="adam", meta_inputs=INPUTS)
+    return settings, int(ppo["n_envs"])
+
+
+def meta_train(args: argparse.Namespace) -> None:
+    test, n_envs = inner_settings(args.env)
+    loss_kwargs = {"surrogate": "ppo", "hidden_sizes": [40, 40], "correction": args.correction}
+    if args.drift:
+        loss_kwargs["correction_fields"] = ["advantage"]
+    settings = {
+        "n_envs": n_envs, "normalize": True, "meta_train_net_arch": [64, 64],
+        "meta_train": dict(test, meta_lr=args.meta_lr, policy_reset_interval=args.policy_reset_interval,
+                           task_clip_range=0.2, meta_loss_kwargs=loss_kwargs),
+        "meta_validation": {"eval_freq": args.eval_freq, "eval_at_updates": args.eval_at_updates, "n_goals": 10,
+                            "validate_at_start": True},
+    }
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"meta_loss_seed{args.seed}.zip")
+    t0 = time.time()
+    loss, used = meta_train_loss(args.env, args.seed, args.timesteps, settings, path=path,
+                                 checkpoint_path=path + ".ckpt.zip", checkpoint_every=args.eval_freq,
+                                 fingerprint=meta_train_fingerprint(settings, args.timesteps))
+    history = loss.metadata.get("meta_validation", {}).get("history")
+    print(f"meta-trained {path}: {used} env steps (validation included), {time.time() - t0:.0f} s; "
+          f"validation history {history}")
+
+
+def meta_test(args: argparse.Namespace) -> None:
+    if os.path.exists(args.out) and not args.force:
+        raise SystemExit(f"{args.out} exists: pass --force to overwrite it.")
+    test, n_envs = inner_settings(args.env)
+    goals = np.asarray(sample_tasks(args.env, 10, "test", seed=TASK_SEED))
+    dense = max(1, min(2_000, args.timesteps // 4))  # 2k steps, or finer for a smoke run
+    schedule = evaluation_schedule(args.timesteps, 10_000, 20_000, dense)
+    results = {"env_id": args.env, "schedule": schedule, "runs": []}
+    for name in args.loss:
+        for seed in args.seeds:
+            t0 = time.time()
+            if name == "ppo":
+                record, _ = run_one(args.env, "ppo", load_recipe(args.env)["ppo"], seed, [64, 64], goals, schedule,
+                                    args.timesteps)
+            else:
+                settings = {"n_envs": n_envs, "normalize": True, "meta_test": test}
+                loss = fresh_loss(args.env) if name == "fresh" else name.format(seed=seed)
+                record, _ = run_one(args.env, "ml3", settings, seed, [64, 64], goals, schedule, args.timesteps,
+                                    meta_loss=loss)
+            record["name"] = name
+            results["runs"].append(record)
+            b = record["behaviour"]
+            print(f"{name} seed {seed}: final {record['curve'][-1]:.2f}, distance {b['final_distance']:.3f}, "
+                  f"success {b['success_rate']:.2f}, on bounds {b['saturation']:.3f} ({time.time() - t0:.0f} s)",
+                  flush=True)
+            atomic_write_json(args.out, results)
+
+
+def fresh_loss(env_id: str) -> MetaLoss:
+    """The family at zero correction, with neutral observation statistics (VecNormalize then learns its own)."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    obs_dim, act = env.observation_space.shape[0], env.action_space.shape[0]
+    goal = len(range(obs_dim)[env.unwrapped.goal_slice])
+    spec = [("obs", obs_dim - goal), ("action", act), ("mean", act), ("std", act), ("goal", goal), ("advantage", 1),
+            ("old_log_prob", 1)]
+    return MetaLoss(spec, hidden_sizes=(40, 40), surrogate="ppo",
+                    metadata={"obs_normalization": {"mean": [0.0] * obs_dim, "var": [1.0] * obs_dim, "count": 1e-4},
+                              "meta_inputs": INPUTS, "inner_optimizer": "adam"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("meta-train")
+    train.add_argument("--env", default="ReacherGoal-v0")
+    train.add_argument("--out", required=True)
+    train.add_argument("--timesteps", type=int, default=300_000)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--correction", choices=["free", "penalty"], default="free")
+    train.add_argument("--drift", action="store_true", help="the correction reads only A and log r")
+    train.add_argument("--meta-lr", type=float, default=1e-3)
+    train.add_argument("--policy-reset-interval", type=int, default=60)
+    train.add_argument("--eval-freq", type=int, default=100_000)
+    train.add_argument("--eval-at-updates", type=int, nargs="+", default=[6, 12, 24])
+    test = sub.add_parser("meta-test")
+    test.add_argument("--env", default="ReacherGoal-v0")
+    test.add_argument("--out", required=True, help="results JSON")
+    test.add_argument("--timesteps", type=int, default=100_000)
+    test.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    test.add_argument("--loss", nargs="+", required=True, help="loss files ({seed} allowed), 'fresh' or 'ppo'")
+    test.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    if min(getattr(args, "timesteps", 1), 1) < 1:
+        raise SystemExit("--timesteps must be positive")
+    (meta_train if args.command == "meta-train" else meta_test)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Smoke test of ``benchmarks/ppo_family.py``: the PPO-family loss at zero correction beside SB3's PPO."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ppo_family.py"
+
+
+def test_meta_test_writes_both_rows_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "mt.json"
+    cmd = [sys.executable, str(SCRIPT), "meta-test", "--env", "PointmassGoal-v0", "--timesteps", "2048",
+           "--seeds", "0", "--out", str(out), "--loss", "fresh", "ppo"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert [r["name"] for r in result["runs"]] == ["fresh", "ppo"]
+    fresh, ppo = result["runs"]
+    assert fresh["curve"][0] == ppo["curve"][0]  # the same initial policy and goals
+    assert fresh["timesteps"] == ppo["timesteps"] == 2048
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "--force" in again.stderr
+
+
+def test_the_fresh_loss_is_the_surrogate_family_at_zero_correction() -> None:
+    spec = importlib.util.spec_from_file_location("ppo_family", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    loss = module.fresh_loss("ReacherGoal-v0")
+    assert loss.surrogate == "ppo" and all(float(p.abs().sum()) == 0 for p in loss.net[-1].parameters())
+    assert loss.metadata["inner_optimizer"] == "adam"
