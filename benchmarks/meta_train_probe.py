@@ -67,16 +67,16 @@ class LifetimeProgress(BaseCallback):
     def _on_rollout_end(self) -> None:
         model = self.model
         lifetime = model.policy_reset_interval or 10**9
-        age = model._n_iterations % lifetime  # train() has not run yet: the age of the policy that collected
+        age = model.n_iterations % lifetime  # train() has not run yet: the age of the policy that collected
         per_step = np.stack(self._rewards).mean()  # over the rollout's steps and envs
         self.by_age[age].append(float(per_step * self._episode_steps))  # as an episode sum
-        if (model._n_iterations + 1) % self.print_every == 0:
+        if (model.n_iterations + 1) % self.print_every == 0:
             def recent(ages: range) -> float:
                 values = sum((self.by_age.get(a, [])[-4:] for a in ages), [])
                 return float(np.mean(values)) if values else float("nan")
 
             n = min(lifetime, max(self.by_age) + 1)
-            print(f"{self.label} iteration {model._n_iterations + 1} steps {model.num_timesteps}: episode task reward "
+            print(f"{self.label} iteration {model.n_iterations + 1} steps {model.num_timesteps}: episode task reward "
                   f"by age: first {recent(range(0, 3)):.1f}  middle {recent(range(n // 2 - 2, n // 2 + 3)):.1f}  "
                   f"last {recent(range(max(n - 5, 0), n)):.1f}  std {torch.exp(model.policy.log_std).mean().item():.3f}  "
                   f"{time.time() - self._start:.0f} s", flush=True)

@@ -133,7 +133,7 @@ def test_rollout_inputs_are_constants():
 def test_save_load_identical_actions_and_resumed_meta_training(tmp_path):
     model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, **SMALL)
     model.learn(3 * 16 * 2)
-    assert model._n_meta_updates >= 1
+    assert model.n_meta_updates >= 1
     path = tmp_path / "ml3.zip"
     model.save(path)
     loaded = ML3.load(path, env=_vec())
@@ -151,7 +151,7 @@ def test_save_load_identical_actions_and_resumed_meta_training(tmp_path):
     assert loaded.meta_train and loaded.meta_loss.spec == model.meta_loss.spec
     before = {k: v.clone() for k, v in loaded.meta_loss.state_dict().items()}
     loaded.learn(3 * 16 * 2, reset_num_timesteps=False)
-    assert loaded._n_meta_updates > model._n_meta_updates
+    assert loaded.n_meta_updates > model.n_meta_updates
     assert any(not torch.equal(before[k], v) for k, v in loaded.meta_loss.state_dict().items())
 
 
@@ -209,7 +209,7 @@ def test_non_finite_task_loss_is_skipped_counted_and_never_written():
     model.objective.loss = lambda params, data: original(params, data) * float("nan")
     before = {k: v.clone() for k, v in model.meta_loss.state_dict().items()}
     model.learn(4 * 32)
-    assert model.skipped_meta_steps >= 2 and model._n_meta_updates == 0
+    assert model.skipped_meta_steps >= 2 and model.n_meta_updates == 0
     assert all(torch.equal(before[k], v) for k, v in model.meta_loss.state_dict().items())
     assert model.logger.name_to_value["train/skipped_meta_steps"] == model.skipped_meta_steps
 
@@ -252,7 +252,7 @@ def test_max_policy_updates_freezes_the_policy_at_meta_test(tmp_path):
     model.learn(2 * 32)
     after_two = {k: v.clone() for k, v in model.policy.actor_parameters().items()}
     model.learn(3 * 32, reset_num_timesteps=False)
-    assert model._n_policy_updates == 2 and model.num_timesteps == 5 * 32
+    assert model.n_policy_updates == 2 and model.num_timesteps == 5 * 32
     assert all(torch.equal(after_two[k], v) for k, v in model.policy.actor_parameters().items())
     assert model.logger.name_to_value["train/policy_frozen"] == 1
 
@@ -364,7 +364,7 @@ def test_q_value_task_loss_differentiates_through_the_action_value_and_fits_it(t
     assert q_error() < 0.5 * before
     assert np.isfinite(model.logger.name_to_value["train/task_q_loss"])
     model.learn(3 * 32, reset_num_timesteps=False)  # outer steps on the Q-value task loss
-    assert model._n_meta_updates > 0
+    assert model.n_meta_updates > 0
     model.save(tmp_path / "model.zip")
     loaded = ML3.load(tmp_path / "model.zip", env=_vec())
     for k, v in model.task_q_net.state_dict().items():
@@ -454,7 +454,7 @@ def test_clipped_task_loss_has_reinforces_gradient_at_the_behaviour_policy_and_r
 
     model = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, meta_epochs=3, task_clip_range=0.2, **SMALL)
     model.learn(3 * 32)  # three rollouts: two outer steps of three meta-epochs each
-    assert model._n_meta_updates + model.skipped_meta_steps == 6 and model._n_meta_updates > 0
+    assert model.n_meta_updates + model.skipped_meta_steps == 6 and model.n_meta_updates > 0
     with pytest.raises(ValueError, match="task_clip_range"):
         ML3("MlpPolicy", _vec(), meta_train=True, meta_epochs=2, **SMALL)
 

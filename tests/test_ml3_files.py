@@ -113,7 +113,7 @@ def test_resumed_meta_training_equals_the_uninterrupted_run(tmp_path, inner_opti
         return model
 
     straight, resumed = run(False), run(True)
-    assert resumed._n_meta_updates == straight._n_meta_updates == 5
+    assert resumed.n_meta_updates == straight.n_meta_updates == 5
     for (name, a), b in zip(straight.meta_loss.state_dict().items(), resumed.meta_loss.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
     for (name, a), b in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
@@ -126,14 +126,14 @@ def test_without_the_pending_step_the_resumed_run_loses_an_outer_step(tmp_path):
     env = _vec()
     model = ML3("MlpPolicy", env, meta_train=True, seed=0, **SMALL)
     model.learn(3 * 32)
-    assert model._n_meta_updates == 2 and model._pending is not None
+    assert model.n_meta_updates == 2 and model.has_pending_outer_step
     model.save(tmp_path / "with.zip")
     model._pending = None
     model.save(tmp_path / "without.zip")
     for name, expected in (("with.zip", 3), ("without.zip", 2)):
         loaded = ML3.load(tmp_path / name, env=env, force_reset=False)
         loaded.learn(32, reset_num_timesteps=False)
-        assert loaded._n_meta_updates == expected, name
+        assert loaded.n_meta_updates == expected, name
 
 
 def test_unbounded_observation_spaces_round_trip(tmp_path):

@@ -32,7 +32,7 @@ def test_meta_trained_loss_beats_a_random_loss_on_unseen_goals_and_architectures
     env = make_vec_env(ENV, n_envs=8, seed=0, env_kwargs={"task_split": "train"})
     meta = ML3("MlpPolicy", env, meta_train=True, seed=0, meta_lr=3e-3, policy_reset_interval=25, **RECIPE)
     meta.learn(200_000)
-    assert meta.skipped_meta_steps == 0 and meta._n_meta_updates > 400
+    assert meta.skipped_meta_steps == 0 and meta.n_meta_updates > 400
     path = tmp_path / "pointmass_loss.zip"
     meta.save_meta_loss(path)
 

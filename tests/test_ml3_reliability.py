@@ -53,7 +53,7 @@ def test_a_non_finite_reward_is_skipped_counted_and_never_reaches_a_network(valu
     assert model.rollout_buffer.n_invalid == 2 * 3  # three bad steps in each of the two envs
     assert model.logger.name_to_value["train/invalid_samples"] == 6
     assert np.isfinite(model.rollout_buffer.advantages).all() and np.isfinite(model.rollout_buffer.returns).all()
-    assert model._n_meta_updates == 3 and model.skipped_meta_steps == 0  # the outer steps all happened
+    assert model.n_meta_updates == 3 and model.skipped_meta_steps == 0  # the outer steps all happened
     with torch.no_grad():
         values = model.policy.predict_values(torch.zeros(1, model.observation_space.shape[0]))
     assert torch.isfinite(values).all()

@@ -104,7 +104,7 @@ def test_meta_training_a_ppo_family_loss_changes_its_correction_only_through_out
                 meta_loss_kwargs={"surrogate": "ppo", "hidden_sizes": (8,)}, policy_kwargs={"net_arch": [8]}, seed=0)
     start = {k: v.detach().clone() for k, v in model.meta_loss.state_dict().items()}
     model.learn(32 * 2 * 4)
-    assert model._n_meta_updates == 3  # one per rollout after the first
+    assert model.n_meta_updates == 3  # one per rollout after the first
     moved = [k for k, v in model.meta_loss.state_dict().items() if not torch.equal(v, start[k])]
     assert "net.2.weight" in moved
     assert all(torch.isfinite(v).all() for v in model.meta_loss.state_dict().values())

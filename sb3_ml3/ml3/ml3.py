@@ -474,6 +474,26 @@ class ML3(OnPolicyAlgorithm):
                                               "exp_avg_sq": exp_avg_sq[name].clone()}
 
     @property
+    def n_iterations(self) -> int:
+        """Rollouts trained on so far (``train()`` calls): the age counter of ``policy_reset_interval``."""
+        return self._n_iterations
+
+    @property
+    def n_meta_updates(self) -> int:
+        """Outer steps applied to phi (skipped ones are counted in ``skipped_meta_steps``)."""
+        return self._n_meta_updates
+
+    @property
+    def n_policy_updates(self) -> int:
+        """Inner updates of the policy (each ``n_epochs`` passes over a rollout)."""
+        return self._n_policy_updates
+
+    @property
+    def has_pending_outer_step(self) -> bool:
+        """Whether the last inner update awaits its outer step (it is kept in a saved file)."""
+        return self._pending is not None
+
+    @property
     def policy_frozen(self) -> bool:
         """Whether meta-test has made its ``max_policy_updates`` updates: the policy no longer changes."""
         return (not self.meta_train and self.max_policy_updates is not None
