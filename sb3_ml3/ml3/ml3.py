@@ -1,7 +1,7 @@
 """ML3: model-free Meta-Learning via Learned Loss as a Stable-Baselines3 on-policy algorithm.
 
 The policy pi_theta is a diagonal Gaussian. Its only update is plain SGD on a learned loss
-(paper Eq. 2, Sec. III.B.2)::
+(paper Eq. 2, Sec. III.B.2; ``inner_optimizer="adam"`` takes Adam steps instead)::
 
     theta' = theta - alpha * grad_theta  mean_{minibatch} M_phi(s, a, mu_theta(s), sigma_theta, g)
 
@@ -38,6 +38,11 @@ default (``first_order=True``; exact for a single minibatch step), see
 The critic (value head) is trained by regression on the GAE returns with its own Adam optimizer; it
 only provides the advantages of the task loss (and optional meta-loss inputs), so a meta-test whose
 loss reads no advantage or return skips it.
+
+The parts live beside this file: the rollout buffer and its guard against non-finite rewards
+(``buffers.py``), the meta-loss inputs (``meta_inputs.py``), the task losses L_T and their networks
+(``task_losses.py``), argument checks (``checks.py``), the meta-loss's file and metadata
+(``loss_files.py``) and the model's file, which never runs code when loaded (``persistence.py``).
 """
 
 from __future__ import annotations
