@@ -6,6 +6,7 @@
         --out docs/results/ppo_family/metatest_r3.json --loss docs/results/ppo_family/r3/meta_loss_seed0.zip
     python benchmarks/ppo_family.py meta-test ... --loss fresh     # the family at zero correction (PPO's update)
     python benchmarks/ppo_family.py meta-test ... --loss ppo       # SB3's PPO, the env's recipe
+    python benchmarks/ppo_family.py plot <result files> --out curves.png --reference -7.72 "best constant"
 
 The loss is M = L_PPO(r, A) + C_phi (``MetaLoss(surrogate="ppo")``): PPO's clipped surrogate of the ratio
 r = pi_theta(a|s) / pi_old(a|s) and the advantage A, plus a learned correction C_phi that starts at zero
@@ -110,6 +111,22 @@ def fresh_loss(env_id: str) -> MetaLoss:
                               "meta_inputs": INPUTS, "inner_optimizer": "adam"})
 
 
+def plot(args: argparse.Namespace) -> None:
+    """Mean +- s.e. curves of each named run in the result files, with the env's reference policies."""
+    from sb3_ml3.plotting import plot_curves
+
+    curves: dict[str, list[list[float]]] = {}
+    schedule: list[int] = []
+    for path in args.results:
+        with open(path) as f:
+            data = json.load(f)
+        schedule = data["schedule"]
+        for run in data["runs"]:
+            curves.setdefault(args.label.get(run["name"], run["name"]), []).append(run["curve"])
+    plot_curves(args.out, schedule, curves, "meta-test env steps", "task metric on 10 held-out goals",
+                args.title, hlines={name: float(value) for value, name in args.reference})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,10 +148,16 @@ def main() -> None:
     test.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     test.add_argument("--loss", nargs="+", required=True, help="loss files ({seed} allowed), 'fresh' or 'ppo'")
     test.add_argument("--force", action="store_true")
+    figure = sub.add_parser("plot")
+    figure.add_argument("results", nargs="+", help="meta-test result files")
+    figure.add_argument("--out", required=True, help="PNG")
+    figure.add_argument("--title", default="")
+    figure.add_argument("--label", type=json.loads, default={}, help='JSON {"run name": "legend label"}')
+    figure.add_argument("--reference", nargs=2, action="append", default=[], metavar=("VALUE", "NAME"))
     args = parser.parse_args()
     if min(getattr(args, "timesteps", 1), 1) < 1:
         raise SystemExit("--timesteps must be positive")
-    (meta_train if args.command == "meta-train" else meta_test)(args)
+    {"meta-train": meta_train, "meta-test": meta_test, "plot": plot}[args.command](args)
 
 
 if __name__ == "__main__":
