@@ -81,12 +81,12 @@ def meta_test(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             t0 = time.time()
             if name == "ppo":
-                record, _ = run_one(args.env, "ppo", load_recipe(args.env)["ppo"], seed, [64, 64], goals, schedule,
-                                    args.timesteps)
+                record, _ = run_one(args.env, "ppo", load_recipe(args.env)["ppo"], seed, args.net_arch, goals,
+                                    schedule, args.timesteps)
             else:
                 settings = {"n_envs": n_envs, "normalize": True, "meta_test": test}
                 loss = fresh_loss(args.env) if name == "fresh" else name.format(seed=seed)
-                record, _ = run_one(args.env, "ml3", settings, seed, [64, 64], goals, schedule, args.timesteps,
+                record, _ = run_one(args.env, "ml3", settings, seed, args.net_arch, goals, schedule, args.timesteps,
                                     meta_loss=loss)
             record["name"] = name
             results["runs"].append(record)
@@ -147,6 +147,8 @@ def main() -> None:
     test.add_argument("--timesteps", type=int, default=100_000)
     test.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     test.add_argument("--loss", nargs="+", required=True, help="loss files ({seed} allowed), 'fresh' or 'ppo'")
+    test.add_argument("--net-arch", type=int, nargs="+", default=[64, 64],
+                      help="meta-test policy layers (a loss meta-trained on [64, 64] trains any architecture)")
     test.add_argument("--force", action="store_true")
     figure = sub.add_parser("plot")
     figure.add_argument("results", nargs="+", help="meta-test result files")
