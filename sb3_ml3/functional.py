@@ -83,6 +83,10 @@ class InnerOptimizer:
     def step(self, params: Params, grads: Params, lr: float, state: Any) -> tuple[Params, Any]:
         raise NotImplementedError
 
+    def torch_optimizer(self, parameters: Any, lr: float) -> torch.optim.Optimizer:
+        """The live ``torch.optim`` optimizer that takes the steps this rule recomputes."""
+        raise NotImplementedError
+
     def from_torch(self, optimizer: torch.optim.Optimizer, names: Mapping[torch.Tensor, str]) -> Any:
         return None
 
@@ -94,6 +98,9 @@ class SGD(InnerOptimizer):
 
     def step(self, params: Params, grads: Params, lr: float, state: Any) -> tuple[Params, Any]:
         return {name: value - lr * grads[name] for name, value in params.items()}, state
+
+    def torch_optimizer(self, parameters: Any, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(parameters, lr=lr)
 
 
 class Adam(InnerOptimizer):
@@ -125,6 +132,9 @@ class Adam(InnerOptimizer):
             for k, v in params.items()
         }
         return updated, (step, exp_avg, exp_avg_sq)
+
+    def torch_optimizer(self, parameters: Any, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(parameters, lr=lr, betas=self.betas, eps=self.eps)
 
     def from_torch(self, optimizer: torch.optim.Optimizer, names: Mapping[torch.Tensor, str]) -> Any:
         """The state of a live ``torch.optim.Adam`` over the same parameters (``names``: tensor -> name), detached."""

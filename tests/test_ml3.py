@@ -28,7 +28,7 @@ def _collected(model: ML3):
     model._setup_learn(model.n_steps * model.n_envs, None)
     model.collect_rollouts(model.env, model._init_callback(None), model.rollout_buffer, model.n_steps)
     data = model.rollout_tensors()
-    return data, model._minibatches(data)
+    return data, model._minibatches()
 
 
 def _in_double(model: ML3, data, minibatches):

@@ -61,7 +61,7 @@ from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import explained_variance
 from torch.func import functional_call
 
-from sb3_ml3.functional import (INNER_OPTIMIZERS, Adam, InnerOptimizer, Params, apply_meta_gradient, clip_grads,
+from sb3_ml3.functional import (SGD, Adam, InnerOptimizer, Params, apply_meta_gradient, clip_grads,
                                 global_norm, make_meta_optimizer, meta_gradient)
 from sb3_ml3.meta_loss import InputSpec, MetaLoss
 from sb3_ml3.ml3.buffers import ML3RolloutBuffer
@@ -255,26 +255,20 @@ class ML3(OnPolicyAlgorithm):
         self._n_iterations = 0
         self.skipped_meta_steps = 0
         self.skipped_inner_steps = 0
-        self._check_arguments()
+        check_arguments(self)
         if _init_setup_model:
             self._setup_model()
 
     # ------------------------------------------------------------------ set-up
-    def _check_arguments(self) -> None:
-        check_arguments(self)
-
     def _setup_model(self) -> None:
         env_id = self.env_id
         self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "env_name": env_id or "the env"}
         super()._setup_model()
         self.policy.env_name = env_id or "the env"
-        actor = list(self.policy.actor_parameters().values())
-        if self.inner_optimizer == "adam":
-            self.inner_rule: InnerOptimizer = Adam(eps=1e-5)
-            self.policy.optimizer = torch.optim.Adam(actor, lr=self.lr_schedule(1), eps=1e-5)
-        else:
-            self.inner_rule = INNER_OPTIMIZERS[self.inner_optimizer]()
-            self.policy.optimizer = torch.optim.SGD(actor, lr=self.lr_schedule(1))
+        # the live optimizer and the pure rule the outer step recomputes come from one object
+        self.inner_rule: InnerOptimizer = Adam(eps=1e-5) if self.inner_optimizer == "adam" else SGD()
+        self.policy.optimizer = self.inner_rule.torch_optimizer(list(self.policy.actor_parameters().values()),
+                                                                self.lr_schedule(1))
         self.value_optimizer = torch.optim.Adam(self.policy.critic_parameters(), lr=self.vf_learning_rate)
         #: V_task of ``task_reward`` (``task_critic=True``), and the task loss L_T of ``task_objective``
         self.task_value: TaskCritic | None = TaskCritic(self) if self.task_critic else None
@@ -283,8 +277,8 @@ class ML3(OnPolicyAlgorithm):
             self.goal_slice = self._goal_slice_of_env()
         self.inputs = MetaInputs(self.meta_inputs, self.observation_space, self.action_space, self.goal_slice,
                                  self.device)
-        self.meta_loss = self._build_meta_loss(self.inputs.spec).to(self.device)
-        self._sync_observation_normalization()
+        self.meta_loss = build_meta_loss(self, self.inputs.spec).to(self.device)
+        sync_observation_normalization(self)
         self.meta_loss.requires_grad_(self.meta_train)
         self.meta_optimizer = make_meta_optimizer(self.meta_loss.parameters(), self.meta_lr) if self.meta_train else None
         self._pending: tuple[Params, list[dict[str, torch.Tensor]], float, Any] | None = None
@@ -338,12 +332,6 @@ class ML3(OnPolicyAlgorithm):
         """The meta-loss inputs this setting provides, with their widths."""
         return self.inputs.spec
 
-    def _build_meta_loss(self, spec: InputSpec) -> MetaLoss:
-        return build_meta_loss(self, spec)
-
-    def _sync_observation_normalization(self) -> None:
-        sync_observation_normalization(self)
-
     # ------------------------------------------------------------------ meta-loss inputs
     def rollout_tensors(self) -> dict[str, torch.Tensor]:
         """The last rollout's valid samples as flat tensors (env-major, like SB3's minibatches), among them
@@ -377,7 +365,7 @@ class ML3(OnPolicyAlgorithm):
         """The task-loss weights of ``task_reward``, flat and normalised, and the task critic's targets.
 
         See :meth:`ML3RolloutBuffer.task_reward_weights`: rewards-to-go without ``task_critic``, GAE under
-        V_task with it. Called before the rollout is flattened (it needs the (n_steps, n_envs) layout).
+        V_task with it.
         """
         buffer = self.rollout_buffer
         values = last_values = None
@@ -406,7 +394,7 @@ class ML3(OnPolicyAlgorithm):
         return self.objective.loss
 
     # ------------------------------------------------------------------ training
-    def _minibatches(self, data: dict[str, torch.Tensor] | None = None) -> list[dict[str, torch.Tensor]]:
+    def _minibatches(self) -> list[dict[str, torch.Tensor]]:
         """``n_epochs`` shuffled passes over the rollout's valid samples in minibatches (the buffer's)."""
         return self.rollout_buffer.minibatches(self.batch_size, self.n_epochs)
 
@@ -524,7 +512,7 @@ class ML3(OnPolicyAlgorithm):
         puts the previous one (and its inner optimizer's state) back.
         """
         self._n_policy_updates += 1
-        minibatches = self._minibatches(data)
+        minibatches = self._minibatches()
         named = self.policy.actor_parameters()
         before = {name: p.detach().clone() for name, p in named.items()}
         with torch.no_grad():

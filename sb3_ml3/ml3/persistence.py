@@ -134,8 +134,6 @@ def _settings(model: "ML3") -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- save
 def save_model(model: "ML3", path: str | os.PathLike) -> None:
     """Write ``model`` to ``path`` (``.zip`` appended when missing), atomically."""
-    from sb3_ml3.ml3.ml3 import _UnsavedExpert
-
     path = os.fspath(path)
     if not path.endswith(".zip"):
         path += ".zip"
@@ -144,8 +142,8 @@ def save_model(model: "ML3", path: str | os.PathLike) -> None:
         "format": FORMAT, "format_version": FORMAT_VERSION, "class": type(model).__name__,
         "settings": _settings(model),
         "expert": os.fspath(expert) if isinstance(expert, (str, os.PathLike)) else None,
-        "expert_object": expert is not None and not isinstance(expert, (str, os.PathLike, _UnsavedExpert))
-        or isinstance(expert, _UnsavedExpert),
+        # an expert object (or the stand-in for one a file could not hold) is asked for again on load
+        "expert_object": expert is not None and not isinstance(expert, (str, os.PathLike)),
         "observation_space": space_to_json(model.observation_space),
         "action_space": space_to_json(model.action_space),
         "n_envs": int(model.n_envs),

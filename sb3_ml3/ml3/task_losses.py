@@ -213,7 +213,7 @@ class TaskCritic:
 
     def fit(self, data: dict[str, torch.Tensor], targets: torch.Tensor) -> float:
         model = self.model
-        return fit_regression(lambda obs: self.net(obs), (data["observations"],), targets, self.optimizer,
+        return fit_regression(self.net, (data["observations"],), targets, self.optimizer,
                               model.task_critic_epochs or model.n_epochs, model.batch_size)
 
 
