@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -10,43 +11,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sb3_ml3.cli_args import add_common as _add_common
+from sb3_ml3.cli_args import positive_float as _positive_float
+from sb3_ml3.cli_args import positive_int as _positive_int
+from sb3_ml3.cli_args import seed as _seed
 
-def _int_at_least(minimum: int, what: str):
-    """An argparse type: an integer >= ``minimum`` (argparse turns its error into a one-line usage error)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "a positive integer")
-_seed = _int_at_least(0, "a non-negative integer seed")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text}")
-    return value
-
-
-def _add_common(p: argparse.ArgumentParser, resumable: bool = True) -> None:
-    p.add_argument("--threads", type=_positive_int, default=1,
-                   help="torch CPU threads (default 1: small networks run fastest and repeat exactly)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--force", action="store_true", help="replace the results already in --out")
-    if resumable:
-        p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+# Experiments that bring their own subcommand: each module exposes COMMAND, HELP, DESCRIPTION,
+# add_arguments(parser) and run(args) -> results dict (written to --out/results.json by main).
+EXPERIMENT_MODULES: tuple[str, ...] = ()
 
 
 def _add_sine(subparsers: argparse._SubParsersAction) -> None:
@@ -228,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sine(subparsers)
     _add_compare(subparsers)
     _add_demo(subparsers)
+    for name in EXPERIMENT_MODULES:
+        module = importlib.import_module(name)
+        p = subparsers.add_parser(module.COMMAND, help=module.HELP, description=module.DESCRIPTION)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
     return parser
 
 

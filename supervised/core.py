@@ -32,13 +32,35 @@ from sb3_ml3.meta_loss import MetaLoss
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class Task(NamedTuple):
+    """One supervised task of any type: the batch the optimizee trains on and a held-out query batch.
+
+    Each is a tuple of tensors whose first element is the optimizee's input (``(x, y)`` for regression
+    and classification); tasks of one experiment share shapes, so :func:`meta_test` can stack them.
+    """
+
+    support: tuple[torch.Tensor, ...]
+    query: tuple[torch.Tensor, ...]
+
+
 class RegressionTask(NamedTuple):
-    """One supervised task: a support set the optimizee trains on and a held-out query set."""
+    """A regression task (x, y) with named fields; ``support``/``query`` view it as a :class:`Task`."""
 
     x_support: torch.Tensor
     y_support: torch.Tensor
     x_query: torch.Tensor
     y_query: torch.Tensor
+
+    @property
+    def support(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x_support, self.y_support
+
+    @property
+    def query(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x_query, self.y_query
+
+
+InputsFn = Callable[[torch.Tensor, tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]
 
 
 def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -46,27 +68,38 @@ def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((prediction - target) ** 2).mean()
 
 
-def learned_loss_fn(optimizee: nn.Module, meta_loss: MetaLoss) -> Callable[[Params, Params, Any], torch.Tensor]:
-    """L_learned(theta, phi, (x, y)) = E[M_phi(f_theta(x), y)] for a meta-loss with inputs (y_pred, y_target)."""
-    if len(meta_loss.spec.fields) != 2:
-        raise ValueError(
-            f"Supervised ML3 feeds the meta-loss (prediction, target); this one expects [{meta_loss.spec}]."
-        )
+def prediction_and_target(prediction: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The meta-loss inputs (f_theta(x), y) of a batch (x, y): the paper's regression and classification case."""
+    return prediction, batch[1]
 
-    def learned_loss(params: Params, meta_params: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        prediction = functional_call(optimizee, params, (x,))
-        return functional_call(meta_loss, meta_params, (prediction, y)).mean()  # Eq. 3
+
+def learned_loss_fn(
+    optimizee: nn.Module, meta_loss: MetaLoss, inputs: InputsFn = prediction_and_target
+) -> Callable[[Params, Params, Any], torch.Tensor]:
+    """L_learned(theta, phi, batch) = E[M_phi(inputs(f_theta(x), batch))], x = batch[0] (Eq. 3).
+
+    :param inputs: maps the optimizee's prediction and the batch to the meta-loss's input fields, in the
+        order of its spec: ``(y_pred, y)`` by default; e.g. ``(x, y_pred, y)`` for the shaped sine.
+    """
+    n_fields = len(meta_loss.spec.fields)
+
+    def learned_loss(params: Params, meta_params: Params, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        prediction = functional_call(optimizee, params, (batch[0],))
+        fields = inputs(prediction, batch)
+        if len(fields) != n_fields:
+            raise ValueError(
+                f"The inputs function gives {len(fields)} fields but the meta-loss expects {n_fields} [{meta_loss.spec}]."
+            )
+        return functional_call(meta_loss, meta_params, tuple(fields)).mean()  # Eq. 3
 
     return learned_loss
 
 
 def task_loss_fn(optimizee: nn.Module, loss: LossFn = mse) -> Callable[[Params, Any], torch.Tensor]:
-    """L_T(theta, (x, y)) = loss(f_theta(x), y)."""
+    """L_T(theta, (x, y, ...)) = loss(f_theta(x), y)."""
 
-    def task_loss(params: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        return loss(functional_call(optimizee, params, (x,)), y)
+    def task_loss(params: Params, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return loss(functional_call(optimizee, params, (batch[0],)), batch[1])
 
     return task_loss
 
@@ -202,47 +235,65 @@ def sgd_trace(
 def meta_test(
     optimizee: nn.Module,
     meta_loss: MetaLoss | None,
-    tasks: Sequence[RegressionTask],
+    tasks: Sequence[Task | RegressionTask],
     init_params_per_task: Params,
     lr: float,
     steps: int,
     task_loss: LossFn = mse,
     metric: LossFn = mse,
     evaluate_on: str = "query",
+    inputs: InputsFn = prediction_and_target,
+    metric_fn: Callable[[Params, Any], torch.Tensor] | None = None,
+    train_loss_fn: Callable[[Params, Any], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Algorithm 2 on several tasks at once: SGD on the frozen meta-loss, or on ``task_loss`` if it is ``None``.
 
+    :param tasks: tasks with ``support`` and ``query`` batches of equal shapes across tasks.
     :param init_params_per_task: optimizee parameters with a leading task dimension.
     :param evaluate_on: ``"query"`` (held-out points, the default) or ``"support"`` (the training
         points, as the paper's code did).
+    :param inputs: the meta-loss's input fields from (prediction, batch), see :func:`learned_loss_fn`.
+    :param metric_fn: ``(theta, batch) -> scalar`` recorded after each step, for metrics that need more
+        than (f_theta(x), y); default ``metric(f_theta(x), y)``.
+    :param train_loss_fn: ``(theta, batch) -> scalar`` to train on when ``meta_loss`` is ``None``, for
+        baselines that are not a function of (f_theta(x), y); default ``task_loss(f_theta(x), y)``.
     :return: the metric per task and step, shape ``(n_tasks, steps + 1)`` (column 0: before training).
     """
     if evaluate_on not in ("query", "support"):
         raise ValueError(f"evaluate_on must be 'query' or 'support', got {evaluate_on!r}.")
-    x_s = torch.stack([t.x_support for t in tasks])
-    y_s = torch.stack([t.y_support for t in tasks])
-    if evaluate_on == "query":
-        x_q, y_q = torch.stack([t.x_query for t in tasks]), torch.stack([t.y_query for t in tasks])
-    else:
-        x_q, y_q = x_s, y_s
+    if not tasks:
+        raise ValueError("meta_test needs at least one task.")
+    support = _stack_batches([t.support for t in tasks])
+    query = _stack_batches([t.query for t in tasks]) if evaluate_on == "query" else support
 
     if meta_loss is None:
-        train_loss = task_loss_fn(optimizee, task_loss)
+        train_loss = train_loss_fn or task_loss_fn(optimizee, task_loss)
     else:
         frozen = {name: p.detach() for name, p in meta_loss.named_parameters()}
-        learned = learned_loss_fn(optimizee, meta_loss)
+        learned = learned_loss_fn(optimizee, meta_loss, inputs)
 
         def train_loss(params: Params, batch: Any) -> torch.Tensor:
             return learned(params, frozen, batch)
 
-    metric_fn = task_loss_fn(optimizee, metric)
+    measure = metric_fn or task_loss_fn(optimizee, metric)
 
-    def run(params: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
-        trace, _ = sgd_trace(grad(train_loss), metric_fn, params, (xs, ys), (xq, yq), lr, steps)
+    def run(params: Params, batch: tuple[torch.Tensor, ...], held_out: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        trace, _ = sgd_trace(grad(train_loss), measure, params, batch, held_out, lr, steps)
         return trace
 
     with torch.no_grad():
-        return vmap(run)(init_params_per_task, x_s, y_s, x_q, y_q)
+        return vmap(run)(init_params_per_task, support, query)
+
+
+def _stack_batches(batches: Sequence[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Stack the tasks' batches field by field along a new leading (task) dimension."""
+    widths = {len(b) for b in batches}
+    if len(widths) != 1:
+        raise ValueError(f"All tasks need batches with the same number of tensors, got {sorted(widths)}.")
+    try:
+        return tuple(torch.stack(fields) for fields in zip(*batches))
+    except RuntimeError as error:
+        raise ValueError(f"The tasks' batches differ in shape and cannot be run side by side: {error}") from None
 
 
 def stack_params(params: Sequence[Params]) -> Params:
@@ -251,7 +302,10 @@ def stack_params(params: Sequence[Params]) -> Params:
 
 
 __all__ = [
+    "Task",
     "RegressionTask",
+    "InputsFn",
+    "prediction_and_target",
     "MetaTrainResult",
     "mse",
     "learned_loss_fn",
