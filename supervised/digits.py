@@ -25,12 +25,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from sb3_ml3.supervised.core import Task, init_params, learned_loss_fn, meta_test, meta_train, stack_params
-from sb3_ml3.supervised.datasets import DATASETS, DigitImages, load_images
-from sb3_ml3.supervised.lenet import LeNet
 from torch.func import functional_call
 
 from sb3_ml3.meta_loss import MetaLoss
+from sb3_ml3.supervised.core import Task, init_params, learned_loss_fn, meta_test, meta_train, stack_params
+from sb3_ml3.supervised.datasets import DATASETS, DigitImages, load_images
+from sb3_ml3.supervised.lenet import LeNet
 
 #: what the meta-loss sees of the prediction: the logits, or the log-probabilities log_softmax(logits)
 META_INPUTS = ("log_probs", "logits")

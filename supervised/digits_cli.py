@@ -10,10 +10,9 @@ import argparse
 import os
 from typing import Any
 
+from sb3_ml3.cli_args import add_common, positive_float, positive_int, seed
 from sb3_ml3.supervised.datasets import DATASETS
 from sb3_ml3.supervised.digits import META_INPUTS, DigitsConfig, DigitsExperiment
-
-from sb3_ml3.cli_args import add_common, positive_float, positive_int, seed
 
 
 # ---------------------------------------------------------------------------------------------- figures

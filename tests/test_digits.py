@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,7 +87,7 @@ def test_idx_reader_round_trip(tmp_path, gz):
     array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     path = write_idx(tmp_path / ("a.idx" + (".gz" if gz else "")), array)
     np.testing.assert_array_equal(read_idx(path), array)
-    raw = gzip.open(path).read() if gz else open(path, "rb").read()
+    raw = gzip.decompress(Path(path).read_bytes()) if gz else Path(path).read_bytes()
     assert raw[:4] == bytes([0, 0, 8, 3]) and raw[4:8] == (2).to_bytes(4, "big")  # the MNIST header layout
     ints = np.array([[-1, 70000]], dtype=np.int32)
     np.testing.assert_array_equal(read_idx(write_idx(tmp_path / "b.idx", ints)), ints)
@@ -96,7 +97,7 @@ def test_idx_reader_refuses_bad_files(tmp_path):
     (tmp_path / "bad").write_bytes(b"PK\x03\x04rest")
     with pytest.raises(ValueError, match="not an IDX file"):
         read_idx(tmp_path / "bad")
-    good = open(write_idx(tmp_path / "good", np.zeros((4, 2), dtype=np.uint8)), "rb").read()
+    good = Path(write_idx(tmp_path / "good", np.zeros((4, 2), dtype=np.uint8))).read_bytes()
     (tmp_path / "short").write_bytes(good[:-1])
     with pytest.raises(ValueError, match=r"says \(4, 2\)"):
         read_idx(tmp_path / "short")
@@ -142,7 +143,7 @@ def test_pairs_and_tasks():
     train = pair_task(data, pairs[0], 40, generator, query_split="train")
     x, y = train.support
     assert x.shape == (80, 8, 8) and y.shape == (80, 2) and torch.equal(y.sum(0), torch.tensor([40.0, 40.0]))
-    flat = lambda t: {tuple(row.tolist()) for row in t.flatten(1)}  # noqa: E731
+    flat = lambda t: {tuple(row.tolist()) for row in t.flatten(1)}
     assert not flat(train.support[0]) & flat(train.query[0])  # disjoint support and query
     with pytest.raises(ValueError, match="lower --n-per-class"):
         pair_task(data, pairs[1], 100, generator)
@@ -162,7 +163,7 @@ def test_meta_test_on_cross_entropy_is_plain_sgd():
     task = pair_task(data, (3, 8), 10, generator)
     net = LeNet(8)
     theta = init_params(net, generator)
-    train_loss = lambda p, b: cross_entropy(torch.func.functional_call(net, p, (b[0],)), b[1])  # noqa: E731
+    train_loss = lambda p, b: cross_entropy(torch.func.functional_call(net, p, (b[0],)), b[1])
     trace = meta_test(net, None, [task], stack_params([theta]), lr=0.05, steps=4, train_loss_fn=train_loss,
                       metric_fn=train_loss)
     net.load_state_dict(theta)
