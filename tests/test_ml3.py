@@ -170,7 +170,7 @@ def test_meta_loss_file_trains_a_new_architecture_and_refuses_other_dimensions(t
         ML3("MlpPolicy", _vec(), meta_loss=str(path), meta_inputs=("obs", "action", "mean", "std", "goal", "reward"))
     reacher_like = make_vec_env("MountainCarGoal-v0", n_envs=1)
     with pytest.raises(MetaLossSpecError, match="obs:4.*obs:2"):
-        ML3("MlpPolicy", reacher_like, meta_loss=str(path))
+        ML3("MlpPolicy", reacher_like, meta_loss=str(path), batch_size=16)
 
 
 def test_integrates_with_subproc_vecnormalize_and_callbacks(tmp_path):
@@ -460,15 +460,16 @@ def test_clipped_task_loss_has_reinforces_gradient_at_the_behaviour_policy_and_r
 
 
 def test_a_loss_reading_the_advantage_refuses_another_task_loss(tmp_path):
-    """The advantage input means what the meta-training task_loss computed; a mismatch is refused."""
+    """The advantage input means what the meta-training task_loss computed: left open, the file's is used;
+    a mismatch is refused."""
     inputs = ("obs", "action", "mean", "std", "goal", "advantage")
     trained = ML3("MlpPolicy", _vec(), meta_train=True, seed=0, meta_inputs=inputs, task_loss="return", **SMALL)
     path = str(tmp_path / "loss.zip")
     trained.save_meta_loss(path)
     assert MetaLoss.load(path).metadata["task_loss"] == "return"
     with pytest.raises(MetaLossSpecError, match="task_loss='return'"):
-        ML3("MlpPolicy", _vec(), meta_loss=path, meta_inputs=inputs, **SMALL)
-    ML3("MlpPolicy", _vec(), meta_loss=path, meta_inputs=inputs, task_loss="return", **SMALL)
+        ML3("MlpPolicy", _vec(), meta_loss=path, meta_inputs=inputs, task_loss="advantage", **SMALL)
+    assert ML3("MlpPolicy", _vec(), meta_loss=path, **SMALL).task_loss == "return"
     from sb3_ml3.experiments import build_model, make_train_env, settings_for  # compare feeds the recorded one
 
     model = build_model("ml3", make_train_env(ENV, 2, seed=0), 0, settings_for("ml3", ENV), [8], path)

@@ -10,15 +10,91 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sb3_ml3.meta_loss import InputSpec, MetaLoss, MetaLossSpecError
 from sb3_ml3.ml3.checks import UntrainedMetaLossWarning
+from sb3_ml3.ml3.meta_inputs import DEFAULT_META_INPUTS
+from sb3_ml3.zoo import available_losses, zoo_loss_path
 
 if TYPE_CHECKING:
     from sb3_ml3.ml3.ml3 import ML3
+
+
+#: ML3's arguments that a meta-loss file decides when they are left at ``None`` (``"auto"`` for
+#: ``max_grad_norm``, whose ``None`` means no clipping): argument -> (metadata key, default without a file).
+#: A learned loss is meta-trained for one inner update; meta-testing it with another is extrapolating.
+LOSS_SETTINGS: dict[str, tuple[str, Any]] = {
+    "learning_rate": ("inner_lr", 3e-2),
+    "n_steps": ("n_steps", 128),
+    "batch_size": ("batch_size", 128),
+    "n_epochs": ("n_epochs", 1),
+    "gamma": ("gamma", 0.99),
+    "gae_lambda": ("gae_lambda", 0.95),
+    "meta_inputs": ("meta_inputs", DEFAULT_META_INPUTS),
+    "inner_optimizer": ("inner_optimizer", "sgd"),
+    "max_grad_norm": ("max_grad_norm", 1.0),
+    "task_loss": ("task_loss", "advantage"),
+}
+
+
+def resolve_meta_loss(meta_loss: MetaLoss | str | os.PathLike | None, env: Any, meta_train: bool,
+                      meta_loss_kwargs: Mapping[str, Any] | None,
+                      meta_inputs: Any = None) -> tuple[MetaLoss | None, dict[str, Any]]:
+    """The meta-loss ML3 will use (a given one, the zoo's for the env, or ``None``: a new one) and its metadata.
+
+    The zoo's loss stands in only when nothing else is asked for: no ``meta_loss``, ``meta_loss_kwargs`` or
+    ``meta_inputs`` and ``meta_train=False``. A file is read once here; its weights are checked against the
+    env's inputs later.
+    """
+    if meta_loss is None and not meta_train and meta_loss_kwargs is None and meta_inputs is None:
+        path = zoo_loss_path(_env_id_of(env) or "")
+        if path is not None:
+            meta_loss = path
+    if meta_loss is None:
+        return None, {}
+    if not isinstance(meta_loss, MetaLoss):
+        meta_loss = MetaLoss.load(meta_loss)
+    return meta_loss, dict(meta_loss.metadata)
+
+
+def settings_from_loss(given: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """ML3's arguments with each one left open (``None``/``"auto"``) taken from the loss file, else its default."""
+    settings = {}
+    for name, (key, default) in LOSS_SETTINGS.items():
+        value = given[name]
+        if value is None or (name == "max_grad_norm" and value == "auto"):
+            value = metadata.get(key, default)
+        settings[name] = value
+    return settings
+
+
+def env_for_loss(env: Any, metadata: Mapping[str, Any]) -> Any:
+    """An env id made as the loss was meta-trained: ``n_envs`` copies, VecNormalize if it saw normalised
+    observations (with its reward normalisation). Envs given as objects are used as they are."""
+    if not isinstance(env, str) or not metadata:
+        return env
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    vec_env = make_vec_env(env, n_envs=int(metadata.get("n_envs", 1)))
+    if metadata.get("obs_normalization") is None:
+        return vec_env
+    return VecNormalize(vec_env, norm_obs=True, norm_reward=bool(metadata.get("norm_reward", False)),
+                        gamma=float(metadata.get("gamma", 0.99)))
+
+
+def _env_id_of(env: Any) -> str | None:
+    if isinstance(env, str):
+        return env
+    try:
+        spec = env.get_attr("spec")[0] if hasattr(env, "get_attr") else env.spec
+    except (AttributeError, IndexError):
+        return None
+    return getattr(spec, "id", None)
 
 
 def build_meta_loss(model: "ML3", spec: InputSpec) -> MetaLoss:
@@ -32,16 +108,24 @@ def build_meta_loss(model: "ML3", spec: InputSpec) -> MetaLoss:
         meta_loss = MetaLoss(spec, **model.meta_loss_kwargs)
         if not model.meta_train and meta_loss.surrogate is None:
             warnings.warn(
-                "ML3 with meta_train=False and no meta_loss trains the policy with a new, untrained (random) "
-                "meta-loss, which teaches nothing useful. Pass meta_loss= (a file from ML3.save_meta_loss), "
-                "meta_train=True to meta-train one, or meta_loss_kwargs={'surrogate': 'ppo'} for a loss that "
-                "starts as PPO's update.",
+                f"ML3 with meta_train=False and no meta_loss trains the policy with a new, untrained (random) "
+                f"meta-loss, which teaches nothing useful{_zoo_hint(model.env_id)}. Pass meta_loss= (a file from "
+                "ML3.save_meta_loss), meta_train=True to meta-train one, or meta_loss_kwargs={'surrogate': 'ppo'} "
+                "for a loss that starts as PPO's update.",
                 UntrainedMetaLossWarning, stacklevel=5,
             )
         return meta_loss
     if isinstance(source, MetaLoss):
         source.spec.require(spec, "ML3(meta_loss=...)")
         meta_loss = source
+        zoo = meta_loss.metadata.get("zoo")
+        if isinstance(zoo, dict) and not zoo.get("trained", True) and not model.meta_train:
+            warnings.warn(
+                f"The zoo's loss for {model.env_id} was not improved by meta-training ({zoo.get('selection')}): "
+                "it trains policies with its starting point's update, here PPO's clipped surrogate. "
+                "Meta-train one (meta_train=True) for a learned effect.",
+                UntrainedMetaLossWarning, stacklevel=5,
+            )
     else:
         meta_loss = MetaLoss.load(source, inputs=spec)
     trained_on, here = meta_loss.metadata.get("env_id"), model.env_id
@@ -59,6 +143,12 @@ def build_meta_loss(model: "ML3", spec: InputSpec) -> MetaLoss:
             f"pass task_loss={trained_with!r}."
         )
     return meta_loss
+
+
+def _zoo_hint(env_id: str | None) -> str:
+    if env_id is not None and zoo_loss_path(env_id) is not None:
+        return f" (the zoo's loss for {env_id} is used when meta_loss_kwargs and meta_inputs are left out)"
+    return f" (the zoo ships meta-trained losses for {available_losses()} only)"
 
 
 def sync_observation_normalization(model: "ML3") -> None:
@@ -102,9 +192,13 @@ def save_meta_loss(model: "ML3", path: str | os.PathLike) -> None:
         "goal_slice": None if model.goal_slice is None else [model.goal_slice.start, model.goal_slice.stop],
         "inner_lr": float(model.lr_schedule(1)),
         "inner_optimizer": model.inner_optimizer,
+        "max_grad_norm": model.max_grad_norm,
+        "n_envs": model.n_envs,
         "n_steps": model.n_steps,
         "batch_size": model.batch_size,
         "n_epochs": model.n_epochs,
+        "gamma": model.gamma,
+        "gae_lambda": model.gae_lambda,
         "policy_reset_interval": model.policy_reset_interval,
         "task_loss": model.task_loss,  # what the advantage meta-input means
         "task_reward": model.task_reward,
@@ -121,10 +215,13 @@ def save_meta_loss(model: "ML3", path: str | os.PathLike) -> None:
             "clip_obs": float(vec_normalize.clip_obs),
             "epsilon": float(vec_normalize.epsilon),
         }
+        metadata["norm_reward"] = bool(vec_normalize.norm_reward)
     else:
         metadata.pop("obs_normalization", None)
+        metadata.pop("norm_reward", None)
     model.meta_loss.metadata = metadata
     model.meta_loss.save(path)
 
 
-__all__ = ["build_meta_loss", "save_meta_loss", "sync_observation_normalization"]
+__all__ = ["LOSS_SETTINGS", "build_meta_loss", "env_for_loss", "resolve_meta_loss", "save_meta_loss",
+           "settings_from_loss", "sync_observation_normalization"]

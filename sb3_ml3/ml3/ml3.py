@@ -65,7 +65,8 @@ from sb3_ml3.functional import (SGD, Adam, InnerOptimizer, Params, apply_meta_gr
                                 global_norm, make_meta_optimizer, meta_gradient)
 from sb3_ml3.meta_loss import InputSpec, MetaLoss
 from sb3_ml3.ml3.buffers import ML3RolloutBuffer
-from sb3_ml3.ml3.loss_files import build_meta_loss, save_meta_loss, sync_observation_normalization
+from sb3_ml3.ml3.loss_files import (build_meta_loss, env_for_loss, resolve_meta_loss, save_meta_loss,
+                                    settings_from_loss, sync_observation_normalization)
 from sb3_ml3.ml3.checks import (UntrainedMetaLossWarning, check_arguments, made_space,
                                 refuse_dict_observations)
 from sb3_ml3.ml3.task_losses import (ImitationTaskLoss, QValueTaskLoss, TaskCritic, TaskLoss,
@@ -85,23 +86,32 @@ DEFAULT_META_LOSS_KWARGS: dict[str, Any] = {"hidden_sizes": (40, 40), "quadratic
 class ML3(OnPolicyAlgorithm):
     """Meta-Learning via Learned Loss for model-free RL (Bechtle et al., Algorithms 4 and 5).
 
+    Arguments marked *(from the loss)* are left open by default (``None``; ``"auto"`` for ``max_grad_norm``):
+    they then take the value the meta-loss file records, since a learned loss is meta-trained for one inner
+    update, and the value in brackets without a file. With no ``meta_loss``, ``meta_loss_kwargs`` or
+    ``meta_inputs`` and ``meta_train=False``, the loss is the zoo's for the env (:mod:`sb3_ml3.zoo`), and an env given by its id is
+    made as that loss was meta-trained (its number of envs; ``VecNormalize`` if it saw normalised observations).
+
     :param policy: ``"MlpPolicy"`` (an :class:`~sb3_ml3.ml3.policies.ML3Policy`) or a subclass of it.
     :param env: the environment or its registered id (e.g. ``"ReacherGoal-v0"``).
-    :param learning_rate: the inner step size alpha of the SGD step on the meta-loss (or a schedule).
-    :param n_steps: steps per environment per rollout.
-    :param batch_size: minibatch size of the inner SGD steps.
-    :param n_epochs: passes over each rollout for the inner SGD steps.
-    :param gamma: discount factor.
-    :param gae_lambda: GAE lambda for the advantages of the task loss.
-    :param meta_loss: ``None`` (a new meta-loss for ``meta_inputs``), a :class:`MetaLoss`, or the path
-        of a saved one. A loaded meta-loss must fit this env's spaces and ``meta_inputs``.
+    :param learning_rate: the inner step size alpha of the step on the meta-loss (or a schedule); *(from the
+        loss)* [3e-2].
+    :param n_steps: steps per environment per rollout; *(from the loss)* [128].
+    :param batch_size: minibatch size of the inner steps; *(from the loss)* [128].
+    :param n_epochs: passes over each rollout for the inner steps; *(from the loss)* [1].
+    :param gamma: discount factor; *(from the loss)* [0.99].
+    :param gae_lambda: GAE lambda for the advantages of the task loss; *(from the loss)* [0.95].
+    :param meta_loss: ``None`` (the zoo's loss for the env at meta-test, else a new meta-loss for
+        ``meta_inputs``), a :class:`MetaLoss`, or the path of a saved one. A loaded meta-loss must fit this
+        env's spaces and ``meta_inputs``.
     :param meta_train: whether ``learn()`` also trains phi (Algorithm 4) or only uses it (Algorithm 5).
     :param meta_lr: the outer step size eta (Adam).
     :param meta_inputs: the fields the meta-loss reads, from :data:`DEFAULT_META_INPUTS` and
-        :data:`OPTIONAL_META_INPUTS`.
+        :data:`OPTIONAL_META_INPUTS`; *(from the loss)* [:data:`DEFAULT_META_INPUTS`].
     :param meta_loss_kwargs: arguments of a new :class:`MetaLoss` (``hidden_sizes``, ``output``,
         ``quadratic``, ...); default :data:`DEFAULT_META_LOSS_KWARGS`. ``{}`` gives the paper's plain MLP.
-    :param task_loss: the weight of the REINFORCE task loss: ``"advantage"`` or ``"return"``.
+    :param task_loss: the weight of the REINFORCE task loss: ``"advantage"`` or ``"return"``; *(from the
+        loss)* ["advantage"].
     :param task_reward: ``None`` (the env's reward), or the key of a per-step value in the env's
         ``info`` (e.g. AntGoal's ``"progress"``, the per-step term of its task metric) that replaces the
         reward in the task loss while meta-training: extra information that only meta-training reads
@@ -136,7 +146,8 @@ class ML3(OnPolicyAlgorithm):
         them up to that age; ``None`` never resets. Unused at meta-test.
     :param first_order: first-order meta-gradient through several inner minibatch steps.
     :param max_grad_norm: clip each inner step's gradient to this global norm (``None``: plain SGD, the
-        paper's Eq. 2). Part of the update the loss is meta-trained through, so it applies in both phases.
+        paper's Eq. 2). Part of the update the loss is meta-trained through, so it applies in both phases;
+        *(from the loss)* [1.0].
     :param meta_max_grad_norm: clip the meta-gradient's norm (``None``: no clipping).
     :param max_policy_updates: at meta-test, stop updating the policy after this many updates (it keeps
         acting and collecting). A loss meta-trained with ``policy_reset_interval=N`` has only seen
@@ -144,7 +155,8 @@ class ML3(OnPolicyAlgorithm):
         and in our runs it then slowly degraded the policy. ``None``: update until ``learn()`` ends.
     :param inner_optimizer: the inner step rule: ``"sgd"`` (the paper's, Eq. 2) or ``"adam"`` (PyTorch's Adam
         with SB3's ``eps=1e-5``), e.g. for a meta-loss in PPO's family (``meta_loss_kwargs={"surrogate": "ppo"}``)
-        that then starts from PPO's own update. The outer step differentiates the same rule.
+        that then starts from PPO's own update. The outer step differentiates the same rule; *(from the loss)*
+        ["sgd"].
     :param vf_learning_rate: Adam step size of the critic.
     :param normalize_advantage: normalise the task-loss weights per rollout.
     """
@@ -156,18 +168,18 @@ class ML3(OnPolicyAlgorithm):
         self,
         policy: str | type[ML3Policy],
         env: GymEnv | str,
-        learning_rate: float | Schedule = 3e-2,
-        n_steps: int = 128,
-        batch_size: int = 128,
-        n_epochs: int = 1,
-        gamma: float = 0.99,
-        gae_lambda: float = 0.95,
+        learning_rate: float | Schedule | None = None,
+        n_steps: int | None = None,
+        batch_size: int | None = None,
+        n_epochs: int | None = None,
+        gamma: float | None = None,
+        gae_lambda: float | None = None,
         meta_loss: MetaLoss | str | os.PathLike | None = None,
         meta_train: bool = False,
         meta_lr: float = 3e-3,
-        meta_inputs: Sequence[str] = DEFAULT_META_INPUTS,
+        meta_inputs: Sequence[str] | None = None,
         meta_loss_kwargs: dict[str, Any] | None = None,
-        task_loss: str = "advantage",
+        task_loss: str | None = None,
         task_reward: str | None = None,
         task_critic: bool = False,
         task_objective: str = "reinforce",
@@ -178,11 +190,11 @@ class ML3(OnPolicyAlgorithm):
         task_ent_coef: float = 0.0,
         policy_reset_interval: int | None = 25,
         first_order: bool = True,
-        max_grad_norm: float | None = 1.0,
+        max_grad_norm: float | str | None = "auto",
         meta_max_grad_norm: float | None = 1.0,
         max_policy_updates: int | None = None,
         vf_learning_rate: float = 1e-3,
-        inner_optimizer: str = "sgd",
+        inner_optimizer: str | None = None,
         normalize_advantage: bool = True,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -193,14 +205,21 @@ class ML3(OnPolicyAlgorithm):
         _init_setup_model: bool = True,
     ) -> None:
         refuse_dict_observations(env)
+        meta_loss, recorded = resolve_meta_loss(meta_loss, env, meta_train, meta_loss_kwargs, meta_inputs)
+        settings = settings_from_loss(dict(
+            learning_rate=learning_rate, n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs, gamma=gamma,
+            gae_lambda=gae_lambda, meta_inputs=meta_inputs, inner_optimizer=inner_optimizer,
+            max_grad_norm=max_grad_norm, task_loss=task_loss), recorded)
+        max_grad_norm = settings["max_grad_norm"]
+        env = env_for_loss(env, recorded)
         try:
             super().__init__(
                 policy,
                 env,
-                learning_rate=learning_rate,
-                n_steps=n_steps,
-                gamma=gamma,
-                gae_lambda=gae_lambda,
+                learning_rate=settings["learning_rate"],
+                n_steps=settings["n_steps"],
+                gamma=settings["gamma"],
+                gae_lambda=settings["gae_lambda"],
                 ent_coef=0.0,
                 vf_coef=0.0,
                 max_grad_norm=float("inf") if max_grad_norm is None else max_grad_norm,
@@ -224,14 +243,14 @@ class ML3(OnPolicyAlgorithm):
                 f"ML3 needs a continuous Box action space (its meta-loss reads the Gaussian policy's mean and std), "
                 f"got {self.action_space}. Use PPO or A2C for discrete actions."
             )
-        self.batch_size = batch_size
-        self.n_epochs = n_epochs
+        self.batch_size = settings["batch_size"]
+        self.n_epochs = settings["n_epochs"]
         self.max_grad_norm = max_grad_norm
         self.meta_train = meta_train
         self.meta_lr = meta_lr
-        self.meta_inputs = tuple(meta_inputs)
+        self.meta_inputs = tuple(settings["meta_inputs"])
         self.meta_loss_kwargs = dict(DEFAULT_META_LOSS_KWARGS if meta_loss_kwargs is None else meta_loss_kwargs)
-        self.task_loss = task_loss
+        self.task_loss = settings["task_loss"]
         self.task_reward = task_reward
         self.task_critic = task_critic
         self.task_objective = task_objective
@@ -246,7 +265,7 @@ class ML3(OnPolicyAlgorithm):
         self.max_policy_updates = max_policy_updates
         self._n_policy_updates = 0
         self.vf_learning_rate = vf_learning_rate
-        self.inner_optimizer = inner_optimizer
+        self.inner_optimizer = settings["inner_optimizer"]
         self.normalize_advantage = normalize_advantage
         self._meta_loss_source = meta_loss
         self._meta_loss_config: dict[str, Any] | None = None
