@@ -296,6 +296,38 @@ def _stack_batches(batches: Sequence[tuple[torch.Tensor, ...]]) -> tuple[torch.T
         raise ValueError(f"The tasks' batches differ in shape and cannot be run side by side: {error}") from None
 
 
+def run_seeds(
+    seeds: Sequence[int],
+    run_seed: Callable[[int, Callable[[int], None] | None], dict[str, Any]],
+    steps_per_seed: int,
+    desc: str,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """``run_seed(seed, progress_fn)`` for each seed, behind one progress bar of ``steps_per_seed`` per seed.
+
+    Ctrl-C (``KeyboardInterrupt``) during a seed keeps the seeds finished before it and returns the seed
+    it interrupted (``None`` when all finished); with no seed finished it re-raises.
+    """
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(seeds) * steps_per_seed, desc=desc, unit="it")
+    per_seed: list[dict[str, Any]] = []
+    try:
+        for seed in seeds:
+            try:
+                per_seed.append(run_seed(seed, (lambda _: bar.update(1)) if bar else None))
+            except KeyboardInterrupt:
+                if not per_seed:
+                    raise
+                return per_seed, seed
+    finally:
+        if bar is not None:
+            bar.close()
+    return per_seed, None
+
+
 def stack_params(params: Sequence[Params]) -> Params:
     """Stack a list of parameter dictionaries along a new leading (task) dimension."""
     return {name: torch.stack([p[name] for p in params]) for name in params[0]}
@@ -315,5 +347,6 @@ __all__ = [
     "meta_test",
     "sgd_trace",
     "stack_params",
+    "run_seeds",
     "parameters_of",
 ]

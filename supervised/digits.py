@@ -28,7 +28,8 @@ import torch
 from torch.func import functional_call
 
 from sb3_ml3.meta_loss import MetaLoss
-from sb3_ml3.supervised.core import Task, init_params, learned_loss_fn, meta_test, meta_train, stack_params
+from sb3_ml3.supervised.core import (Task, init_params, learned_loss_fn, meta_test, meta_train, run_seeds,
+                                     stack_params)
 from sb3_ml3.supervised.datasets import DATASETS, DigitImages, load_images
 from sb3_ml3.supervised.lenet import LeNet
 
@@ -267,26 +268,8 @@ class DigitsExperiment:
         Ctrl-C (``KeyboardInterrupt``) during a seed keeps the seeds finished before it: the result then
         has ``"partial": True`` and ``"interrupted_at_seed"``; with no seed finished it re-raises.
         """
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(seeds) * self.config.n_outer, desc=f"ml3 digits ({self.config.data}): meta-train",
-                       unit="it")
-        per_seed: list[dict[str, Any]] = []
-        interrupted_at = None
-        try:
-            for s in seeds:
-                try:
-                    per_seed.append(self.run_seed(s, progress=(lambda _: bar.update(1)) if bar else None))
-                except KeyboardInterrupt:
-                    if not per_seed:
-                        raise
-                    interrupted_at = s
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
+        per_seed, interrupted_at = run_seeds(seeds, lambda seed, bar: self.run_seed(seed, progress=bar),
+                                             self.config.n_outer, f"ml3 digits ({self.config.data}): meta-train", progress)
         meta_losses = {r["seed"]: r.pop("meta_loss") for r in per_seed}
         ml3 = torch.tensor([r["final_error_ml3"] for r in per_seed])
         base = torch.tensor([r["final_error_task_loss"] for r in per_seed])

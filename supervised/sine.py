@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from sb3_ml3.supervised.core import (
     learned_loss_fn,
     meta_test,
     meta_train,
+    run_seeds,
     stack_params,
     task_loss_fn,
 )
@@ -200,25 +201,8 @@ class SineExperiment:
         Ctrl-C (``KeyboardInterrupt``) during a seed keeps the seeds finished before it: the result
         then has ``"partial": True`` and ``"interrupted_at_seed"``; with no seed finished it re-raises.
         """
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(seeds) * self.config.n_outer, desc="ml3 sine: meta-train", unit="it")
-        per_seed = []
-        interrupted_at = None
-        try:
-            for seed in seeds:
-                try:
-                    per_seed.append(self.run_seed(seed, progress=(lambda _: bar.update(1)) if bar else None))
-                except KeyboardInterrupt:
-                    if not per_seed:
-                        raise
-                    interrupted_at = seed
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
+        per_seed, interrupted_at = run_seeds(seeds, lambda seed, bar: self.run_seed(seed, progress=bar),
+                                             self.config.n_outer, "ml3 sine: meta-train", progress)
         meta_losses = {r["seed"]: r.pop("meta_loss") for r in per_seed}
         ml3 = torch.tensor([r["final_mse_ml3"] for r in per_seed])
         base = torch.tensor([r["final_mse_task_loss"] for r in per_seed])
