@@ -18,7 +18,7 @@ from sb3_ml3.cli_args import seed as _seed
 
 # Experiments that bring their own subcommand: each module exposes COMMAND, HELP, DESCRIPTION,
 # add_arguments(parser) and run(args) -> results dict (written to --out/results.json by main).
-EXPERIMENT_MODULES: tuple[str, ...] = ("sb3_ml3.supervised.digits_cli", "sb3_ml3.supervised.inverse_dynamics",)
+EXPERIMENT_MODULES: tuple[str, ...] = ("sb3_ml3.supervised.digits_cli", "sb3_ml3.supervised.inverse_dynamics", "sb3_ml3.supervised.shaped_sine",)
 
 
 def _add_sine(subparsers: argparse._SubParsersAction) -> None:

@@ -28,7 +28,7 @@ from torch import nn
 
 from sb3_ml3.functional import make_meta_optimizer
 from sb3_ml3.meta_loss import MetaLoss
-from sb3_ml3.supervised.core import Task, learned_loss_fn, meta_test, meta_train, mse, task_loss_fn
+from sb3_ml3.supervised.core import Task, learned_loss_fn, meta_test, meta_train, mse, run_seeds, task_loss_fn
 
 VARIANTS = ("shaped", "unshaped", "mse")
 LABELS = {"shaped": "ML3, shaping task loss (w - v)^2", "unshaped": "ML3, MSE task loss", "mse": "SGD on MSE"}
@@ -278,24 +278,8 @@ class ShapedSineExperiment:
 
     def run(self, seeds: Sequence[int], progress: bool = False) -> dict[str, Any]:
         """All seeds, JSON-ready but for ``"meta_losses"`` ({(seed, variant): MetaLoss}); Ctrl-C keeps finished seeds."""
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(seeds) * 2 * self.config.n_outer, desc="ml3 shaped-sine: meta-train", unit="it")
-        per_seed, interrupted_at = [], None
-        try:
-            for seed in seeds:
-                try:
-                    per_seed.append(self.run_seed(seed, progress=(lambda _: bar.update(1)) if bar else None))
-                except KeyboardInterrupt:
-                    if not per_seed:
-                        raise
-                    interrupted_at = seed
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
+        per_seed, interrupted_at = run_seeds(seeds, self.run_seed, 2 * self.config.n_outer,
+                                             "ml3 shaped-sine: meta-train", progress)
         meta_losses = {(r["seed"], k): m for r in per_seed for k, m in r.pop("meta_losses").items()}
         summary: dict[str, Any] = {"seeds": [r["seed"] for r in per_seed]}
         for split in ("test", "train"):
