@@ -11,29 +11,9 @@ theta, and g is the goal read from the observation (the env's ``goal_slice``).
 **Meta-test** (Algorithm 5, ``meta_train=False``): phi is frozen; every ``train()`` runs ``n_epochs``
 passes of SGD over minibatches of the rollout, exactly like PPO's loop but on M_phi.
 
-**Meta-train** (Algorithm 4, ``meta_train=True``) maps onto SB3's collect/train cycle. Iteration i
-collects tau_i with theta_i; ``train()`` then
-
-1. *outer step* for the previous update: theta_i(phi) is recomputed from theta_{i-1} and the stored
-   minibatches of tau_{i-1} with :func:`sb3_ml3.functional.inner_update` (differentiable in phi),
-   and phi takes a step on the REINFORCE task loss of the updated policy on its own rollout
-   (Eq. 7-8)::
-
-       L_T(phi) = - mean_{(s, a) in tau_i} [ w(s, a) * log pi_{theta_i(phi)}(a | s) ]
-
-   with w the GAE advantage (value head as baseline, ``task_loss="advantage"``) or the centred
-   discounted return (``task_loss="return"``). With ``task_clip_range`` the task loss is PPO's clipped
-   surrogate of the same weights (same gradient at the behaviour policy), which lets ``meta_epochs``
-   outer steps reuse one rollout. A non-finite L_T or meta-gradient is skipped, counted
-   (``train/skipped_meta_steps``) and never written into phi;
-2. *inner step* on tau_i with the updated phi: theta_{i+1} = theta_i - alpha grad M_phi (the same
-   code path as meta-test), remembering theta_i and the minibatches for the next outer step;
-3. every ``policy_reset_interval`` iterations the actor is re-initialised (Algorithm 4, line 4), so
-   the loss keeps learning to train fresh policies.
-
-With several minibatches per rollout, the meta-gradient is first-order through the unroll by
-default (``first_order=True``; exact for a single minibatch step), see
-:func:`sb3_ml3.functional.inner_update`.
+**Meta-train** (Algorithm 4, ``meta_train=True``) maps onto SB3's collect/train cycle: each ``train()``
+takes the outer step of the previous inner update on the new rollout, then the inner step on it
+(``updates.py`` says how), and every ``policy_reset_interval`` iterations a fresh actor.
 
 The critic (value head) is trained by regression on the GAE returns with its own Adam optimizer; it
 only provides the advantages of the task loss (and optional meta-loss inputs), so a meta-test whose
@@ -59,21 +39,19 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import explained_variance
-from torch.func import functional_call
 
-from sb3_ml3.functional import (SGD, Adam, InnerOptimizer, Params, apply_meta_gradient, clip_grads,
-                                global_norm, make_meta_optimizer, meta_gradient)
+from sb3_ml3.functional import (SGD, Adam, InnerOptimizer, Params, make_meta_optimizer)
 from sb3_ml3.meta_loss import InputSpec, MetaLoss
 from sb3_ml3.ml3.buffers import ML3RolloutBuffer
-from sb3_ml3.ml3.loss_files import (build_meta_loss, env_for_loss, resolve_meta_loss, save_meta_loss,
-                                    settings_from_loss, sync_observation_normalization)
+from sb3_ml3.ml3.loss_files import (build_meta_loss, env_for_loss, resolve_meta_loss, settings_from_loss, sync_observation_normalization)
 from sb3_ml3.ml3.checks import (UntrainedMetaLossWarning, check_arguments, made_space,
                                 refuse_dict_observations)
-from sb3_ml3.ml3.task_losses import (ImitationTaskLoss, QValueTaskLoss, TaskCritic, TaskLoss,
-                                     clip_actions, fit_regression, make_task_loss)
+from sb3_ml3.ml3.updates import LearnedLossUpdates
+from sb3_ml3.ml3.task_losses import (ImitationTaskLoss, TaskCritic, TaskLoss,
+                                     fit_regression, make_task_loss)
 from sb3_ml3.ml3.meta_inputs import DEFAULT_META_INPUTS, OPTIONAL_META_INPUTS, MetaInputs
-from sb3_ml3.ml3.persistence import load_model, save_model
-from sb3_ml3.ml3.policies import ML3Policy, gaussian_kl
+from sb3_ml3.ml3.persistence import ModelFiles
+from sb3_ml3.ml3.policies import ML3Policy
 
 SelfML3 = TypeVar("SelfML3", bound="ML3")
 
@@ -83,7 +61,7 @@ SelfML3 = TypeVar("SelfML3", bound="ML3")
 #: which the plain-MLP loss of the paper did in our runs (BENCHMARKS.md, "Model-free ML3").
 DEFAULT_META_LOSS_KWARGS: dict[str, Any] = {"hidden_sizes": (40, 40), "quadratic": ("mean",)}
 
-class ML3(OnPolicyAlgorithm):
+class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
     """Meta-Learning via Learned Loss for model-free RL (Bechtle et al., Algorithms 4 and 5).
 
     Arguments marked *(from the loss)* are left open by default (``None``; ``"auto"`` for ``max_grad_norm``):
@@ -307,31 +285,6 @@ class ML3(OnPolicyAlgorithm):
             assert isinstance(self.objective, ImitationTaskLoss)
             self.objective.expert = self.objective.load_expert(self.expert)
 
-    @property
-    def task_value_net(self) -> torch.nn.Module | None:
-        return None if self.task_value is None else self.task_value.net
-
-    @property
-    def task_value_optimizer(self) -> torch.optim.Optimizer | None:
-        return None if self.task_value is None else self.task_value.optimizer
-
-    @property
-    def task_q_net(self) -> torch.nn.Module | None:
-        return self.objective.q_net if isinstance(self.objective, QValueTaskLoss) else None
-
-    @property
-    def task_q_optimizer(self) -> torch.optim.Optimizer | None:
-        return self.objective.optimizer if isinstance(self.objective, QValueTaskLoss) else None
-
-    def expert_actions(self, observations: torch.Tensor) -> torch.Tensor:
-        """a_E(s): the expert's deterministic actions, clipped to the action bounds (``task_objective="imitation"``)."""
-        assert isinstance(self.objective, ImitationTaskLoss)
-        return self.objective.expert_actions(observations)
-
-    def clip_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        """Actions clipped to the action space's bounds, as the env receives them (differentiable inside)."""
-        return clip_actions(actions, self.action_space)
-
     def _goal_slice_of_env(self) -> slice | None:
         try:
             goal_slice = self.env.get_attr("goal_slice")[0]
@@ -351,50 +304,6 @@ class ML3(OnPolicyAlgorithm):
         """The meta-loss inputs this setting provides, with their widths."""
         return self.inputs.spec
 
-    # ------------------------------------------------------------------ meta-loss inputs
-    def rollout_tensors(self) -> dict[str, torch.Tensor]:
-        """The last rollout's valid samples as flat tensors (env-major, like SB3's minibatches), among them
-        ``task_weights``: the "advantage" meta-input and the default task weight. Public so that what a
-        learned loss reads can be rebuilt outside ``train`` (e.g. :meth:`meta_loss_fields` on a rollout)."""
-        buffer = self.rollout_buffer
-        buffer.compute_task_weights(self.task_loss, self.normalize_advantage)
-        return buffer.tensors()
-
-    def meta_loss_fields(self, params: Params | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The named meta-loss inputs of the policy ``params`` (``None``: the live one) on a minibatch.
-
-        ``batch`` needs ``observations`` and whatever else ``meta_inputs`` read (``actions`` for "action",
-        ``task_weights`` for "advantage", ...). Public so that what a learned loss sees can be inspected, e.g.
-        its quadratic target for the policy mean (:meth:`sb3_ml3.MetaLoss.quadratic_form`).
-        """
-        mean, std = self.policy.actor_mean_std(params, batch["observations"])
-        return self.inputs.fields(batch, mean, std)
-
-    def learned_loss(self, params: Params | None, meta_params: Params | None, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """L_learned(theta, phi) = mean M_phi(s, a, mu_theta(s), sigma_theta, g) over a minibatch (Eq. 2-3).
-
-        ``None`` for either parameter set uses the live module's parameters.
-        """
-        fields = self.meta_loss_fields(params, batch)
-        if meta_params is None:
-            return self.meta_loss(fields).mean()
-        return functional_call(self.meta_loss, meta_params, (fields,)).mean()
-
-    def _task_reward_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The task-loss weights of ``task_reward``, flat and normalised, and the task critic's targets.
-
-        See :meth:`ML3RolloutBuffer.task_reward_weights`: rewards-to-go without ``task_critic``, GAE under
-        V_task with it.
-        """
-        buffer = self.rollout_buffer
-        values = last_values = None
-        if self.task_value is not None:
-            values = self.task_value.values(buffer.grid("observations"))  # (n_steps, n_envs)
-            last_values = self.task_value.values(self._last_obs)
-        weights, targets = buffer.task_reward_weights(self.gamma, self.gae_lambda, self.normalize_advantage, values,
-                                                      last_values, np.asarray(self._last_episode_starts, dtype=np.float64))
-        return buffer.flat(weights), None if targets is None else buffer.flat(targets)
-
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
         """SB3 calls this after every env step of a rollout, before adding the step: stage ``task_reward``."""
         super()._update_info_buffer(infos, dones)
@@ -407,153 +316,10 @@ class ML3(OnPolicyAlgorithm):
                 )
             self.rollout_buffer.stage_task_reward(np.array([float(info[self.task_reward]) for info in infos]))
 
-    @property
-    def task_loss_fn(self) -> Any:
-        """The task loss L_T(params, data) the outer step differentiates (``task_objective``)."""
-        return self.objective.loss
-
-    # ------------------------------------------------------------------ training
-    def _minibatches(self) -> list[dict[str, torch.Tensor]]:
-        """``n_epochs`` shuffled passes over the rollout's valid samples in minibatches (the buffer's)."""
-        return self.rollout_buffer.minibatches(self.batch_size, self.n_epochs)
-
-    def inner_step(self, minibatches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-        """theta <- theta - alpha grad_theta L_learned on each minibatch, in place (Eq. 2; Alg. 5 line 4).
-
-        Used by both meta-test and meta-train, so the update a learned loss is trained for is the update
-        it performs: ``policy.optimizer`` (SGD, or Adam with ``inner_optimizer="adam"``) takes the step that
-        :class:`~sb3_ml3.functional.InnerOptimizer` recomputes in the outer step. A non-finite learned loss
-        or gradient skips that minibatch (counted and logged).
-        """
-        named = self.policy.actor_parameters()
-        actor = list(named.values())
-        losses, norms = [], []
-        for batch in minibatches:
-            loss = self.learned_loss(None, None, batch)
-            grads = torch.autograd.grad(loss, actor)
-            norm = global_norm(grads)
-            if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
-                self.skipped_inner_steps += 1
-                continue
-            if self.max_grad_norm is not None:  # the rescaling functional.inner_update applies
-                grads = list(clip_grads(dict(zip(named, grads)), self.max_grad_norm, norm).values())
-            for p, g in zip(actor, grads):
-                p.grad = g
-            self.policy.optimizer.step()  # Eq. 2 (SGD) or its Adam variant
-            losses.append(loss.detach())
-            norms.append(norm)
-        return {
-            "meta_loss": torch.stack(losses).mean().item() if losses else float("nan"),
-            "inner_grad_norm": torch.stack(norms).mean().item() if norms else float("nan"),
-        }
-
-    def outer_step(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
-        """phi <- phi - eta grad_phi L_T(theta_i(phi)) on the rollout of theta_i (Eq. 5-8, Alg. 4 line 13).
-
-        ``meta_epochs`` such steps, each recomputing theta_i(phi) with the current phi; the logged task loss
-        and meta-gradient norm are the first step's (the loss of the policy that collected the rollout).
-        """
-        assert self._pending is not None and self.meta_optimizer is not None
-        params, minibatches, inner_lr, optimizer_state = self._pending
-        first: dict[str, float] = {}
-        for _ in range(self.meta_epochs):
-            phi = {name: p.detach() for name, p in self.meta_loss.named_parameters()}
-            grads, value = meta_gradient(
-                self.learned_loss, self.task_loss_fn, params, phi, minibatches, data, inner_lr,
-                first_order=self.first_order, max_grad_norm=self.max_grad_norm,
-                optimizer=self.inner_rule, optimizer_state=optimizer_state,
-            )
-            result = apply_meta_gradient(self.meta_optimizer, self.meta_loss, grads, value, self.meta_max_grad_norm)
-            if not first:
-                first = {"task_loss": result.task_loss, "meta_grad_norm": result.grad_norm}
-            if result.applied:
-                self._n_meta_updates += 1
-            else:
-                self.skipped_meta_steps += 1
-                if self.verbose:
-                    print(f"ML3: skipped a meta-step ({result.reason}); phi unchanged")
-                break
-        return first
-
-    def _restore_optimizer_state(self, state: Any, names: dict[torch.Tensor, str]) -> None:
-        """Put back the inner optimizer's state from before a rejected update (Adam's moments; SGD has none)."""
-        self.policy.optimizer.state.clear()
-        if state is None or not isinstance(self.inner_rule, Adam):
-            return
-        step, exp_avg, exp_avg_sq = state
-        for p, name in names.items():
-            self.policy.optimizer.state[p] = {"step": torch.tensor(float(step)), "exp_avg": exp_avg[name].clone(),
-                                              "exp_avg_sq": exp_avg_sq[name].clone()}
-
-    @property
-    def n_iterations(self) -> int:
-        """Rollouts trained on so far (``train()`` calls): the age counter of ``policy_reset_interval``."""
-        return self._n_iterations
-
-    @property
-    def n_meta_updates(self) -> int:
-        """Outer steps applied to phi (skipped ones are counted in ``skipped_meta_steps``)."""
-        return self._n_meta_updates
-
-    @property
-    def n_policy_updates(self) -> int:
-        """Inner updates of the policy (each ``n_epochs`` passes over a rollout)."""
-        return self._n_policy_updates
-
-    @property
-    def has_pending_outer_step(self) -> bool:
-        """Whether the last inner update awaits its outer step (it is kept in a saved file)."""
-        return self._pending is not None
-
-    @property
-    def policy_frozen(self) -> bool:
-        """Whether meta-test has made its ``max_policy_updates`` updates: the policy no longer changes."""
-        return (not self.meta_train and self.max_policy_updates is not None
-                and self._n_policy_updates >= self.max_policy_updates)
-
-    @property
-    def critic_needed(self) -> bool:
-        """Whether the value head is used: by the task loss (meta-train) or by advantage/return inputs.
-
-        A frozen loss that reads neither never needs it, so meta-test then skips the critic's regression.
-        """
-        return self.meta_train or any(name in self.meta_inputs for name in ("advantage", "return"))
-
     def _train_critic(self, data: dict[str, torch.Tensor]) -> float:
         """Regress the value head on the env reward's GAE returns (it supplies the advantages)."""
         return fit_regression(self.policy.predict_values, (data["observations"],), data["returns"],
                               self.value_optimizer, self.n_epochs, self.batch_size)
-
-    def _update_policy(self, data: dict[str, torch.Tensor], inner_lr: float) -> dict[str, float]:
-        """The inner step on the rollout (Eq. 2), remembered for the next outer step at meta-train.
-
-        A policy the learned loss made non-finite is never kept: meta-train starts a fresh one, meta-test
-        puts the previous one (and its inner optimizer's state) back.
-        """
-        self._n_policy_updates += 1
-        minibatches = self._minibatches()
-        named = self.policy.actor_parameters()
-        before = {name: p.detach().clone() for name, p in named.items()}
-        with torch.no_grad():
-            old_mean, old_std = self.policy.actor_mean_std(None, data["observations"])
-        names = {p: n for n, p in named.items()}
-        optimizer_state = self.inner_rule.from_torch(self.policy.optimizer, names)
-        if self.meta_train:
-            self._pending = (before, minibatches, inner_lr, optimizer_state)
-        stats = self.inner_step(minibatches)
-        if not all(torch.isfinite(p).all() for p in named.values()):
-            self.skipped_inner_steps += 1
-            self._pending = None
-            if self.meta_train:
-                self.policy.reset_actor()
-                self.policy.optimizer.state.clear()
-            else:
-                self.policy.load_actor_parameters(before)
-                self._restore_optimizer_state(optimizer_state, names)
-        with torch.no_grad():
-            new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
-            stats["approx_kl"] = gaussian_kl(old_mean, old_std, new_mean, new_std).mean().item()
-        return stats
 
     def train(self) -> None:
         """One ML3 update on the last rollout: outer step (meta-train), inner step, critic regression."""
@@ -629,58 +395,6 @@ class ML3(OnPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
-
-    # ------------------------------------------------------------------ files
-    def save_meta_loss(self, path: str | os.PathLike) -> None:
-        """Save the meta-loss on its own, with what it was trained with (inputs, env, normalisation, ...)."""
-        save_meta_loss(self, path)
-
-    @property
-    def env_id(self) -> str | None:
-        """The registered id of the training env (``None`` without an env or for an unregistered one)."""
-        if self.env is None:
-            return None
-        try:
-            spec = self.env.get_attr("spec")[0]
-        except AttributeError:
-            return None
-        return getattr(spec, "id", None)
-
-    def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:
-        """Write the model (settings, networks, optimisers, the pending outer step) to ``path``, atomically.
-
-        The file holds JSON and tensors only (:mod:`sb3_ml3.ml3.persistence`), so that :meth:`load` never runs
-        code from it. ``exclude``/``include`` are SB3's arguments and are not supported.
-        """
-        if exclude is not None or include is not None:
-            raise ValueError("ML3.save writes every part a resumed training needs; exclude/include are not supported.")
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"ML3.save writes to a file name, got {type(path).__name__}.")
-        save_model(self, path)
-
-    @classmethod
-    def load(cls: type[SelfML3], path: str | os.PathLike, env: GymEnv | None = None,  # type: ignore[override]
-             device: torch.device | str = "auto", custom_objects: dict[str, Any] | None = None,
-             print_system_info: bool = False, force_reset: bool = True, **kwargs: Any) -> SelfML3:
-        """Rebuild a model saved by :meth:`save`, reading JSON and ``weights_only`` tensors only.
-
-        ``kwargs`` replace saved settings (e.g. ``expert=...``, which a file does not hold when it was an
-        object); ``custom_objects`` (SB3's) may give ``learning_rate``; its other keys are ignored.
-        """
-        if custom_objects and "learning_rate" in custom_objects and "learning_rate" not in kwargs:
-            kwargs["learning_rate"] = custom_objects["learning_rate"]
-        return load_model(cls, path, env=env, device=device, force_reset=force_reset, **kwargs)
-
-    def state_dict_names(self) -> list[str]:
-        """The networks and optimisers a file holds, by attribute path."""
-        names = ["policy", "policy.optimizer", "value_optimizer", "meta_loss"]
-        if self.meta_optimizer is not None:
-            names.append("meta_optimizer")
-        if self.task_value_net is not None:
-            names += ["task_value_net", "task_value_optimizer"]
-        if self.task_q_net is not None:
-            names += ["task_q_net", "task_q_optimizer"]
-        return names
 
 
 class _UnsavedExpert:

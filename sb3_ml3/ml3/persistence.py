@@ -23,15 +23,17 @@ import io
 import json
 import os
 import zipfile
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 from gymnasium import spaces
+from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.utils import check_for_correct_spaces
 from torch import nn
 
 from sb3_ml3.atomic import atomic_path
+from sb3_ml3.ml3.loss_files import save_meta_loss
 
 if TYPE_CHECKING:
     from sb3_ml3.ml3.ml3 import ML3
@@ -280,3 +282,61 @@ def _read_tensors(blob: bytes, source: str, name: str) -> Any:
 
 
 __all__ = ["ModelFileError", "load_model", "save_model", "space_from_json", "space_to_json"]
+
+
+SelfModel = TypeVar("SelfModel", bound="ModelFiles")
+
+
+class ModelFiles:
+    """Mixin of :class:`~sb3_ml3.ml3.ML3`: its files (the model's and the meta-loss's on its own)."""
+
+    def save_meta_loss(self, path: str | os.PathLike) -> None:
+        """Save the meta-loss on its own, with what it was trained with (inputs, env, normalisation, ...)."""
+        save_meta_loss(self, path)
+
+    @property
+    def env_id(self) -> str | None:
+        """The registered id of the training env (``None`` without an env or for an unregistered one)."""
+        if self.env is None:
+            return None
+        try:
+            spec = self.env.get_attr("spec")[0]
+        except AttributeError:
+            return None
+        return getattr(spec, "id", None)
+
+    def save(self, path: str | os.PathLike, exclude: Any = None, include: Any = None) -> None:
+        """Write the model (settings, networks, optimisers, the pending outer step) to ``path``, atomically.
+
+        The file holds JSON and tensors only (:mod:`sb3_ml3.ml3.persistence`), so that :meth:`load` never runs
+        code from it. ``exclude``/``include`` are SB3's arguments and are not supported.
+        """
+        if exclude is not None or include is not None:
+            raise ValueError("ML3.save writes every part a resumed training needs; exclude/include are not supported.")
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"ML3.save writes to a file name, got {type(path).__name__}.")
+        save_model(self, path)
+
+    @classmethod
+    def load(cls: type[SelfModel], path: str | os.PathLike, env: GymEnv | None = None,  # type: ignore[override]
+             device: torch.device | str = "auto", custom_objects: dict[str, Any] | None = None,
+             print_system_info: bool = False, force_reset: bool = True, **kwargs: Any) -> SelfModel:
+        """Rebuild a model saved by :meth:`save`, reading JSON and ``weights_only`` tensors only.
+
+        ``kwargs`` replace saved settings (e.g. ``expert=...``, which a file does not hold when it was an
+        object); ``custom_objects`` (SB3's) may give ``learning_rate``; its other keys are ignored.
+        """
+        if custom_objects and "learning_rate" in custom_objects and "learning_rate" not in kwargs:
+            kwargs["learning_rate"] = custom_objects["learning_rate"]
+        return load_model(cls, path, env=env, device=device, force_reset=force_reset, **kwargs)
+
+    def state_dict_names(self) -> list[str]:
+        """The networks and optimisers a file holds, by attribute path."""
+        names = ["policy", "policy.optimizer", "value_optimizer", "meta_loss"]
+        if self.meta_optimizer is not None:
+            names.append("meta_optimizer")
+        if self.task_value_net is not None:
+            names += ["task_value_net", "task_value_optimizer"]
+        if self.task_q_net is not None:
+            names += ["task_q_net", "task_q_optimizer"]
+        return names

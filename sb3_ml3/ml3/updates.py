@@ -1,0 +1,279 @@
+"""The two updates of model-free ML3: the inner step on M_phi and the outer step on L_T.
+
+:class:`LearnedLossUpdates` is the part of :class:`sb3_ml3.ml3.ML3` that turns a rollout into updates
+(the algorithm's loop and settings stay in ``ml3.py``, its files in ``persistence.py``).
+
+At meta-train (Algorithm 4), iteration i collects tau_i with theta_i; ``train()`` then
+
+1. *outer step* for the previous update: theta_i(phi) is recomputed from theta_{i-1} and the stored
+   minibatches of tau_{i-1} with :func:`sb3_ml3.functional.inner_update` (differentiable in phi),
+   and phi takes a step on the REINFORCE task loss of the updated policy on its own rollout
+   (Eq. 7-8)::
+
+       L_T(phi) = - mean_{(s, a) in tau_i} [ w(s, a) * log pi_{theta_i(phi)}(a | s) ]
+
+   with w the GAE advantage (value head as baseline, ``task_loss="advantage"``) or the centred
+   discounted return (``task_loss="return"``). With ``task_clip_range`` the task loss is PPO's clipped
+   surrogate of the same weights (same gradient at the behaviour policy), which lets ``meta_epochs``
+   outer steps reuse one rollout. A non-finite L_T or meta-gradient is skipped, counted
+   (``train/skipped_meta_steps``) and never written into phi;
+2. *inner step* on tau_i with the updated phi: theta_{i+1} = theta_i - alpha grad M_phi (the same
+   code path as meta-test), remembering theta_i and the minibatches for the next outer step;
+3. every ``policy_reset_interval`` iterations the actor is re-initialised (Algorithm 4, line 4), so
+   the loss keeps learning to train fresh policies.
+
+With several minibatches per rollout, the meta-gradient is first-order through the unroll by
+default (``first_order=True``; exact for a single minibatch step), see
+:func:`sb3_ml3.functional.inner_update`.
+
+:meth:`~LearnedLossUpdates.outer_gradient` computes the outer step's gradient without applying it, for a
+driver that averages several (:mod:`sb3_ml3.distributed`). The inner step is also meta-test's only
+update (Algorithm 5, line 4).
+
+A policy the learned loss made non-finite is never kept, and a non-finite task loss or meta-gradient never
+reaches phi: both are skipped and counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from sb3_ml3.functional import Adam, Params, apply_meta_gradient, clip_grads, global_norm, meta_gradient
+from sb3_ml3.ml3.policies import gaussian_kl
+from sb3_ml3.ml3.task_losses import ImitationTaskLoss, QValueTaskLoss, clip_actions
+
+
+class LearnedLossUpdates:
+    """Mixin of :class:`~sb3_ml3.ml3.ML3`: the meta-loss inputs, the inner and the outer step.
+
+    It reads the algorithm's attributes (``policy``, ``rollout_buffer``, ``meta_loss``, ``inputs``, ``objective``,
+    ``inner_rule``, the settings) and keeps the counters of updates and of skipped steps.
+    """
+
+    # ------------------------------------------------------------------ task losses
+    @property
+    def task_value_net(self) -> torch.nn.Module | None:
+        return None if self.task_value is None else self.task_value.net
+
+    @property
+    def task_value_optimizer(self) -> torch.optim.Optimizer | None:
+        return None if self.task_value is None else self.task_value.optimizer
+
+    @property
+    def task_q_net(self) -> torch.nn.Module | None:
+        return self.objective.q_net if isinstance(self.objective, QValueTaskLoss) else None
+
+    @property
+    def task_q_optimizer(self) -> torch.optim.Optimizer | None:
+        return self.objective.optimizer if isinstance(self.objective, QValueTaskLoss) else None
+
+    def expert_actions(self, observations: torch.Tensor) -> torch.Tensor:
+        """a_E(s): the expert's deterministic actions, clipped to the action bounds (``task_objective="imitation"``)."""
+        assert isinstance(self.objective, ImitationTaskLoss)
+        return self.objective.expert_actions(observations)
+
+    def clip_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions clipped to the action space's bounds, as the env receives them (differentiable inside)."""
+        return clip_actions(actions, self.action_space)
+
+    # ------------------------------------------------------------------ meta-loss inputs
+    def rollout_tensors(self) -> dict[str, torch.Tensor]:
+        """The last rollout's valid samples as flat tensors (env-major, like SB3's minibatches), among them
+        ``task_weights``: the "advantage" meta-input and the default task weight. Public so that what a
+        learned loss reads can be rebuilt outside ``train`` (e.g. :meth:`meta_loss_fields` on a rollout)."""
+        buffer = self.rollout_buffer
+        buffer.compute_task_weights(self.task_loss, self.normalize_advantage)
+        return buffer.tensors()
+
+    def meta_loss_fields(self, params: Params | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The named meta-loss inputs of the policy ``params`` (``None``: the live one) on a minibatch.
+
+        ``batch`` needs ``observations`` and whatever else ``meta_inputs`` read (``actions`` for "action",
+        ``task_weights`` for "advantage", ...). Public so that what a learned loss sees can be inspected, e.g.
+        its quadratic target for the policy mean (:meth:`sb3_ml3.MetaLoss.quadratic_form`).
+        """
+        mean, std = self.policy.actor_mean_std(params, batch["observations"])
+        return self.inputs.fields(batch, mean, std)
+
+    def learned_loss(self, params: Params | None, meta_params: Params | None, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L_learned(theta, phi) = mean M_phi(s, a, mu_theta(s), sigma_theta, g) over a minibatch (Eq. 2-3).
+
+        ``None`` for either parameter set uses the live module's parameters.
+        """
+        fields = self.meta_loss_fields(params, batch)
+        if meta_params is None:
+            return self.meta_loss(fields).mean()
+        return functional_call(self.meta_loss, meta_params, (fields,)).mean()
+
+    def _task_reward_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The task-loss weights of ``task_reward``, flat and normalised, and the task critic's targets.
+
+        See :meth:`ML3RolloutBuffer.task_reward_weights`: rewards-to-go without ``task_critic``, GAE under
+        V_task with it.
+        """
+        buffer = self.rollout_buffer
+        values = last_values = None
+        if self.task_value is not None:
+            values = self.task_value.values(buffer.grid("observations"))  # (n_steps, n_envs)
+            last_values = self.task_value.values(self._last_obs)
+        weights, targets = buffer.task_reward_weights(self.gamma, self.gae_lambda, self.normalize_advantage, values,
+                                                      last_values, np.asarray(self._last_episode_starts, dtype=np.float64))
+        return buffer.flat(weights), None if targets is None else buffer.flat(targets)
+
+    @property
+    def task_loss_fn(self) -> Any:
+        """The task loss L_T(params, data) the outer step differentiates (``task_objective``)."""
+        return self.objective.loss
+
+    # ------------------------------------------------------------------ training
+    def _minibatches(self) -> list[dict[str, torch.Tensor]]:
+        """``n_epochs`` shuffled passes over the rollout's valid samples in minibatches (the buffer's)."""
+        return self.rollout_buffer.minibatches(self.batch_size, self.n_epochs)
+
+    def inner_step(self, minibatches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """theta <- theta - alpha grad_theta L_learned on each minibatch, in place (Eq. 2; Alg. 5 line 4).
+
+        Used by both meta-test and meta-train, so the update a learned loss is trained for is the update
+        it performs: ``policy.optimizer`` (SGD, or Adam with ``inner_optimizer="adam"``) takes the step that
+        :class:`~sb3_ml3.functional.InnerOptimizer` recomputes in the outer step. A non-finite learned loss
+        or gradient skips that minibatch (counted and logged).
+        """
+        named = self.policy.actor_parameters()
+        actor = list(named.values())
+        losses, norms = [], []
+        for batch in minibatches:
+            loss = self.learned_loss(None, None, batch)
+            grads = torch.autograd.grad(loss, actor)
+            norm = global_norm(grads)
+            if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
+                self.skipped_inner_steps += 1
+                continue
+            if self.max_grad_norm is not None:  # the rescaling functional.inner_update applies
+                grads = list(clip_grads(dict(zip(named, grads)), self.max_grad_norm, norm).values())
+            for p, g in zip(actor, grads):
+                p.grad = g
+            self.policy.optimizer.step()  # Eq. 2 (SGD) or its Adam variant
+            losses.append(loss.detach())
+            norms.append(norm)
+        return {
+            "meta_loss": torch.stack(losses).mean().item() if losses else float("nan"),
+            "inner_grad_norm": torch.stack(norms).mean().item() if norms else float("nan"),
+        }
+
+    def outer_gradient(self, data: dict[str, torch.Tensor], phi: Params | None = None) -> tuple[Params, torch.Tensor]:
+        """grad_phi L_T(theta_i(phi)) and L_T on the rollout ``data`` of theta_i, without touching phi.
+
+        theta_i(phi) is recomputed from the pending inner update (theta_{i-1} and its minibatches) with
+        :func:`sb3_ml3.functional.meta_gradient`. ``phi`` defaults to the live meta-loss's parameters; a
+        distributed driver passes its own and averages what its workers return.
+        """
+        assert self._pending is not None, "no inner update awaits its outer step"
+        params, minibatches, inner_lr, optimizer_state = self._pending
+        if phi is None:
+            phi = {name: p.detach() for name, p in self.meta_loss.named_parameters()}
+        return meta_gradient(
+            self.learned_loss, self.task_loss_fn, params, phi, minibatches, data, inner_lr,
+            first_order=self.first_order, max_grad_norm=self.max_grad_norm,
+            optimizer=self.inner_rule, optimizer_state=optimizer_state,
+        )
+
+    def outer_step(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
+        """phi <- phi - eta grad_phi L_T(theta_i(phi)) on the rollout of theta_i (Eq. 5-8, Alg. 4 line 13).
+
+        ``meta_epochs`` such steps, each recomputing theta_i(phi) with the current phi; the logged task loss
+        and meta-gradient norm are the first step's (the loss of the policy that collected the rollout).
+        """
+        assert self._pending is not None and self.meta_optimizer is not None
+        first: dict[str, float] = {}
+        for _ in range(self.meta_epochs):
+            grads, value = self.outer_gradient(data)
+            result = apply_meta_gradient(self.meta_optimizer, self.meta_loss, grads, value, self.meta_max_grad_norm)
+            if not first:
+                first = {"task_loss": result.task_loss, "meta_grad_norm": result.grad_norm}
+            if result.applied:
+                self._n_meta_updates += 1
+            else:
+                self.skipped_meta_steps += 1
+                if self.verbose:
+                    print(f"ML3: skipped a meta-step ({result.reason}); phi unchanged")
+                break
+        return first
+
+    def _restore_optimizer_state(self, state: Any, names: dict[torch.Tensor, str]) -> None:
+        """Put back the inner optimizer's state from before a rejected update (Adam's moments; SGD has none)."""
+        self.policy.optimizer.state.clear()
+        if state is None or not isinstance(self.inner_rule, Adam):
+            return
+        step, exp_avg, exp_avg_sq = state
+        for p, name in names.items():
+            self.policy.optimizer.state[p] = {"step": torch.tensor(float(step)), "exp_avg": exp_avg[name].clone(),
+                                              "exp_avg_sq": exp_avg_sq[name].clone()}
+
+    @property
+    def n_iterations(self) -> int:
+        """Rollouts trained on so far (``train()`` calls): the age counter of ``policy_reset_interval``."""
+        return self._n_iterations
+
+    @property
+    def n_meta_updates(self) -> int:
+        """Outer steps applied to phi (skipped ones are counted in ``skipped_meta_steps``)."""
+        return self._n_meta_updates
+
+    @property
+    def n_policy_updates(self) -> int:
+        """Inner updates of the policy (each ``n_epochs`` passes over a rollout)."""
+        return self._n_policy_updates
+
+    @property
+    def has_pending_outer_step(self) -> bool:
+        """Whether the last inner update awaits its outer step (it is kept in a saved file)."""
+        return self._pending is not None
+
+    @property
+    def policy_frozen(self) -> bool:
+        """Whether meta-test has made its ``max_policy_updates`` updates: the policy no longer changes."""
+        return (not self.meta_train and self.max_policy_updates is not None
+                and self._n_policy_updates >= self.max_policy_updates)
+
+    @property
+    def critic_needed(self) -> bool:
+        """Whether the value head is used: by the task loss (meta-train) or by advantage/return inputs.
+
+        A frozen loss that reads neither never needs it, so meta-test then skips the critic's regression.
+        """
+        return self.meta_train or any(name in self.meta_inputs for name in ("advantage", "return"))
+
+    def _update_policy(self, data: dict[str, torch.Tensor], inner_lr: float) -> dict[str, float]:
+        """The inner step on the rollout (Eq. 2), remembered for the next outer step at meta-train.
+
+        A policy the learned loss made non-finite is never kept: meta-train starts a fresh one, meta-test
+        puts the previous one (and its inner optimizer's state) back.
+        """
+        self._n_policy_updates += 1
+        minibatches = self._minibatches()
+        named = self.policy.actor_parameters()
+        before = {name: p.detach().clone() for name, p in named.items()}
+        with torch.no_grad():
+            old_mean, old_std = self.policy.actor_mean_std(None, data["observations"])
+        names = {p: n for n, p in named.items()}
+        optimizer_state = self.inner_rule.from_torch(self.policy.optimizer, names)
+        if self.meta_train:
+            self._pending = (before, minibatches, inner_lr, optimizer_state)
+        stats = self.inner_step(minibatches)
+        if not all(torch.isfinite(p).all() for p in named.values()):
+            self.skipped_inner_steps += 1
+            self._pending = None
+            if self.meta_train:
+                self.policy.reset_actor()
+                self.policy.optimizer.state.clear()
+            else:
+                self.policy.load_actor_parameters(before)
+                self._restore_optimizer_state(optimizer_state, names)
+        with torch.no_grad():
+            new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
+            stats["approx_kl"] = gaussian_kl(old_mean, old_std, new_mean, new_std).mean().item()
+        return stats
