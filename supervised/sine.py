@@ -21,6 +21,7 @@ from torch import nn
 
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.supervised.core import (
+    MetaTrainResult,
     RegressionTask,
     init_params,
     learned_loss_fn,
@@ -154,25 +155,7 @@ class SineExperiment:
                               evaluate_on=cfg.evaluate_on)
             return float(trace[0, -1])
 
-        train_result = meta_train(
-            meta_loss,
-            self.learned_loss,
-            self.task_loss,
-            init_fn=lambda g: init_params(self.optimizee, g),
-            task_fn=lambda _: (train_batch, train_query),
-            n_outer=cfg.n_outer,
-            inner_lr=cfg.inner_lr,
-            meta_lr=cfg.meta_lr,
-            generator=generator,
-            inner_steps=cfg.inner_steps,
-            reset_every=cfg.reset_every,
-            first_order=cfg.first_order,
-            max_grad_norm=cfg.max_grad_norm,
-            compile=cfg.compile,
-            evaluate=evaluate,
-            eval_every=cfg.eval_every,
-            progress=progress,
-        )
+        train_result = self.meta_train_seed(seed, meta_loss, generator, train_batch, train_query, evaluate, progress)
         ml3_trace = meta_test(self.optimizee, meta_loss, test_tasks, test_inits, cfg.inner_lr, cfg.test_steps,
                               evaluate_on=cfg.evaluate_on)
         mse_trace = meta_test(self.optimizee, None, test_tasks, test_inits, cfg.inner_lr, cfg.test_steps,
@@ -194,6 +177,38 @@ class SineExperiment:
             "skipped_reasons": train_result.skipped_reasons[:20],
             "meta_loss": meta_loss,
         }
+
+    def meta_train_seed(
+        self,
+        seed: int,
+        meta_loss: MetaLoss,
+        generator: torch.Generator,
+        train_batch: tuple[torch.Tensor, torch.Tensor],
+        train_query: tuple[torch.Tensor, torch.Tensor],
+        evaluate: Callable[[MetaLoss | None], float],
+        progress: Callable[[int], None] | None,
+    ) -> MetaTrainResult:
+        """Algorithm 1 for one seed on the meta-train task, in this process (``sb3_ml3.distributed`` overrides it)."""
+        cfg = self.config
+        return meta_train(
+            meta_loss,
+            self.learned_loss,
+            self.task_loss,
+            init_fn=lambda g: init_params(self.optimizee, g),
+            task_fn=lambda _: (train_batch, train_query),
+            n_outer=cfg.n_outer,
+            inner_lr=cfg.inner_lr,
+            meta_lr=cfg.meta_lr,
+            generator=generator,
+            inner_steps=cfg.inner_steps,
+            reset_every=cfg.reset_every,
+            first_order=cfg.first_order,
+            max_grad_norm=cfg.max_grad_norm,
+            compile=cfg.compile,
+            evaluate=evaluate,
+            eval_every=cfg.eval_every,
+            progress=progress,
+        )
 
     def run(self, seeds: Sequence[int], progress: bool = False) -> dict[str, Any]:
         """All seeds; returns a JSON-ready dict (the meta-losses stay under ``"meta_losses"``).
