@@ -1,4 +1,4 @@
-"""The learned loss M_phi of ML3 (paper Eq. 3) and its input specification.
+"""The learned loss M_phi of ML3 (paper Eq. 3) and its file.
 
 A :class:`MetaLoss` is a small MLP that maps a named, ordered set of input
 fields (for example ``y_pred:1, y_target:1`` in regression, or
@@ -13,6 +13,9 @@ A meta-loss is meant to travel: it is saved on its own as a zip archive with
 * ``phi.pt``: the weights, read back with ``torch.load(weights_only=True)`` so
   that loading a file never executes code.
 
+Its inputs are named by an :class:`~sb3_ml3.input_spec.InputSpec`; the surrogate family (PPO's clipped
+surrogate plus a learned correction) computes its fixed part with :mod:`sb3_ml3.surrogates`.
+
 Loading checks the archive, the architecture and, when asked, the input spec
 against the setting it is loaded into, and says what differs.
 """
@@ -25,13 +28,14 @@ import math
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
 from torch import nn
 
 from sb3_ml3.atomic import atomic_path
+from sb3_ml3.input_spec import InputSpec, MetaLossSpecError
+from sb3_ml3.surrogates import CORRECTIONS, PENALTY_BIAS, PPO_SURROGATE_FIELDS, SURROGATES, ppo_surrogate
 
 FORMAT_VERSION = 1
 _SPEC_FILE = "meta_loss.json"
@@ -57,148 +61,6 @@ OUTPUTS: dict[str, Any] = {
     "square": _square,
     "abs": torch.abs,
 }
-
-
-#: Loss families with a fixed, known part: ``"ppo"`` is PPO's clipped surrogate plus a learned correction.
-SURROGATES = ("ppo",)
-#: forms of the surrogate family's correction C_phi: ``"free"`` is the MLP's output (zero at initialisation);
-#: ``"penalty"`` is (log r)^2 softplus(MLP), a learned per-sample trust region: non-negative, zero with zero
-#: slope at r = 1, so it can slow the policy's change on some samples but never push it away from pi_old
-CORRECTIONS = ("free", "penalty")
-#: the penalty's initial weight softplus(PENALTY_BIAS) ~ 0.0067: the loss starts within 3e-4 of PPO's
-#: surrogate inside the clip range, and the penalty's parameters get a gradient from the first outer step
-PENALTY_BIAS = -5.0
-#: the inputs the ``"ppo"`` family computes its surrogate from
-PPO_SURROGATE_FIELDS = ("action", "mean", "std", "old_log_prob", "advantage")
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def ppo_surrogate(fields: Mapping[str, torch.Tensor], clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped surrogate per sample, -min(r A, clip(r, 1 - eps, 1 + eps) A), and log r.
-
-    r = pi(a | mean, std) / pi_old(a) with pi a diagonal Gaussian, pi_old's log-density given
-    (``old_log_prob``) and A the advantage. log r is clamped to [-20, 20] so that r stays finite.
-    """
-    mean, std, action = fields["mean"], fields["std"], fields["action"]
-    log_prob = (-0.5 * ((action - mean) / std) ** 2 - torch.log(std) - _LOG_SQRT_2PI).sum(-1)
-    old, advantage = fields["old_log_prob"], fields["advantage"]
-    old = old.squeeze(-1) if old.dim() > log_prob.dim() else old
-    advantage = advantage.squeeze(-1) if advantage.dim() > log_prob.dim() else advantage
-    log_ratio = torch.clamp(log_prob - old, -20.0, 20.0)
-    ratio = torch.exp(log_ratio)
-    clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    return -torch.min(ratio * advantage, clipped * advantage), log_ratio
-
-
-class MetaLossSpecError(ValueError):
-    """A meta-loss does not fit the setting it is used in (inputs, widths or file)."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """Ordered, named input fields of a meta-loss with their widths.
-
-    ``InputSpec.parse("y_pred:1, y_target:1")`` or
-    ``InputSpec.parse([("obs", 11), ("action", 2)])`` or ``InputSpec.parse({"obs": 11})``.
-    """
-
-    fields: tuple[tuple[str, int], ...]
-
-    def __post_init__(self) -> None:
-        if not self.fields:
-            raise MetaLossSpecError("A meta-loss needs at least one input field, e.g. 'y_pred:1, y_target:1'.")
-        names = [name for name, _ in self.fields]
-        if len(set(names)) != len(names):
-            raise MetaLossSpecError(f"Input field names must be unique, got {names}.")
-        for name, width in self.fields:
-            if not isinstance(name, str) or not name.isidentifier():
-                raise MetaLossSpecError(f"Input field name {name!r} must be a Python identifier.")
-            if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-                raise MetaLossSpecError(f"Input field {name!r} must have a positive integer width, got {width!r}.")
-
-    @classmethod
-    def parse(cls, spec: Union["InputSpec", str, Mapping[str, int], Sequence[tuple[str, int]]]) -> "InputSpec":
-        if isinstance(spec, InputSpec):
-            return spec
-        if isinstance(spec, str):
-            fields = []
-            for part in spec.split(","):
-                part = part.strip()
-                if not part:
-                    continue
-                name, sep, width = part.partition(":")
-                if not sep or not width.strip().isdigit():
-                    raise MetaLossSpecError(f"Cannot parse input field {part!r}: write it as 'name:width', e.g. 'obs:11'.")
-                fields.append((name.strip(), int(width)))
-            return cls(tuple(fields))
-        if isinstance(spec, Mapping):
-            return cls(tuple((str(k), int(v)) for k, v in spec.items()))
-        try:
-            return cls(tuple((str(name), int(width)) for name, width in spec))
-        except (TypeError, ValueError) as exc:
-            raise MetaLossSpecError(
-                f"Cannot read an input spec from {spec!r}: give 'name:width, ...', a dict or (name, width) pairs."
-            ) from exc
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.fields)
-
-    @property
-    def dim(self) -> int:
-        return sum(width for _, width in self.fields)
-
-    def __str__(self) -> str:
-        return ", ".join(f"{name}:{width}" for name, width in self.fields)
-
-    def to_json(self) -> list[list[Any]]:
-        return [[name, width] for name, width in self.fields]
-
-    def require(self, expected: Union["InputSpec", str, Mapping[str, int], Sequence[tuple[str, int]]], what: str) -> None:
-        """Raise :class:`MetaLossSpecError` naming both sides unless ``expected`` equals this spec."""
-        expected = InputSpec.parse(expected)
-        if expected != self:
-            raise MetaLossSpecError(
-                f"{what}: the meta-loss was built for inputs [{self}] but this setting provides [{expected}]. "
-                "Use a meta-loss meta-trained on the same inputs (same fields, order and widths), "
-                "or meta-train a new one for this setting."
-            )
-
-    def concat(self, fields: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Concatenate the named tensors in spec order along the last dimension, checking widths.
-
-        A width-1 field may be given without its trailing dimension (shape ``(B,)``).
-        """
-        missing = [name for name in self.names if name not in fields]
-        extra = [name for name in fields if name not in self.names]
-        if missing or extra:
-            given = ", ".join(f"{k}:{_width(v)}" for k, v in fields.items())
-            raise MetaLossSpecError(
-                f"The meta-loss expects inputs [{self}] but was called with [{given}]"
-                + (f"; missing {missing}" if missing else "")
-                + (f"; unexpected {extra}" if extra else "")
-                + "."
-            )
-        parts = []
-        for name, width in self.fields:
-            x = fields[name]
-            if width == 1 and (x.dim() == 0 or x.shape[-1] != 1):
-                x = x.unsqueeze(-1)
-            if x.shape[-1] != width:
-                given = ", ".join(f"{k}:{_width(v)}" for k, v in fields.items())
-                raise MetaLossSpecError(
-                    f"The meta-loss expects inputs [{self}] but field {name!r} has width {x.shape[-1]} "
-                    f"(inputs given: [{given}])."
-                )
-            parts.append(x)
-        shapes = {tuple(p.shape[:-1]) for p in parts}
-        if len(shapes) > 1:
-            raise MetaLossSpecError(f"All meta-loss input fields must share their batch shape, got {sorted(shapes)}.")
-        return torch.cat(parts, dim=-1)
-
-
-def _width(x: torch.Tensor) -> int:
-    return int(x.shape[-1]) if x.dim() > 0 else 1
 
 
 class MetaLoss(nn.Module):

@@ -1,0 +1,42 @@
+"""The fixed part of the surrogate loss family: PPO's clipped surrogate, per sample.
+
+A meta-loss built with ``surrogate="ppo"`` (:class:`sb3_ml3.MetaLoss`) is this surrogate plus a learned
+correction C_phi, so that ML3 starts at PPO's update and meta-training only has to improve on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+#: Loss families with a fixed, known part: ``"ppo"`` is PPO's clipped surrogate plus a learned correction.
+SURROGATES = ("ppo",)
+#: forms of the surrogate family's correction C_phi: ``"free"`` is the MLP's output (zero at initialisation);
+#: ``"penalty"`` is (log r)^2 softplus(MLP), a learned per-sample trust region: non-negative, zero with zero
+#: slope at r = 1, so it can slow the policy's change on some samples but never push it away from pi_old
+CORRECTIONS = ("free", "penalty")
+#: the penalty's initial weight softplus(PENALTY_BIAS) ~ 0.0067: the loss starts within 3e-4 of PPO's
+#: surrogate inside the clip range, and the penalty's parameters get a gradient from the first outer step
+PENALTY_BIAS = -5.0
+#: the inputs the ``"ppo"`` family computes its surrogate from
+PPO_SURROGATE_FIELDS = ("action", "mean", "std", "old_log_prob", "advantage")
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def ppo_surrogate(fields: Mapping[str, torch.Tensor], clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate per sample, -min(r A, clip(r, 1 - eps, 1 + eps) A), and log r.
+
+    r = pi(a | mean, std) / pi_old(a) with pi a diagonal Gaussian, pi_old's log-density given
+    (``old_log_prob``) and A the advantage. log r is clamped to [-20, 20] so that r stays finite.
+    """
+    mean, std, action = fields["mean"], fields["std"], fields["action"]
+    log_prob = (-0.5 * ((action - mean) / std) ** 2 - torch.log(std) - _LOG_SQRT_2PI).sum(-1)
+    old, advantage = fields["old_log_prob"], fields["advantage"]
+    old = old.squeeze(-1) if old.dim() > log_prob.dim() else old
+    advantage = advantage.squeeze(-1) if advantage.dim() > log_prob.dim() else advantage
+    log_ratio = torch.clamp(log_prob - old, -20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return -torch.min(ratio * advantage, clipped * advantage), log_ratio
