@@ -15,6 +15,8 @@ from sb3_ml3.cli_args import add_common as _add_common
 from sb3_ml3.cli_args import positive_float as _positive_float
 from sb3_ml3.cli_args import positive_int as _positive_int
 from sb3_ml3.cli_args import seed as _seed
+from sb3_ml3.distributed.cli import add_arguments as add_distributed_arguments
+from sb3_ml3.distributed.cli import distributed_settings
 
 # Experiments that bring their own subcommand: each module exposes COMMAND, HELP, DESCRIPTION,
 # add_arguments(parser) and run(args) -> results dict (written to --out/results.json by main).
@@ -46,7 +48,8 @@ def _add_sine(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-input-range", type=float, nargs=2, default=defaults.test_input_range,
                    metavar=("LOW", "HIGH"), help="x range of the meta-test tasks")
     p.add_argument("--compile", action="store_true", help="torch.compile the outer step (faster after ~30 s)")
-    _add_common(p, resumable=False)
+    _add_common(p)
+    add_distributed_arguments(p)
     p.set_defaults(run=_run_sine)
 
 
@@ -67,8 +70,16 @@ def _run_sine(args: argparse.Namespace) -> dict[str, Any]:
         test_input_range=tuple(args.test_input_range),
         compile=args.compile,
     )
-    prepare_out_dir(args.out, force=args.force)
-    results = run_sine(args.seeds, config, progress=not args.no_progress)
+    distributed = distributed_settings(args)
+    prepare_out_dir(args.out, resume=args.resume, force=args.force, extra_files=("checkpoints",))
+    if distributed is None:
+        results = run_sine(args.seeds, config, progress=not args.no_progress)
+    else:
+        from sb3_ml3.distributed.sine import DistributedSineExperiment
+
+        experiment = DistributedSineExperiment(config, threads=args.threads,
+                                               checkpoint_dir=os.path.join(args.out, "checkpoints"), **distributed)
+        results = experiment.run(args.seeds, progress=not args.no_progress)
     meta_losses = results.pop("meta_losses")
     for seed, meta_loss in meta_losses.items():
         meta_loss.save(os.path.join(args.out, f"meta_loss_seed{seed}.zip"))
