@@ -61,7 +61,9 @@ class SineConfig:
     first_order: bool = False
     max_grad_norm: float | None = None
     eval_every: int = 25  # meta-train curve resolution (Fig. 2c)
-    compile: bool = False  # torch.compile the outer step
+    # torch.compile the outer step (silently eager where compiling fails); None: when n_outer >= 1000
+    # (core.AUTO_COMPILE_MIN_OUTER), i.e. for the paper's run, where the one-off compile pays; False: eager.
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         if self.evaluate_on not in ("query", "support"):
