@@ -1,0 +1,318 @@
+"""Model-based ML3 (paper Sec. III.B.1 and IV.A.2, Algorithms 3 and 5, Fig. 3): ``ml3 mbrl``.
+
+**Meta-train (Algorithm 3).** A dynamics model P (:class:`~.dynamics.EnsembleDynamics`) is fitted to
+real transitions of random actions. Each outer iteration draws B train goals and fresh policies theta_0
+and takes K inner steps, each on a trajectory tau_k unrolled in P:
+
+    tau_k = unroll(pi_theta_k, P)                           states s_t as data (no gradient)
+    theta_k+1 = theta_k - alpha(tau_k, g) grad_theta M_phi(tau_k, g)
+    M_phi(tau, g) = mean_t M(features(s_t, g), pi_theta(s_t, g))   actions re-evaluated by the policy
+
+The task loss is the distance to the goal at the last step when pi_theta_k+1 is unrolled in P,
+differentiated through P, the policy and the inner update (mean over the K steps, Alg. 4's
+E[L_T^i]); phi <- phi - eta grad_phi L_T (Adam). Every ``model_every`` outer iterations (Appendix A:
+100) the latest updated policies are rolled out on the real env and P is refitted on all data.
+
+**Meta-test (Algorithm 5) needs no model.** Each update rolls the policy out in the *real* env (no
+gradient through it), records the states, re-evaluates the actions pi_theta(s_t, g) and steps on
+M_phi: the same form as the inner step of meta-training, with real states in place of P's. The
+baselines start from the same initial policies and optimise the task loss (final distance, summed
+over the goals so each policy gets its own gradient) with plain gradient descent through the learned
+model P, or through the env's exact dynamics (:meth:`~.mbrl_envs.MBRLEnv.exact_step_fn`), the upper
+reference; their step size is tuned on train goals. Every policy is evaluated by its real rollout.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad_and_value
+
+from sb3_ml3.envs import sample_tasks
+from sb3_ml3.functional import Params, apply_meta_gradient, inner_update, make_meta_optimizer
+from sb3_ml3.model_based.dynamics import EnsembleDynamics, RealEnvs, TransitionBuffer, random_action_rollouts
+from sb3_ml3.model_based.mbrl_envs import MBRLEnv, mbrl_env
+from sb3_ml3.model_based.mbrl_nets import LossAndRate, PolicyBatch
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class MBRLConfig:
+    """Settings of ``ml3 mbrl`` (the paper gives Algorithm 3, the model refresh every 100 iterations; the rest is ours)."""
+
+    horizon: int | None = None  # unroll and rollout length (None: the env's default, mbrl_envs)
+    n_outer: int = 300  # outer iterations (meta-train)
+    batch_goals: int = 8  # train goals (one fresh policy each) per outer iteration
+    inner_steps: int = 3  # K inner steps per outer iteration
+    meta_lr: float = 1e-3  # eta (Adam)
+    meta_max_grad_norm: float = 1.0
+    model_every: int = 100  # outer iterations between real rollouts of the latest policies + model refits
+    random_episodes: int = 200  # random-action episodes P is first fitted on
+    model_epochs: int = 60  # epochs of the first fit (a refit: a third of it)
+    model_hidden: tuple[int, ...] = (64, 64)
+    model_members: int = 3
+    policy_hidden: tuple[int, ...] = (32, 32)
+    meta_hidden: tuple[int, ...] = (64, 64)
+    alpha_max: float = 10.0
+    alpha_init: float = 1.0
+    test_updates: int = 60  # policy updates at meta-test
+    n_test_goals: int = 10
+    # (optimizer, step size) pairs tried for the task-loss baselines, tuned on train goals
+    task_grid: tuple[tuple[str, float], ...] = (("adam", 0.001), ("adam", 0.003), ("adam", 0.01), ("adam", 0.03),
+                                                ("sgd", 0.003), ("sgd", 0.01), ("sgd", 0.03))
+    eval_seed: int = 12345  # reset seeds of the real rollouts: eval_seed + goal index
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def unroll(step: StepFn, policy: PolicyBatch, params: Params, env: MBRLEnv, start: torch.Tensor,
+           goals: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """pi_theta unrolled through ``step`` (P or the exact dynamics): states ``(B, H + 1, S)``, actions ``(B, H, A)``."""
+    states, actions, s = [start], [], start
+    for _ in range(horizon):
+        a = policy(params, env.features(s, goals))
+        s = step(s, a)
+        states.append(s)
+        actions.append(a)
+    return torch.stack(states, 1), torch.stack(actions, 1)
+
+
+def final_distance(env: MBRLEnv, states: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
+    """Each trajectory's distance to its goal after the last step, ``(B,)``: the task loss L_T."""
+    return torch.linalg.vector_norm(env.position(states[:, -1]) - goals, dim=-1)
+
+
+def make_learned_loss(policy: PolicyBatch, meta_loss: LossAndRate) -> Callable[[Params, Params, Any], torch.Tensor]:
+    """``(theta, phi, (context, recorded actions)) -> sum_b alpha_b M_b``: its theta-gradient is alpha_b grad M_b per policy."""
+
+    def learned_loss(params: Params, phi: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        context, recorded = batch
+        loss, alpha = functional_call(meta_loss, phi, (context, policy(params, context), recorded))
+        return (alpha * loss).sum()
+
+    return learned_loss
+
+
+def rate_of(meta_loss: LossAndRate, policy: PolicyBatch, params: Params, context: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        actions = policy(params, context)
+        return meta_loss(context, actions, actions)[1]
+
+
+class MBRLExperiment:
+    """One seed of model-based ML3 on one env: meta-train (Alg. 3), then meta-test (Alg. 5) beside the baselines."""
+
+    def __init__(self, env_id: str, config: MBRLConfig, seed: int) -> None:
+        self.config, self.seed = config, int(seed)
+        self.env = mbrl_env(env_id, config.horizon)
+        self.horizon = self.env.horizon
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.policy = PolicyBatch(self.env.feature_dim, self.env.action_dim, config.policy_hidden)
+        self.meta_loss = LossAndRate(self.env.feature_dim, self.env.action_dim, config.meta_hidden, config.alpha_max,
+                                     config.alpha_init, generator=self.generator,
+                                     metadata={"env_id": env_id, "horizon": self.horizon, "seed": self.seed,
+                                               "policy_hidden": list(config.policy_hidden)})
+        self.model = EnsembleDynamics(self.env.state_dim, self.env.action_dim, config.model_hidden,
+                                      config.model_members, generator=self.generator)
+        self.buffer = TransitionBuffer(self.env.state_dim, self.env.action_dim)
+        self.learned_loss = make_learned_loss(self.policy, self.meta_loss)
+
+    # ------------------------------------------------------------------ data and model
+    def _train_goals(self, n: int, offset: int) -> np.ndarray:
+        return sample_tasks(self.env.env_id, n, "train", seed=self.seed * 100_003 + offset)
+
+    def collect_random(self) -> None:
+        goals = self._train_goals(self.config.random_episodes, 1)
+        roll = random_action_rollouts(self.env.env_id, goals, self.horizon, seed=self.seed * 7919)
+        self.buffer.add_rollouts(roll.states, roll.actions)
+
+    def collect_policy(self, params: Params, goals: np.ndarray, seed: int) -> float:
+        """Roll the (updated) policies out on the real env, add the transitions; their mean final distance."""
+        envs = RealEnvs(self.env.env_id, goals)
+        try:
+            roll = envs.rollout(self.actor(params), self.horizon, seed)
+        finally:
+            envs.close()
+        self.buffer.add_rollouts(roll.states, roll.actions)
+        return float(roll.final_distance.mean())
+
+    def actor(self, params: Params) -> Callable[[np.ndarray], np.ndarray]:
+        """The policies as a function of the real env's observations ``(B, state + goal)`` (one row per policy)."""
+        detached = {k: v.detach() for k, v in params.items()}
+        s_dim = self.env.state_dim
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            obs_t = torch.as_tensor(obs, dtype=torch.float32)
+            with torch.no_grad():
+                return self.policy(detached, self.env.features(obs_t[:, :s_dim], obs_t[:, s_dim:s_dim + 2])).numpy()
+
+        return act
+
+    # ------------------------------------------------------------------ Algorithm 3
+    def meta_objective(self, phi: Params, theta: Params, start: torch.Tensor, goals: torch.Tensor
+                       ) -> tuple[torch.Tensor, tuple[Params, torch.Tensor]]:
+        """L_T = mean_k mean_b |position(s_H) - g| after each of the K inner steps, a function of phi."""
+        losses, alphas = [], []
+        for _ in range(self.config.inner_steps):
+            with torch.no_grad():  # tau_k: the states are data, as they are at meta-test
+                states, recorded = unroll(self.model, self.policy, {k: v.detach() for k, v in theta.items()},
+                                          self.env, start, goals, self.horizon)
+            context = self.env.features(states[:, :-1], goals[:, None].expand(-1, self.horizon, -1))
+            alphas.append(functional_call(self.meta_loss, phi, (context, recorded, recorded))[1])
+            theta = inner_update(self.learned_loss, theta, phi, (context, recorded), inner_lr=1.0)
+            states, _ = unroll(self.model, self.policy, theta, self.env, start, goals, self.horizon)
+            losses.append(final_distance(self.env, states, goals).mean())
+        return torch.stack(losses).mean(), ({k: v.detach() for k, v in theta.items()}, torch.stack(alphas).detach())
+
+    def meta_train(self, progress: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+        cfg = self.config
+        start_time = time.time()
+        self.collect_random()
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        fit_loss = self.model.fit(self.buffer, cfg.model_epochs, generator=self.generator)
+        model_log = [{"outer": 0, "transitions": len(self.buffer), "fit_loss": fit_loss,
+                      "one_step_rmse": self.model.one_step_error(self.buffer)}]
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        optimizer = make_meta_optimizer(self.meta_loss.parameters(), cfg.meta_lr)
+        objective = grad_and_value(self.meta_objective, has_aux=True)
+        history, skipped, alpha_trace = [], 0, []
+        reset_seed = self.seed * 31 + 5
+        for outer in range(1, cfg.n_outer + 1):
+            goals_np = self._train_goals(cfg.batch_goals, 10 + outer)
+            goals = torch.as_tensor(goals_np, dtype=torch.float32)
+            start = torch.as_tensor(self._start_states(goals_np, reset_seed + outer), dtype=torch.float32)
+            theta0 = self.policy.init(cfg.batch_goals, self.generator)
+            phi = {k: v.detach() for k, v in self.meta_loss.named_parameters()}
+            grads, (value, (theta, alphas)) = objective(phi, theta0, start, goals)
+            result = apply_meta_gradient(optimizer, self.meta_loss, grads, value, cfg.meta_max_grad_norm)
+            skipped += not result.applied
+            history.append(result.task_loss)
+            alpha_trace.append(float(alphas.mean()))
+            if outer % cfg.model_every == 0 and outer < cfg.n_outer:
+                real_distance = self.collect_policy(theta, goals_np, reset_seed + outer)
+                for p in self.model.parameters():
+                    p.requires_grad_(True)
+                fit_loss = self.model.fit(self.buffer, max(1, cfg.model_epochs // 3), generator=self.generator)
+                for p in self.model.parameters():
+                    p.requires_grad_(False)
+                model_log.append({"outer": outer, "transitions": len(self.buffer), "fit_loss": fit_loss,
+                                  "one_step_rmse": self.model.one_step_error(self.buffer),
+                                  "real_final_distance_of_latest_policies": real_distance,
+                                  "model_final_distance_of_latest_policies": float(value)})
+            if progress is not None:
+                progress(outer, result.task_loss)
+        return {"task_loss": history, "alpha": alpha_trace, "skipped_meta_steps": skipped, "model": model_log,
+                "meta_train_real_transitions": len(self.buffer), "wall_s": time.time() - start_time}
+
+    def _start_states(self, goals: np.ndarray, seed: int) -> np.ndarray:
+        """Start states drawn as the env's reset draws them (PointmassGoal at rest near 0; the reacher's noise)."""
+        if not hasattr(self, "_start_env"):
+            self._start_env = RealEnvs(self.env.env_id, goals[:1])
+        env = self._start_env.envs[0]
+        return np.stack([env.reset(seed=seed * 1000 + i)[0][self._start_env.state_slice] for i in range(len(goals))])
+
+    # ------------------------------------------------------------------ Algorithm 5 and the baselines
+    def meta_test_ml3(self, envs: RealEnvs, theta: Params, updates: int) -> dict[str, Any]:
+        """Algorithm 5: real rollout, step on M_phi (no model), repeated; the real final distance after each update."""
+        phi = {k: v.detach() for k, v in self.meta_loss.named_parameters()}
+        goals = torch.as_tensor(envs.goals, dtype=torch.float32)
+        curve, alphas = [], []
+        for j in range(updates + 1):
+            roll = envs.rollout(self.actor(theta), self.horizon, self.config.eval_seed)
+            curve.append(roll.final_distance.tolist())
+            if j == updates:
+                break
+            states = torch.as_tensor(roll.states[:, :-1], dtype=torch.float32)
+            context = self.env.features(states, goals[:, None].expand(-1, self.horizon, -1))
+            alphas.append(rate_of(self.meta_loss, self.policy, theta, context).tolist())
+            recorded = torch.as_tensor(roll.actions, dtype=torch.float32)
+            theta = inner_update(self.learned_loss, theta, phi, (context, recorded), 1.0)
+            theta = {k: v.detach() for k, v in theta.items()}
+        return {"final_distance": curve, "alpha": alphas, "states": roll.states.tolist()}
+
+    def optimise_task_loss(self, envs: RealEnvs, theta: Params, updates: int, optimizer: str, lr: float,
+                           step: StepFn) -> dict[str, Any]:
+        """The task loss (final distance) minimised through ``step`` (P or exact) from the real start states.
+
+        ``optimizer``: "adam" (``torch.optim.Adam``, as users run it) or "sgd"; the sum over goals gives each
+        policy its own gradient, and Adam's per-parameter statistics are per policy too (the parameters are
+        disjoint slices).
+        """
+        goals = torch.as_tensor(envs.goals, dtype=torch.float32)
+        start = torch.as_tensor(envs.start_states(self.config.eval_seed), dtype=torch.float32)
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in theta.items()}
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"the task-loss baseline's optimizer is 'adam' or 'sgd', got {optimizer!r}.")
+        opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(list(leaves.values()), lr=lr)
+        curve = []
+        for j in range(updates + 1):
+            roll = envs.rollout(self.actor(leaves), self.horizon, self.config.eval_seed)
+            curve.append(roll.final_distance.tolist())
+            if j == updates:
+                break
+            states, _ = unroll(step, self.policy, leaves, self.env, start, goals, self.horizon)
+            loss = final_distance(self.env, states, goals).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return {"final_distance": curve, "optimizer": optimizer, "lr": lr, "states": roll.states.tolist()}
+
+    def tune_task_loss(self, step: StepFn, updates: int) -> tuple[tuple[str, float], dict[str, float]]:
+        """The (optimizer, step size) of the task-loss baseline with the lowest final distance after ``updates``
+        on train goals (never the held-out ones), from ``config.task_grid``."""
+        goals = self._train_goals(self.config.n_test_goals, 2)
+        envs = RealEnvs(self.env.env_id, goals)
+        theta = self.policy.init(len(goals), torch.Generator().manual_seed(self.seed + 77))
+        scores: dict[str, float] = {}
+        try:
+            for optimizer, lr in self.config.task_grid:
+                curve = self.optimise_task_loss(envs, theta, updates, optimizer, lr, step)["final_distance"]
+                final = float(np.mean(curve[-1]))
+                scores[f"{optimizer} {lr:g}"] = final if math.isfinite(final) else float("inf")
+        finally:
+            envs.close()
+        best = min(scores, key=scores.get)
+        name, lr_text = best.split()
+        return (name, float(lr_text)), scores
+
+    def run(self, progress: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+        """Meta-train, then meta-test on held-out (and train) goals beside the baselines; a JSON-ready row."""
+        cfg = self.config
+        train_log = self.meta_train(progress)
+        t0 = time.time()
+        model_step: StepFn = self.model
+        exact_step = self.env.exact_step_fn()
+        tuned_model, scores_model = self.tune_task_loss(model_step, cfg.test_updates)
+        tuned_exact, scores_exact = self.tune_task_loss(exact_step, cfg.test_updates)
+        row: dict[str, Any] = {"seed": self.seed, "meta_train": train_log, "task_tuned_model": list(tuned_model),
+                               "task_tuned_exact": list(tuned_exact), "task_tuning_scores_model": scores_model,
+                               "task_tuning_scores_exact": scores_exact}
+        for split in ("test", "train"):
+            goals = sample_tasks(self.env.env_id, cfg.n_test_goals, split, seed=self.seed * 100_003 + 3)
+            envs = RealEnvs(self.env.env_id, goals)
+            theta = self.policy.init(len(goals), torch.Generator().manual_seed(self.seed * 1000 + 9))
+            try:
+                result = {"goals": goals.tolist(), "ml3": self.meta_test_ml3(envs, theta, cfg.test_updates)}
+                if split == "test":
+                    result["task_model"] = self.optimise_task_loss(envs, theta, cfg.test_updates, *tuned_model, model_step)
+                    result["task_exact"] = self.optimise_task_loss(envs, theta, cfg.test_updates, *tuned_exact, exact_step)
+            finally:
+                envs.close()
+            row[split] = result
+        row["meta_test_wall_s"] = time.time() - t0
+        return row
+
+
+def config_dict(config: MBRLConfig) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+
+
+__all__ = ["MBRLConfig", "MBRLExperiment", "unroll", "final_distance", "make_learned_loss", "config_dict"]

@@ -1,0 +1,259 @@
+"""``ml3 mbrl``: model-based ML3 on PointmassGoal-v0 and ReacherGoal4D-v0 (Fig. 3), with references and figures.
+
+Per env and seed :class:`~.mbrl.MBRLExperiment` meta-trains a loss-and-rate (Algorithm 3) and
+meta-tests it from real rollouts (Algorithm 5) beside the task loss through the learned model and
+through the exact dynamics. This module adds the reference policies of METRICS.md (zero action,
+uniform random, the best constant action, the oracle), measured by the same metric (real final
+distance after the horizon) on the same held-out goals and reset seeds; the summary (updates ML3
+needs to reach the task loss's final distance); the figures; and the CLI.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from sb3_ml3.model_based.dynamics import RealEnvs
+from sb3_ml3.model_based.mbrl import MBRLConfig, MBRLExperiment, config_dict
+from sb3_ml3.model_based.mbrl_envs import ENV_IDS, mbrl_env
+
+METHODS = ("ml3", "task_model", "task_exact")
+COLORS = {"ml3": "tab:blue", "task_model": "tab:orange", "task_exact": "tab:green"}
+QUICK = dict(n_outer=40, model_every=20, random_episodes=60, model_epochs=20, test_updates=12, n_test_goals=4,
+             batch_goals=4)
+
+
+def reference_final_distances(env_id: str, goals: np.ndarray, horizon: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Zero action, random, best constant action (5 x 5 grid + 2 refinements, chosen on these goals) and oracle:
+    the real final distance after ``horizon`` steps per goal, reset seeds ``seed + i`` as every method."""
+    from sb3_ml3.experiments.oracles import oracle_for
+    from sb3_ml3.experiments.references import (LABELS, ConstantActionPolicy, RandomActionPolicy, ZeroActionPolicy,
+                                                constant_action_candidates)
+
+    envs = RealEnvs(env_id, goals)
+    space = envs.envs[0].action_space
+    try:
+        def final(policy: Any) -> list[float]:
+            return envs.rollout(policy.act, horizon, seed).final_distance.tolist()
+
+        def constant(action: np.ndarray) -> float:
+            return float(np.mean(final(ConstantActionPolicy(action))))
+
+        scores = {tuple(a): constant(a) for a in constant_action_candidates(space)}
+        best, step = min(scores, key=scores.get), 0.25
+        for _ in range(2):
+            step /= 2.0
+            for offset in itertools.product((-step, 0.0, step), repeat=len(best)):
+                a = tuple(np.clip(np.asarray(best) + offset, -1.0, 1.0).astype(np.float32))
+                scores.setdefault(a, constant(np.asarray(a)))
+            best = min(scores, key=scores.get)
+        policies = {"zero_action": ZeroActionPolicy(space), "random": RandomActionPolicy(space, seed),
+                    "best_constant_action": ConstantActionPolicy(np.asarray(best))}
+        oracle = oracle_for(env_id)
+        if oracle is not None:
+            policies["oracle"] = oracle
+        rows = {}
+        for name, policy in policies.items():
+            per_goal = final(policy)
+            rows[name] = {"final_distance": float(np.mean(per_goal)), "per_goal": per_goal,
+                          "label": LABELS[name] + (f": {policy.description}" if name == "oracle" else "")}
+        rows["best_constant_action"]["action"] = [float(a) for a in best]
+        return rows
+    finally:
+        envs.close()
+
+
+def updates_to_reach(curve: Sequence[float], level: float) -> int | None:
+    """The first update after which ``curve`` is at or below ``level`` (None: never within the budget)."""
+    return next((j for j, value in enumerate(curve) if value <= level), None)
+
+
+def summarise(env_id: str, rows: list[dict[str, Any]], references: dict[str, Any]) -> dict[str, Any]:
+    """Mean curves over seeds (goals averaged inside a seed) and the updates ML3 needs to reach each baseline's end."""
+    curves = {m: np.array([np.mean(r["test"][m]["final_distance"], axis=1) for r in rows]) for m in METHODS}
+    mean = {m: curves[m].mean(0) for m in METHODS}
+    budget = len(mean["ml3"]) - 1
+    out: dict[str, Any] = {"env_id": env_id, "updates": budget, "references": {k: v["final_distance"] for k, v in references.items()}}
+    for m in METHODS:
+        out[f"final_{m}"] = float(mean[m][-1])
+        out[f"curve_{m}"] = mean[m].tolist()
+    out["final_ml3_train_goals"] = float(np.mean([np.mean(r["train"]["ml3"]["final_distance"][-1]) for r in rows]))
+    for base in ("task_model", "task_exact"):
+        reach = updates_to_reach(mean["ml3"], float(mean[base][-1]))
+        out[f"ml3_updates_to_{base}_final"] = reach
+        out[f"ratio_to_{base}"] = None if reach is None else reach / budget
+        out[f"per_seed_ml3_updates_to_{base}_final"] = [updates_to_reach(curves["ml3"][i], curves[base][i][-1])
+                                                        for i in range(len(rows))]
+    ratio = out["ratio_to_task_model"]
+    out["goal_met"] = ratio is not None and ratio <= 1.0 / 3.0
+    return out
+
+
+def run_mbrl(env_ids: Sequence[str], seeds: Sequence[int], config: MBRLConfig, progress: bool = True
+             ) -> dict[str, Any]:
+    """Every env and seed; returns the JSON-ready results and the meta-losses ``{(env, seed): LossAndRate}``."""
+    results: dict[str, Any] = {"config": config_dict(config), "envs": {}, "partial": False}
+    meta_losses = {}
+    for env_id in env_ids:
+        env = mbrl_env(env_id, config.horizon)
+        rows = []
+        for seed in seeds:
+            experiment = MBRLExperiment(env_id, config, seed)
+            start = time.time()
+
+            def report(outer: int, value: float, _seed: int = seed) -> None:
+                if progress and (outer % 50 == 0 or outer == config.n_outer):
+                    print(f"  {env_id} seed {_seed}: outer {outer}/{config.n_outer}  task loss {value:.4f}  "
+                          f"({time.time() - start:.0f} s)", flush=True)
+
+            try:
+                row = experiment.run(report)
+            except KeyboardInterrupt:
+                results["partial"] = True
+                results["interrupted_at"] = {"env_id": env_id, "seed": seed}
+                break
+            row["wall_s"] = time.time() - start
+            rows.append(row)
+            meta_losses[(env_id, seed)] = experiment.meta_loss
+        if not rows:
+            break
+        goals = np.asarray(rows[0]["test"]["goals"])
+        references = reference_final_distances(env_id, goals, env.horizon, config.eval_seed)
+        results["envs"][env_id] = {"horizon": env.horizon, "exact_dynamics": env.exact_label,
+                                   "success_threshold": env.success_threshold, "references_seed0_goals": references,
+                                   "per_seed": rows, "summary": summarise(env_id, rows, references)}
+        if results["partial"]:
+            break
+    return {"results": results, "meta_losses": meta_losses}
+
+
+# --------------------------------------------------------------------------- figures and table
+
+LABELS = {"ml3": "ML3 (loss + learned rate, real rollouts, no model)",
+          "task_model": "task loss through the learned model", "task_exact": "task loss through the exact dynamics"}
+
+
+def plot_mbrl(results: dict[str, Any], out_dir: str) -> list[str]:
+    """Fig. 3a (trajectories after ML3's updates, train goals blue, held-out orange) and Fig. 3b-c (curves)."""
+    from sb3_ml3.atomic import atomic_path
+    from sb3_ml3.plotting import _pyplot, plot_curves
+
+    figures = []
+    for env_id, entry in results["envs"].items():
+        rows, s = entry["per_seed"], entry["summary"]
+        short = env_id.split("-")[0]
+        x = list(range(s["updates"] + 1))
+        curves = {LABELS[m]: [np.mean(r["test"][m]["final_distance"], axis=1).tolist() for r in rows] for m in METHODS}
+        hlines = {entry["references_seed0_goals"][k]["label"].split(",")[0]: v for k, v in s["references"].items()}
+        figures.append(plot_curves(
+            os.path.join(out_dir, f"mbrl_{short}_final_distance.png"), x, curves, xlabel="policy update (meta-test)",
+            ylabel="final distance to the goal (real env, 10 held-out goals)", logy=True,
+            title=f"{env_id}: ML3 vs task loss, held-out goals", colors={LABELS[m]: COLORS[m] for m in METHODS},
+            hlines=hlines, band_note="goals averaged inside a seed; references on seed 0's goals"))
+        plt = _pyplot()
+        env = mbrl_env(env_id, entry["horizon"])
+        fig, ax = plt.subplots(figsize=(5.0, 5.0), dpi=120)
+        for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
+            states = torch.as_tensor(rows[0][split]["ml3"]["states"], dtype=torch.float32)
+            path = env.position(states).numpy()
+            goals = np.asarray(rows[0][split]["goals"])
+            for i in range(len(goals)):
+                ax.plot(path[i, :, 0], path[i, :, 1], color=color, linewidth=1.0, alpha=0.8)
+            ax.scatter(goals[:, 0], goals[:, 1], marker="x", color=color, s=40,
+                       label=f"{split} goals ({'meta-train region' if split == 'train' else 'held out'})")
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        what = "point" if short == "PointmassGoal" else "fingertip"
+        ax.set_title(f"{env_id}: {what} paths after {s['updates']} ML3 updates from real rollouts (seed {rows[0]['seed']})",
+                     fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"mbrl_{short}_trajectories.png")
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp)
+        plt.close(fig)
+        figures.append(path)
+    return figures
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = []
+    for env_id, entry in results["envs"].items():
+        s = entry["summary"]
+        lines.append(f"{env_id} (horizon {entry['horizon']}, {s['updates']} updates, final distance on held-out goals):")
+        lines.append("  seed | ML3 | task loss, model | task loss, exact | ML3 on train goals | ML3 updates to model's final | wall s")
+        for r, reach in zip(entry["per_seed"], s["per_seed_ml3_updates_to_task_model_final"]):
+            finals = [np.mean(r["test"][m]["final_distance"][-1]) for m in METHODS]
+            lines.append(f"  {r['seed']:4d} | " + " | ".join(f"{v:.4f}" for v in finals)
+                         + f" | {np.mean(r['train']['ml3']['final_distance'][-1]):.4f} | {reach} | {r['wall_s']:.0f}")
+        lines.append(f"  mean | {s['final_ml3']:.4f} | {s['final_task_model']:.4f} | {s['final_task_exact']:.4f} | "
+                     f"{s['final_ml3_train_goals']:.4f} | {s['ml3_updates_to_task_model_final']}")
+        lines.append("  references: " + ", ".join(f"{k} {v:.4f}" for k, v in s["references"].items()))
+        lines.append(f"  ML3 reaches the model task loss's final distance after {s['ml3_updates_to_task_model_final']} of "
+                     f"{s['updates']} updates (ratio {s['ratio_to_task_model']}; goal <= 1/3: "
+                     f"{'met' if s['goal_met'] else 'not met'}); the exact dynamics' after "
+                     f"{s['ml3_updates_to_task_exact_final']}")
+    return "\n".join(lines)
+
+
+COMMAND = "mbrl"
+HELP = "model-based ML3: a loss with a learned learning rate vs the task loss through a learned model (Fig. 3)"
+DESCRIPTION = (
+    "Meta-train (Algorithm 3) a loss-and-rate M_phi(tau, g) on PointmassGoal-v0 / ReacherGoal4D-v0 train goals through "
+    "an ensemble dynamics model learned from real rollouts; meta-test (Algorithm 5) it from real rollouts with no model "
+    "on held-out goals, beside the task loss optimised through the learned model and through the exact dynamics "
+    "(step sizes tuned on train goals), with the reference policies. Writes results.json, the meta-losses (zip of JSON "
+    "spec + weights), the curves (Fig. 3b-c) and the trajectories (Fig. 3a)."
+)
+
+
+def add_arguments(p: Any) -> None:
+    from sb3_ml3.cli_args import add_common, positive_float, positive_int
+    from sb3_ml3.cli_args import seed as seed_type
+
+    d = MBRLConfig()
+    p.add_argument("--out", required=True, help="output folder for results.json, the meta-losses and the PNG figures")
+    p.add_argument("--envs", nargs="+", choices=list(ENV_IDS), default=list(ENV_IDS), help="envs (default: both)")
+    p.add_argument("--seeds", type=seed_type, nargs="+", default=None, help="seeds (default: 0 1 2 3 4; --quick: 0)")
+    p.add_argument("--n-outer", type=positive_int, default=None, help=f"outer iterations per seed ({d.n_outer})")
+    p.add_argument("--test-updates", type=positive_int, default=None, help=f"policy updates at meta-test ({d.test_updates})")
+    p.add_argument("--model-every", type=positive_int, default=None,
+                   help=f"outer iterations between model refreshes from the latest policies ({d.model_every}, Appendix A)")
+    p.add_argument("--inner-steps", type=positive_int, default=d.inner_steps, help="K inner steps per outer iteration")
+    p.add_argument("--meta-lr", type=positive_float, default=d.meta_lr, help="eta, the outer step (Adam)")
+    p.add_argument("--alpha-max", type=positive_float, default=d.alpha_max, help="bound of the learned learning rate")
+    p.add_argument("--horizon", type=positive_int, default=None, help="unroll/rollout length (default: the env's)")
+    p.add_argument("--quick", action="store_true", help="a tiny version (about a minute): a smoke test")
+    add_common(p, resumable=False)
+
+
+def run(args: Any) -> dict[str, Any]:
+    from sb3_ml3.experiments.store import prepare_out_dir
+
+    settings: dict[str, Any] = dict(QUICK) if args.quick else {}
+    for name in ("n_outer", "test_updates", "model_every"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.alpha_max <= MBRLConfig.alpha_init:
+        raise ValueError(f"--alpha-max must exceed the initial rate {MBRLConfig.alpha_init}, got {args.alpha_max}.")
+    config = MBRLConfig(horizon=args.horizon, inner_steps=args.inner_steps, meta_lr=args.meta_lr,
+                        alpha_max=args.alpha_max, **settings)
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
+    prepare_out_dir(args.out, force=args.force)
+    out = run_mbrl(args.envs, seeds, config, progress=not args.no_progress)
+    results = out["results"]
+    for (env_id, seed), meta_loss in out["meta_losses"].items():
+        meta_loss.save(os.path.join(args.out, f"meta_loss_{env_id.split('-')[0]}_seed{seed}.zip"))
+    results["figures"] = plot_mbrl(results, args.out)
+    print(format_table(results))
+    return results
+
+
+__all__ = ["COMMAND", "HELP", "DESCRIPTION", "add_arguments", "run", "run_mbrl", "summarise", "format_table",
+           "plot_mbrl", "reference_final_distances", "updates_to_reach"]

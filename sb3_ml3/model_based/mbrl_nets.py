@@ -1,0 +1,155 @@
+"""The networks of model-based ML3: a batch of policies pi_theta(s, g) and the meta-loss M_phi(tau, g) with its rate.
+
+* :class:`PolicyBatch`: B deterministic MLP policies ``a = tanh(f_theta(features(s, g)))`` held as one
+  parameter dictionary with a leading policy dimension (one policy per goal, optimised independently
+  and side by side with batched matrix products; a pure function of the parameters for ``torch.func``).
+* :class:`LossAndRate`: the meta-loss of the paper's MBRL experiment, which reads the state-action
+  trajectory and the goal and outputs **both the loss and the learning rate** (Sec. IV.A.2):
+
+  - the loss ``M_phi(tau, g) = mean_t sum_j w_j(c_t) (a_t,j - t_j(c_t))^2`` with the context
+    ``c_t = features(s_t, g)``: a :class:`~sb3_ml3.meta_loss.MetaLoss` in quadratic form (the learned
+    target ``t`` and weight ``w > 0`` of each action component; bounded below, and it needs no model);
+  - the rate ``alpha(tau, g) = alpha_max * sigmoid(b + mean_t h_phi(c_t, a_t))``: positive and bounded by
+    construction, starting at ``alpha_init`` (last layer zero, bias ``logit(alpha_init / alpha_max)``).
+
+  ``alpha`` reads the **recorded** actions of tau, so it is a function of (tau, g, phi) but not of theta:
+  the inner step theta' = theta - alpha grad_theta M_phi is exactly SGD with rate 1 on ``alpha * M_phi``.
+
+Saved as one zip of a JSON spec and the weights (:meth:`LossAndRate.save`, never a pickle of objects).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import zipfile
+from typing import Any
+
+import torch
+from torch import nn
+
+from sb3_ml3.atomic import atomic_path
+from sb3_ml3.functional import Params
+from sb3_ml3.meta_loss import MetaLoss, MetaLossSpecError
+
+FORMAT = "sb3-ml3 mbrl loss-and-rate 1"
+
+
+class PolicyBatch:
+    """B MLP policies on ``features (B, ..., in)`` -> actions ``(B, ..., out)`` in [-1, 1] (tanh)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_sizes: tuple[int, ...] = (32, 32)) -> None:
+        self.widths = [int(in_dim), *[int(h) for h in hidden_sizes], int(out_dim)]
+
+    def init(self, n: int, generator: torch.Generator | None = None) -> Params:
+        """``n`` fresh policies (PyTorch's default Linear initialisation, last layer scaled by 0.1)."""
+        params: Params = {}
+        for i, (fan_in, fan_out) in enumerate(zip(self.widths[:-1], self.widths[1:])):
+            bound = 1.0 / math.sqrt(fan_in) * (0.1 if i == len(self.widths) - 2 else 1.0)
+            params[f"w{i}"] = (torch.rand(n, fan_in, fan_out, generator=generator) * 2 - 1) * bound
+            params[f"b{i}"] = (torch.rand(n, 1, fan_out, generator=generator) * 2 - 1) * bound
+        return params
+
+    def __call__(self, params: Params, features: torch.Tensor) -> torch.Tensor:
+        """Actions of each policy on its own features: ``features`` has the policies' leading dimension."""
+        n = params["w0"].shape[0]
+        if features.shape[0] != n or features.shape[-1] != self.widths[0]:
+            raise ValueError(f"PolicyBatch expects features ({n}, ..., {self.widths[0]}); got {tuple(features.shape)}.")
+        lead = features.shape[1:-1]
+        h = features.reshape(n, -1, self.widths[0])
+        layers = len(self.widths) - 1
+        for i in range(layers):
+            h = torch.baddbmm(params[f"b{i}"], h, params[f"w{i}"])
+            h = torch.tanh(h)  # hidden tanh, and tanh squashes the output into the action box
+        return h.reshape(n, *lead, self.widths[-1])
+
+
+class LossAndRate(nn.Module):
+    """M_phi(tau, g) and alpha(tau, g) of model-based ML3 (module docstring).
+
+    Args:
+        feature_dim: width of ``features(s, g)`` (the env's, :mod:`.mbrl_envs`).
+        action_dim: width of the action.
+        hidden_sizes: the loss net's and the rate net's hidden widths.
+        alpha_max, alpha_init: the bound of the learned rate and its value before meta-training.
+        metadata: JSON-able facts saved with the weights (env id, horizon, ...).
+    """
+
+    def __init__(self, feature_dim: int, action_dim: int, hidden_sizes: tuple[int, ...] = (64, 64),
+                 alpha_max: float = 10.0, alpha_init: float = 1.0, metadata: dict[str, Any] | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if not 0.0 < alpha_init < alpha_max or not math.isfinite(alpha_max):
+            raise ValueError(f"need 0 < alpha_init < alpha_max < inf; got alpha_init={alpha_init}, alpha_max={alpha_max}.")
+        self.feature_dim, self.action_dim = int(feature_dim), int(action_dim)
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.alpha_max, self.alpha_init = float(alpha_max), float(alpha_init)
+        self.metadata = dict(metadata or {})
+        self.loss_net = MetaLoss(f"context:{feature_dim}, action:{action_dim}", hidden_sizes=self.hidden_sizes,
+                                 activation="tanh", quadratic=["action"])
+        self.loss_net.reset_parameters(generator)
+        layers: list[nn.Module] = []
+        width = self.feature_dim + self.action_dim
+        for hidden in self.hidden_sizes:
+            layers += [nn.Linear(width, hidden), nn.Tanh()]
+            width = hidden
+        self.rate_net = nn.Sequential(*layers, nn.Linear(width, 1))
+        with torch.no_grad():
+            for module in self.rate_net:
+                if isinstance(module, nn.Linear):
+                    bound = math.sqrt(6.0 / (module.in_features + module.out_features))
+                    module.weight.uniform_(-bound, bound, generator=generator)
+                    module.bias.zero_()
+            last = self.rate_net[-1]
+            last.weight.zero_()
+            last.bias.fill_(math.log(self.alpha_init / (self.alpha_max - self.alpha_init)))  # logit
+
+    def forward(self, context: torch.Tensor, action: torch.Tensor, recorded_action: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(M per trajectory (B,), alpha (B,))`` from contexts ``(B, T, F)``, the policy's actions ``(B, T, A)``
+        (differentiable in theta) and the trajectory's recorded actions (the same values, no gradient to theta)."""
+        if context.shape[-1] != self.feature_dim or action.shape[-1] != self.action_dim or context.dim() != 3:
+            raise ValueError(f"LossAndRate expects contexts (B, T, {self.feature_dim}) and actions (B, T, "
+                             f"{self.action_dim}); got {tuple(context.shape)} and {tuple(action.shape)}.")
+        loss = self.loss_net(context=context, action=action).mean(-1)
+        logits = self.rate_net(torch.cat([context, recorded_action.detach()], -1)).squeeze(-1).mean(-1)
+        return loss, self.alpha_max * torch.sigmoid(logits)
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        return {"format": FORMAT, "feature_dim": self.feature_dim, "action_dim": self.action_dim,
+                "hidden_sizes": list(self.hidden_sizes), "alpha_max": self.alpha_max, "alpha_init": self.alpha_init,
+                "loss_net": self.loss_net.config(), "metadata": self.metadata}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """One zip: ``spec.json`` (the architecture and metadata) and ``weights.pt`` (a tensor state dict), atomic."""
+        spec = json.dumps(self.config(), indent=2, sort_keys=True, allow_nan=False)
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, buffer)
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("spec.json", spec)
+            archive.writestr("weights.pt", buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LossAndRate":
+        """Read what :meth:`save` wrote (tensors only: ``torch.load(weights_only=True)``)."""
+        path = os.fspath(path)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("spec.json").decode("utf-8"))
+                state = torch.load(io.BytesIO(archive.read("weights.pt")), weights_only=True)
+        except FileNotFoundError:
+            raise
+        except (KeyError, zipfile.BadZipFile, json.JSONDecodeError, RuntimeError, UnicodeDecodeError) as exc:
+            raise MetaLossSpecError(f"{path!r} is not a model-based ML3 loss written by LossAndRate.save ({exc}).") from exc
+        if config.get("format") != FORMAT:
+            raise MetaLossSpecError(f"{path!r} has format {config.get('format')!r}, expected {FORMAT!r}.")
+        module = cls(config["feature_dim"], config["action_dim"], tuple(config["hidden_sizes"]), config["alpha_max"],
+                     config["alpha_init"], config.get("metadata"))
+        module.load_state_dict(state)
+        return module
+
+
+__all__ = ["PolicyBatch", "LossAndRate"]

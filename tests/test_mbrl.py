@@ -1,0 +1,190 @@
+"""Model-based ML3 (``ml3 mbrl``): gradients through the unroll, the learned rate's bounds, the inner step,
+persistence, the dynamics model, and a seeded short run showing the claimed ordering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sb3_ml3.envs import sample_tasks
+from sb3_ml3.envs.pointmass import torch_step
+from sb3_ml3.functional import inner_update
+from sb3_ml3.meta_loss import MetaLossSpecError
+from sb3_ml3.model_based.dynamics import EnsembleDynamics, TransitionBuffer, random_action_rollouts
+from sb3_ml3.model_based.mbrl import MBRLConfig, MBRLExperiment, final_distance, make_learned_loss, unroll
+from sb3_ml3.model_based.mbrl_cli import summarise, updates_to_reach
+from sb3_ml3.model_based.mbrl_envs import MujocoSimulator, MujocoStep, mbrl_env, reacher_position
+from sb3_ml3.model_based.mbrl_nets import LossAndRate, PolicyBatch
+
+
+def _double(params):
+    return {k: v.double() for k, v in params.items()}
+
+
+def test_gradient_through_model_unroll_matches_finite_differences():
+    torch.manual_seed(0)
+    env = mbrl_env("PointmassGoal-v0", horizon=15)
+    model = EnsembleDynamics(4, 2, (16, 16), 2, generator=torch.Generator().manual_seed(1)).double()
+    with torch.no_grad():
+        model.delta_std.fill_(0.1)
+    policy = PolicyBatch(env.feature_dim, 2, (8,))
+    params = _double(policy.init(3, torch.Generator().manual_seed(2)))
+    params = {k: v * 5 for k, v in params.items()}  # actions away from zero
+    start = torch.zeros(3, 4, dtype=torch.float64)
+    goals = torch.tensor([[1.0, 0.5], [0.7, -1.2], [1.5, 0.0]], dtype=torch.float64)
+
+    def loss(p):
+        return final_distance(env, unroll(model, policy, p, env, start, goals, env.horizon)[0], goals).sum()
+
+    leaf = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    analytic = torch.autograd.grad(loss(leaf), list(leaf.values()))
+    for (name, value), g in zip(params.items(), analytic):
+        for index in [(0, 0, 0), (1, 0, 1), (2, value.shape[1] - 1, value.shape[2] - 1)]:
+            plus, minus = dict(params), dict(params)
+            bump = torch.zeros_like(value)
+            bump[index] = 1e-6
+            plus[name], minus[name] = value + bump, value - bump
+            numeric = (loss(plus) - loss(minus)) / 2e-6
+            assert float(g[index]) == pytest.approx(float(numeric), rel=1e-4, abs=1e-7)
+
+
+def test_mujoco_step_matches_env_and_its_jacobian_matches_finite_differences():
+    import gymnasium as gym
+
+    sim = MujocoSimulator()
+    env = gym.make("ReacherGoal4D-v0", goal=[0.1, 0.1])
+    obs, _ = env.reset(seed=3)
+    action = np.array([0.4, -0.7], dtype=np.float32)
+    obs_next = env.step(action)[0]
+    nxt, jac_s, jac_a = sim.step(obs[None, :4].astype(np.float64), action[None].astype(np.float64))
+    assert np.allclose(nxt[0], obs_next[:4], atol=1e-4)
+    state = torch.tensor(obs[None, :4], dtype=torch.float64, requires_grad=True)
+    act = torch.tensor(action[None], dtype=torch.float64, requires_grad=True)
+    out = MujocoStep.apply(state, act, sim)
+    weights = torch.tensor([[0.3, -1.0, 0.05, 0.02]], dtype=torch.float64)
+    g_s, g_a = torch.autograd.grad((out * weights).sum(), (state, act))
+    for i in range(2):
+        bump = np.zeros((1, 2))
+        bump[0, i] = 1e-5
+        f_plus = sim.step(obs[None, :4].astype(np.float64), action[None] + bump)[0]
+        f_minus = sim.step(obs[None, :4].astype(np.float64), action[None] - bump)[0]
+        numeric = float(((f_plus - f_minus) / 2e-5 * weights.numpy()).sum())
+        assert float(g_a[0, i]) == pytest.approx(numeric, rel=1e-3, abs=1e-6)
+    assert torch.isfinite(g_s).all()
+
+
+def test_reacher_forward_kinematics_is_mujocos_fingertip():
+    import gymnasium as gym
+
+    env = gym.make("ReacherGoal4D-v0")
+    obs, _ = env.reset(seed=0)
+    for _ in range(5):
+        obs = env.step(env.action_space.sample())[0]
+    tip = reacher_position(torch.tensor(obs[:4], dtype=torch.float64)).numpy()
+    assert np.allclose(tip, env.unwrapped._fingertip(), atol=1e-4)
+
+
+def test_learned_rate_is_positive_and_bounded():
+    meta = LossAndRate(6, 2, (16,), alpha_max=2.0, alpha_init=0.5, generator=torch.Generator().manual_seed(0))
+    context, action = torch.randn(4, 7, 6), torch.randn(4, 7, 2)
+    loss, alpha = meta(context, action, action)
+    assert torch.allclose(alpha, torch.full((4,), 0.5))  # starts at alpha_init
+    assert (loss >= 0).all()  # quadratic form: bounded below
+    with torch.no_grad():
+        for p in meta.rate_net.parameters():
+            p.mul_(0).add_(torch.randn_like(p) * 50)
+    for scale in (1e-3, 1.0, 1e3):
+        _, alpha = meta(context * scale, action * scale, action * scale)
+        assert torch.isfinite(alpha).all() and (alpha >= 0).all() and (alpha <= 2.0).all()
+    with pytest.raises(ValueError, match="alpha_init < alpha_max"):
+        LossAndRate(6, 2, alpha_max=1.0, alpha_init=1.0)
+    with pytest.raises(ValueError, match="expects contexts"):
+        meta(torch.randn(4, 7, 5), action, action)
+
+
+def test_inner_step_is_per_policy_sgd_with_the_learned_rate():
+    policy = PolicyBatch(6, 2, (8,))
+    meta = LossAndRate(6, 2, (8,), alpha_max=3.0, alpha_init=1.0, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        meta.rate_net[-1].weight.normal_()  # a rate that differs between trajectories
+    theta = policy.init(3, torch.Generator().manual_seed(2))
+    context = torch.randn(3, 5, 6)
+    recorded = policy(theta, context).detach()
+    phi = {k: v.detach() for k, v in meta.named_parameters()}
+    updated = inner_update(make_learned_loss(policy, meta), theta, phi, (context, recorded), 1.0)
+    _, alpha = meta(context, recorded, recorded)
+    assert alpha.std() > 0
+    for b in range(3):
+        single = {k: v[b:b + 1].clone().requires_grad_(True) for k, v in theta.items()}
+        loss, _ = meta(context[b:b + 1], policy(single, context[b:b + 1]), recorded[b:b + 1])
+        grads = torch.autograd.grad(loss.sum(), list(single.values()))
+        for (name, value), g in zip(single.items(), grads):
+            assert torch.allclose(updated[name][b:b + 1], value - alpha[b] * g, atol=1e-6)
+
+
+def test_meta_loss_round_trip_and_bad_file(tmp_path):
+    meta = LossAndRate(10, 2, (8,), metadata={"env_id": "ReacherGoal4D-v0"}, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "loss.zip"
+    meta.save(path)
+    loaded = LossAndRate.load(path)
+    context, action = torch.randn(2, 3, 10), torch.randn(2, 3, 2)
+    for a, b in zip(meta(context, action, action), loaded(context, action, action)):
+        assert torch.equal(a, b)
+    assert loaded.metadata["env_id"] == "ReacherGoal4D-v0"
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(MetaLossSpecError):
+        LossAndRate.load(tmp_path / "bad.zip")
+
+
+def test_dynamics_model_learns_the_pointmass():
+    goals = sample_tasks("PointmassGoal-v0", 40, "train", seed=0)
+    roll = random_action_rollouts("PointmassGoal-v0", goals, 50, seed=0)
+    buffer = TransitionBuffer(4, 2)
+    buffer.add_rollouts(roll.states, roll.actions)
+    s, a, s_next = buffer.tensors()
+    still = float(((s - s_next) ** 2).mean().sqrt())  # predicting "no change"
+    model = EnsembleDynamics(4, 2, (32, 32), 2, generator=torch.Generator().manual_seed(0))
+    model.fit(buffer, 40, batch_size=256, lr=3e-3, generator=torch.Generator().manual_seed(0))
+    assert model.one_step_error(buffer) < 0.4 * still
+    exact = float(((torch_step(s, a) - s_next) ** 2).mean().sqrt())
+    assert exact < 1e-5
+    with pytest.raises(ValueError, match="expects states"):
+        model(torch.zeros(3, 5), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="add_rollouts expects"):
+        buffer.add_rollouts(np.zeros((2, 3, 4)), np.zeros((2, 3, 2)))
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="model-based ML3 runs on"):
+        mbrl_env("AntGoal-v0")
+    with pytest.raises(ValueError, match="horizon"):
+        mbrl_env("PointmassGoal-v0", horizon=80)
+    from sb3_ml3.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["mbrl", "--out", "unused", "--n-outer", "0"])
+    assert exc.value.code == 2
+
+
+def test_updates_to_reach():
+    assert updates_to_reach([1.0, 0.5, 0.2, 0.1], 0.3) == 2
+    assert updates_to_reach([1.0, 0.5], 0.1) is None
+
+
+def test_quick_run_shows_the_claimed_ordering():
+    """A seeded short PointmassGoal run: ML3 beats the task loss through the learned model within 1/3 of the budget."""
+    config = MBRLConfig(n_outer=40, model_every=20, random_episodes=60, model_epochs=20, test_updates=9,
+                        n_test_goals=4, batch_goals=4, task_grid=(("adam", 0.01), ("adam", 0.03)))
+    experiment = MBRLExperiment("PointmassGoal-v0", config, seed=0)
+    row = experiment.run()
+    row["wall_s"] = 0.0
+    references = {"zero_action": {"final_distance": 1.0, "label": "zero"}}
+    summary = summarise("PointmassGoal-v0", [row], references)
+    ml3 = summary["curve_ml3"]
+    assert ml3[-1] < 0.5 * ml3[0]  # ML3 learns from real rollouts without a model
+    assert summary["final_ml3"] < summary["final_task_model"]
+    assert summary["ml3_updates_to_task_model_final"] is not None
+    assert summary["ratio_to_task_model"] <= 1.0 / 3.0
+    alphas = np.asarray(row["test"]["ml3"]["alpha"])
+    assert (alphas > 0).all() and (alphas < config.alpha_max).all()
