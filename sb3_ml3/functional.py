@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import functional_call, grad, grad_and_value, vjp, vmap
 
 Params = dict[str, torch.Tensor]
 LearnedLossFn = Callable[[Params, Params, Any], torch.Tensor]
@@ -250,6 +250,11 @@ def meta_gradient(
     ``first_order`` and ``truncate``: see :func:`inner_update`.
     """
 
+    if first_order and truncate is None and max_grad_norm is None and (optimizer is None or type(optimizer) is SGD):
+        grads, value, updated = _first_order_sgd(learned_loss, task_loss, params, meta_params,
+                                                 _steps_and_batches(batch, steps), query, inner_lr)
+        return (grads, value, updated) if return_updated else (grads, value)
+
     def objective(phi: Params) -> tuple[torch.Tensor, Params]:
         updated = inner_update(learned_loss, params, phi, batch, inner_lr, steps, first_order, max_grad_norm,
                                optimizer, optimizer_state, truncate)
@@ -259,6 +264,41 @@ def meta_gradient(
     if return_updated:
         return grads, value, updated
     return grads, value
+
+
+def _first_order_sgd(
+    learned_loss: LearnedLossFn,
+    task_loss: TaskLossFn,
+    params: Params,
+    meta_params: Params,
+    minibatches: list[Any],
+    query: Any,
+    inner_lr: float,
+) -> tuple[Params, torch.Tensor, Params]:
+    """The first-order meta-gradient of K plain SGD steps in the memory of one step.
+
+    With theta_k a constant inside each step's gradient g_k = grad_theta L_learned(theta_k, phi), SGD gives
+    theta_K = theta_0 - alpha sum_k g_k(phi), so grad_phi L_T(theta_K) = -alpha sum_k (d g_k / d phi)^T v with
+    v = grad_theta L_T(theta_K). The K steps run without a graph (keeping only the K parameter vectors
+    theta_k), then each step's vector-Jacobian product is taken and freed in turn: memory stays flat in K,
+    where differentiating the unrolled loop keeps every step's graph.
+    """
+    gradient = grad(learned_loss)
+    constant_phi = {k: v.detach() for k, v in meta_params.items()}
+    theta = {k: v.detach() for k, v in params.items()}
+    points = []
+    for minibatch in minibatches:
+        points.append(theta)
+        step = gradient(theta, constant_phi, minibatch)
+        theta = {k: (v - inner_lr * step[k]).detach() for k, v in theta.items()}  # Eq. 2
+    v_grad, value = grad_and_value(task_loss)(theta, query)
+    total: Params | None = None
+    for point, minibatch in zip(points, minibatches):
+        _, pullback = vjp(lambda phi, point=point, minibatch=minibatch: gradient(point, phi, minibatch), meta_params)
+        (part,) = pullback(v_grad)
+        total = part if total is None else {k: total[k] + part[k] for k in total}
+    assert total is not None
+    return {k: -inner_lr * g for k, g in total.items()}, value, theta
 
 
 def batched_meta_gradient(

@@ -184,3 +184,25 @@ def test_truncated_meta_gradient_is_the_last_steps_from_their_start():
     assert any(not torch.allclose(cut[0][n], full[0][n], rtol=1e-3) for n in full[0])  # it does drop terms
     with pytest.raises(ValueError, match="truncate"):
         meta_gradient(learned, task_loss, theta, phi, batch, query, 0.05, steps=3, truncate=0)
+
+
+def test_memory_flat_first_order_equals_differentiating_the_first_order_unroll():
+    from torch.func import grad_and_value
+
+    from sb3_ml3.functional import inner_update, meta_gradient
+
+    _, _, learned, task_loss, theta, phi, task = small_problem(8)
+    minibatches = [(task.support[0] + 0.1 * k, task.support[1] * (1 + 0.1 * k)) for k in range(4)]
+    for batch, steps in ((task.support, 4), (minibatches, None)):
+        def unrolled(meta_params):
+            updated = inner_update(learned, theta, meta_params, batch, 0.05, steps, first_order=True)
+            return task_loss(updated, task.query), updated
+
+        (expected, (value, updated)) = grad_and_value(unrolled, has_aux=True)(phi)
+        grads, flat_value, flat_updated = meta_gradient(learned, task_loss, theta, phi, batch, task.query, 0.05,
+                                                        steps, first_order=True, return_updated=True)
+        assert torch.allclose(flat_value, value)
+        for name in expected:
+            assert torch.allclose(grads[name], expected[name], rtol=1e-4, atol=1e-8), name
+        for name in updated:
+            assert torch.allclose(flat_updated[name], updated[name])
