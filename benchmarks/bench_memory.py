@@ -9,7 +9,8 @@ graph, saved activations and all. CPU, one thread, the sine optimizee (MLP 1-40-
 visible beside the process's ~300 MB).
 
 Modes: ``full`` (the exact second-order meta-gradient, ``meta_gradient``), ``first_order``
-(``first_order=True``), ``truncate_1`` / ``truncate_10`` (``truncate=1`` / ``10``: backpropagate
+(``first_order=True``), ``first_order_low_memory`` (``first_order=True, low_memory=True``: K freed
+vector-Jacobian products), ``truncate_1`` / ``truncate_10`` (``truncate=1`` / ``10``: backpropagate
 through the last 1 / 10 steps only), ``higher`` and ``torchopt`` (their users' K-step unroll,
 second order).
 
@@ -26,7 +27,7 @@ import sys
 
 import torch
 
-MODES = ("full", "first_order", "truncate_1", "truncate_10", "higher", "torchopt")
+MODES = ("full", "first_order", "first_order_low_memory", "truncate_1", "truncate_10", "higher", "torchopt")
 
 
 def _status_kb(field: str) -> int:
@@ -56,7 +57,7 @@ def _meta_gradient_fn(mode: str, points: int):
 
     def ours(k: int) -> None:
         phi = {name: p.detach() for name, p in meta_loss.named_parameters()}
-        options = {"first_order": mode == "first_order"}
+        options = {"first_order": mode.startswith("first_order"), "low_memory": mode == "first_order_low_memory"}
         if mode.startswith("truncate_"):
             options["truncate"] = int(mode.split("_")[1])
         grads, _ = meta_gradient(learned, task_loss, theta, phi, (x, y), (xq, yq), lr, steps=k, **options)

@@ -200,7 +200,8 @@ def test_memory_flat_first_order_equals_differentiating_the_first_order_unroll()
 
         (expected, (value, updated)) = grad_and_value(unrolled, has_aux=True)(phi)
         grads, flat_value, flat_updated = meta_gradient(learned, task_loss, theta, phi, batch, task.query, 0.05,
-                                                        steps, first_order=True, return_updated=True)
+                                                        steps, first_order=True, return_updated=True,
+                                                        low_memory=True)
         assert torch.allclose(flat_value, value)
         for name in expected:
             assert torch.allclose(grads[name], expected[name], rtol=1e-4, atol=1e-8), name
