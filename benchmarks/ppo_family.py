@@ -37,17 +37,27 @@ from sb3_ml3.experiments.meta_train import meta_train_fingerprint
 INPUTS = ["obs", "action", "mean", "std", "goal", "advantage", "old_log_prob"]
 
 
-def inner_settings(env_id: str) -> tuple[dict, int]:
-    """ML3's inner-step settings that equal the env's PPO recipe, and its number of envs."""
+def inner_settings(env_id: str, update: str = "ppo") -> tuple[dict, int]:
+    """ML3's inner-step settings that equal the env's PPO recipe, and its number of envs.
+
+    ``update="ppo"``: PPO's joint update (critic in the same minibatch steps, one gradient clip, advantages
+    normalised per minibatch), with which the family at zero correction is SB3's PPO step for step
+    (tests/test_ppo_equivalence.py). ``"separate"``: the critic fitted after the actor, its own clip, advantages
+    normalised per rollout (the update of the runs before that option existed).
+    """
     ppo = load_recipe(env_id)["ppo"]
     settings = dict(n_steps=ppo["n_steps"], batch_size=ppo["batch_size"], n_epochs=ppo["n_epochs"],
                     learning_rate=ppo["learning_rate"], gamma=ppo.get("gamma", 0.99), max_grad_norm=0.5,
                     vf_learning_rate=ppo["learning_rate"], inner_optimizer="adam", meta_inputs=INPUTS)
+    if update == "ppo":
+        settings.update(vf_coef=0.5, normalize_advantage="minibatch")
+    elif update != "separate":
+        raise SystemExit(f"--update must be 'ppo' or 'separate', got {update!r}")
     return settings, int(ppo["n_envs"])
 
 
 def meta_train(args: argparse.Namespace) -> None:
-    test, n_envs = inner_settings(args.env)
+    test, n_envs = inner_settings(args.env, args.update)
     loss_kwargs = {"surrogate": "ppo", "hidden_sizes": [40, 40], "correction": args.correction}
     if args.drift:
         loss_kwargs["correction_fields"] = ["advantage"]
@@ -72,7 +82,7 @@ def meta_train(args: argparse.Namespace) -> None:
 def meta_test(args: argparse.Namespace) -> None:
     if os.path.exists(args.out) and not args.force:
         raise SystemExit(f"{args.out} exists: pass --force to overwrite it.")
-    test, n_envs = inner_settings(args.env)
+    test, n_envs = inner_settings(args.env, args.update)
     goals = np.asarray(sample_tasks(args.env, 10, "test", seed=TASK_SEED))
     dense = max(1, min(2_000, args.timesteps // 4))  # 2k steps, or finer for a smoke run
     schedule = evaluation_schedule(args.timesteps, 10_000, 20_000, dense)
@@ -89,6 +99,7 @@ def meta_test(args: argparse.Namespace) -> None:
                 record, _ = run_one(args.env, "ml3", settings, seed, args.net_arch, goals, schedule, args.timesteps,
                                     meta_loss=loss)
             record["name"] = name
+            record["update"] = args.update
             results["runs"].append(record)
             b = record["behaviour"]
             print(f"{name} seed {seed}: final {record['curve'][-1]:.2f}, distance {b['final_distance']:.3f}, "
@@ -141,6 +152,8 @@ def main() -> None:
     train.add_argument("--policy-reset-interval", type=int, default=60)
     train.add_argument("--eval-freq", type=int, default=100_000)
     train.add_argument("--eval-at-updates", type=int, nargs="+", default=[6, 12, 24])
+    train.add_argument("--update", choices=["ppo", "separate"], default="ppo",
+                       help="ML3's inner update: PPO's joint one (default) or the critic fitted separately")
     test = sub.add_parser("meta-test")
     test.add_argument("--env", default="ReacherGoal-v0")
     test.add_argument("--out", required=True, help="results JSON")
@@ -150,6 +163,8 @@ def main() -> None:
     test.add_argument("--net-arch", type=int, nargs="+", default=[64, 64],
                       help="meta-test policy layers (a loss meta-trained on [64, 64] trains any architecture)")
     test.add_argument("--force", action="store_true")
+    test.add_argument("--update", choices=["ppo", "separate"], default="ppo",
+                      help="ML3's inner update: PPO's joint one (default) or the critic fitted separately")
     figure = sub.add_parser("plot")
     figure.add_argument("results", nargs="+", help="meta-test result files")
     figure.add_argument("--out", required=True, help="PNG")

@@ -26,6 +26,7 @@ def int_at_least(minimum: int, what: str):
 
 positive_int = int_at_least(1, "a positive integer")
 seed = int_at_least(0, "a non-negative integer seed")
+non_negative_int = int_at_least(0, "a non-negative integer")
 
 
 def positive_float(text: str) -> float:

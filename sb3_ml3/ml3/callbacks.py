@@ -35,7 +35,8 @@ from sb3_ml3.evaluation import evaluate_task_metric
 VALIDATION_TASK_SEED = 2000
 #: the inner-step settings a validation meta-test copies from the meta-training model
 _INNER_SETTINGS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "max_grad_norm",
-                   "meta_inputs", "task_loss", "normalize_advantage", "inner_optimizer", "vf_learning_rate")
+                   "meta_inputs", "task_loss", "normalize_advantage", "inner_optimizer", "vf_learning_rate",
+                   "vf_coef")
 
 
 class MetaValidationCallback(BaseCallback):

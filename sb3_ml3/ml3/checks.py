@@ -88,6 +88,11 @@ def check_arguments(model: "ML3") -> None:
             f"meta_epochs={model.meta_epochs} reuses each rollout for several outer steps: pass task_clip_range "
             "(e.g. 0.2) so the task loss is the importance-weighted, clipped surrogate."
         )
+    if model.normalize_advantage not in (True, False, "rollout", "minibatch"):
+        raise ValueError(f"normalize_advantage must be True, False, 'rollout' or 'minibatch', got {model.normalize_advantage!r}.")
+    if model.vf_coef is not None and not (isinstance(model.vf_coef, (int, float)) and model.vf_coef > 0):
+        raise ValueError(f"vf_coef must be None (a separate critic fit) or a positive number (PPO's joint update), "
+                         f"got {model.vf_coef!r}.")
     if model.batch_size < 1 or model.n_epochs < 1:
         raise ValueError(f"batch_size and n_epochs must be positive, got {model.batch_size} and {model.n_epochs}.")
     if model.max_policy_updates is not None and model.max_policy_updates < 0:

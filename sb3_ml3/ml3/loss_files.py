@@ -38,7 +38,11 @@ LOSS_SETTINGS: dict[str, tuple[str, Any]] = {
     "inner_optimizer": ("inner_optimizer", "sgd"),
     "max_grad_norm": ("max_grad_norm", 1.0),
     "task_loss": ("task_loss", "advantage"),
+    "vf_coef": ("vf_coef", None),
+    "normalize_advantage": ("normalize_advantage", True),
 }
+#: settings whose own ``None`` is a value, so that "from the loss" is spelled ``"auto"``
+_AUTO_SETTINGS = ("max_grad_norm", "vf_coef", "normalize_advantage")
 
 
 def resolve_meta_loss(meta_loss: MetaLoss | str | os.PathLike | None, env: Any, meta_train: bool,
@@ -66,7 +70,7 @@ def settings_from_loss(given: Mapping[str, Any], metadata: Mapping[str, Any]) ->
     settings = {}
     for name, (key, default) in LOSS_SETTINGS.items():
         value = given[name]
-        if value is None or (name == "max_grad_norm" and value == "auto"):
+        if (value is None and name not in _AUTO_SETTINGS) or (name in _AUTO_SETTINGS and value == "auto"):
             value = metadata.get(key, default)
         settings[name] = value
     return settings
@@ -193,6 +197,8 @@ def save_meta_loss(model: "ML3", path: str | os.PathLike) -> None:
         "inner_lr": float(model.lr_schedule(1)),
         "inner_optimizer": model.inner_optimizer,
         "max_grad_norm": model.max_grad_norm,
+        "vf_coef": model.vf_coef,
+        "normalize_advantage": model.normalize_advantage,
         "n_envs": model.n_envs,
         "n_steps": model.n_steps,
         "batch_size": model.batch_size,

@@ -135,8 +135,17 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         with SB3's ``eps=1e-5``), e.g. for a meta-loss in PPO's family (``meta_loss_kwargs={"surrogate": "ppo"}``)
         that then starts from PPO's own update. The outer step differentiates the same rule; *(from the loss)*
         ["sgd"].
-    :param vf_learning_rate: Adam step size of the critic.
-    :param normalize_advantage: normalise the task-loss weights per rollout.
+    :param vf_learning_rate: Adam step size of the critic (with ``vf_coef=None``).
+    :param normalize_advantage: *(from the loss, ``"auto"``)* [True] normalise the task-loss weights (the ``advantage`` input) per rollout (``True``
+        or ``"rollout"``), per minibatch of the inner steps as SB3's PPO does (``"minibatch"``; the task loss's
+        weights are then normalised per rollout), or not at all (``False``).
+    :param vf_coef: *(from the loss, ``"auto"``)* [None] ``None``: the critic is regressed on the GAE returns after the actor's inner steps, with its
+        own Adam at ``vf_learning_rate``. A float: PPO's joint update, the critic learns in the same minibatch
+        steps as the actor on ``vf_coef`` x its MSE, with the inner optimizer's rule and step size, and actor and
+        critic share the gradient clip at ``max_grad_norm`` (their global norm, as PPO's
+        ``clip_grad_norm_`` over the whole policy). With ``normalize_advantage="minibatch"``, PPO's settings and
+        a surrogate-family loss at zero correction, an update is SB3 PPO's, step for step. The outer step keeps
+        each minibatch's clip factor as a constant (its dependence on phi through the norm is dropped).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": ML3Policy}
@@ -173,7 +182,8 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         max_policy_updates: int | None = None,
         vf_learning_rate: float = 1e-3,
         inner_optimizer: str | None = None,
-        normalize_advantage: bool = True,
+        normalize_advantage: bool | str = "auto",
+        vf_coef: float | str | None = "auto",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -187,7 +197,8 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         settings = settings_from_loss(dict(
             learning_rate=learning_rate, n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs, gamma=gamma,
             gae_lambda=gae_lambda, meta_inputs=meta_inputs, inner_optimizer=inner_optimizer,
-            max_grad_norm=max_grad_norm, task_loss=task_loss), recorded)
+            max_grad_norm=max_grad_norm, task_loss=task_loss, vf_coef=vf_coef,
+            normalize_advantage=normalize_advantage), recorded)
         max_grad_norm = settings["max_grad_norm"]
         env = env_for_loss(env, recorded)
         try:
@@ -244,7 +255,8 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         self._n_policy_updates = 0
         self.vf_learning_rate = vf_learning_rate
         self.inner_optimizer = settings["inner_optimizer"]
-        self.normalize_advantage = normalize_advantage
+        self.normalize_advantage = settings["normalize_advantage"]
+        self.vf_coef = settings["vf_coef"]
         self._meta_loss_source = meta_loss
         self._meta_loss_config: dict[str, Any] | None = None
         self.goal_slice: slice | None = None
@@ -266,7 +278,11 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         self.inner_rule: InnerOptimizer = Adam(eps=1e-5) if self.inner_optimizer == "adam" else SGD()
         self.policy.optimizer = self.inner_rule.torch_optimizer(list(self.policy.actor_parameters().values()),
                                                                 self.lr_schedule(1))
-        self.value_optimizer = torch.optim.Adam(self.policy.critic_parameters(), lr=self.vf_learning_rate)
+        if self.vf_coef is None:
+            self.value_optimizer = torch.optim.Adam(self.policy.critic_parameters(), lr=self.vf_learning_rate)
+        else:  # PPO's joint update: the critic takes the actor's steps (rule, step size, schedule)
+            self.value_optimizer = self.inner_rule.torch_optimizer(self.policy.critic_parameters(),
+                                                                   self.lr_schedule(1))
         #: V_task of ``task_reward`` (``task_critic=True``), and the task loss L_T of ``task_objective``
         self.task_value: TaskCritic | None = TaskCritic(self) if self.task_critic else None
         self.objective: TaskLoss = make_task_loss(self)
@@ -324,7 +340,8 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
     def train(self) -> None:
         """One ML3 update on the last rollout: outer step (meta-train), inner step, critic regression."""
         self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
+        self._update_learning_rate(self.policy.optimizer if self.vf_coef is None
+                                   else [self.policy.optimizer, self.value_optimizer])
         inner_lr = float(self.lr_schedule(self._current_progress_remaining))
         task_value_targets = task_loss_weights = None
         if self.meta_train and self.task_reward is not None:
@@ -362,7 +379,10 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         if frozen:
             self.logger.record("train/policy_frozen", 1)
         elif self.critic_needed:
-            self.logger.record("train/value_loss", self._train_critic(data))
+            if self.vf_coef is None:
+                self.logger.record("train/value_loss", self._train_critic(data))
+            elif "value_loss" in stats:  # trained with the actor, in the inner steps
+                self.logger.record("train/value_loss", stats.pop("value_loss"))
             self.logger.record("train/explained_variance", explained_variance(
                 self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from sb3_ml3.functional import Adam, Params, apply_meta_gradient, clip_grads, global_norm, meta_gradient
+from sb3_ml3.functional import Adam, Params, apply_meta_gradient, global_norm, meta_gradient
 from sb3_ml3.ml3.policies import gaussian_kl
 from sb3_ml3.ml3.task_losses import ImitationTaskLoss, QValueTaskLoss, clip_actions
 
@@ -86,8 +86,12 @@ class LearnedLossUpdates:
         ``task_weights``: the "advantage" meta-input and the default task weight. Public so that what a
         learned loss reads can be rebuilt outside ``train`` (e.g. :meth:`meta_loss_fields` on a rollout)."""
         buffer = self.rollout_buffer
-        buffer.compute_task_weights(self.task_loss, self.normalize_advantage)
-        return buffer.tensors()
+        per_minibatch = self.normalize_advantage == "minibatch"
+        buffer.compute_task_weights(self.task_loss, bool(self.normalize_advantage) and not per_minibatch)
+        data = buffer.tensors()
+        if per_minibatch:  # the minibatches get theirs in _minibatches; the task loss's are per rollout
+            data["task_weights"] = _standardized(data["task_weights"])
+        return data
 
     def meta_loss_fields(self, params: Params | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The named meta-loss inputs of the policy ``params`` (``None``: the live one) on a minibatch.
@@ -131,38 +135,71 @@ class LearnedLossUpdates:
 
     # ------------------------------------------------------------------ training
     def _minibatches(self) -> list[dict[str, torch.Tensor]]:
-        """``n_epochs`` shuffled passes over the rollout's valid samples in minibatches (the buffer's)."""
-        return self.rollout_buffer.minibatches(self.batch_size, self.n_epochs)
+        """``n_epochs`` shuffled passes over the rollout's valid samples in minibatches (the buffer's), their
+        ``task_weights`` normalised per minibatch with ``normalize_advantage="minibatch"`` (as SB3's PPO)."""
+        minibatches = self.rollout_buffer.minibatches(self.batch_size, self.n_epochs)
+        if self.normalize_advantage == "minibatch":
+            for batch in minibatches:
+                batch["task_weights"] = _standardized(batch["task_weights"])
+        return minibatches
 
     def inner_step(self, minibatches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """theta <- theta - alpha grad_theta L_learned on each minibatch, in place (Eq. 2; Alg. 5 line 4).
 
         Used by both meta-test and meta-train, so the update a learned loss is trained for is the update
         it performs: ``policy.optimizer`` (SGD, or Adam with ``inner_optimizer="adam"``) takes the step that
-        :class:`~sb3_ml3.functional.InnerOptimizer` recomputes in the outer step. A non-finite learned loss
-        or gradient skips that minibatch (counted and logged).
+        :class:`~sb3_ml3.functional.InnerOptimizer` recomputes in the outer step. With ``vf_coef`` the critic
+        takes its step on ``vf_coef`` x MSE in the same minibatch, under one gradient clip with the actor
+        (PPO's update); each minibatch then records its clip factor (``clip_scale``) for the outer step. A
+        non-finite learned loss or gradient skips that minibatch (counted and logged).
         """
         named = self.policy.actor_parameters()
         actor = list(named.values())
-        losses, norms = [], []
+        critic = self.policy.critic_parameters() if self.vf_coef is not None else []
+        losses, norms, value_losses = [], [], []
         for batch in minibatches:
             loss = self.learned_loss(None, None, batch)
-            grads = torch.autograd.grad(loss, actor)
+            grads = list(torch.autograd.grad(loss, actor))
             norm = global_norm(grads)
             if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
                 self.skipped_inner_steps += 1
                 continue
-            if self.max_grad_norm is not None:  # the rescaling functional.inner_update applies
-                grads = list(clip_grads(dict(zip(named, grads)), self.max_grad_norm, norm).values())
+            clip_norm = norm
+            if critic:
+                values = self.policy.predict_values(batch["observations"]).flatten()
+                value_loss = self.vf_coef * torch.nn.functional.mse_loss(values, batch["returns"])
+                critic_grads = list(torch.autograd.grad(value_loss, critic))
+                clip_norm = global_norm(grads + critic_grads)  # PPO clips the whole policy's gradient at once
+            if self.max_grad_norm is not None:  # the rescaling functional.clip_grads applies
+                scale = torch.clamp(self.max_grad_norm / (clip_norm + 1e-6), max=1.0)
+                grads = [g * scale for g in grads]
+                if critic:
+                    critic_grads = [g * scale for g in critic_grads]
+                    batch["clip_scale"] = scale.detach()
             for p, g in zip(actor, grads):
                 p.grad = g
             self.policy.optimizer.step()  # Eq. 2 (SGD) or its Adam variant
+            if critic:
+                for p, g in zip(critic, critic_grads):
+                    p.grad = g
+                self.value_optimizer.step()
+                value_losses.append(value_loss.detach() / self.vf_coef)
             losses.append(loss.detach())
             norms.append(norm)
-        return {
+        stats = {
             "meta_loss": torch.stack(losses).mean().item() if losses else float("nan"),
             "inner_grad_norm": torch.stack(norms).mean().item() if norms else float("nan"),
         }
+        if value_losses:
+            stats["value_loss"] = torch.stack(value_losses).mean().item()
+        return stats
+
+    def _clipped_learned_loss(self, params: Params | None, meta_params: Params | None,
+                              batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The learned loss times the minibatch's recorded joint clip factor (``vf_coef`` set), whose gradient is
+        the clipped step the live update took; the factor is a constant for the outer step."""
+        loss = self.learned_loss(params, meta_params, batch)
+        return loss * batch["clip_scale"] if "clip_scale" in batch else loss
 
     def outer_gradient(self, data: dict[str, torch.Tensor], phi: Params | None = None) -> tuple[Params, torch.Tensor]:
         """grad_phi L_T(theta_i(phi)) and L_T on the rollout ``data`` of theta_i, without touching phi.
@@ -175,9 +212,11 @@ class LearnedLossUpdates:
         params, minibatches, inner_lr, optimizer_state = self._pending
         if phi is None:
             phi = {name: p.detach() for name, p in self.meta_loss.named_parameters()}
+        joint = self.vf_coef is not None  # the clip is the live step's, recorded per minibatch
         return meta_gradient(
-            self.learned_loss, self.task_loss_fn, params, phi, minibatches, data, inner_lr,
-            first_order=self.first_order, max_grad_norm=self.max_grad_norm,
+            self._clipped_learned_loss if joint else self.learned_loss, self.task_loss_fn, params, phi,
+            minibatches, data, inner_lr, first_order=self.first_order,
+            max_grad_norm=None if joint else self.max_grad_norm,
             optimizer=self.inner_rule, optimizer_state=optimizer_state,
         )
 
@@ -277,3 +316,10 @@ class LearnedLossUpdates:
             new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
             stats["approx_kl"] = gaussian_kl(old_mean, old_std, new_mean, new_std).mean().item()
         return stats
+
+
+def _standardized(weights: torch.Tensor) -> torch.Tensor:
+    """(w - mean) / (std + 1e-8) with the unbiased std, as SB3's PPO normalises advantages."""
+    if weights.numel() < 2:
+        return weights
+    return (weights - weights.mean()) / (weights.std() + 1e-8)
