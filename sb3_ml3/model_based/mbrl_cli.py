@@ -135,6 +135,9 @@ def run_mbrl(env_ids: Sequence[str], seeds: Sequence[int], config: MBRLConfig, p
 
 # --------------------------------------------------------------------------- figures and table
 
+REFERENCE_NAMES = {"zero_action": "zero action", "random": "random actions", "best_constant_action": "best constant action",
+                   "oracle": "oracle (PD / IK + PD)"}
+REFERENCE_COLORS = {"zero_action": "black", "random": "0.55", "best_constant_action": "tab:purple", "oracle": "tab:red"}
 LABELS = {"ml3": "ML3 (loss + learned rate, real rollouts, no model)",
           "task_model": "task loss through the learned model", "task_exact": "task loss through the exact dynamics"}
 
@@ -150,12 +153,13 @@ def plot_mbrl(results: dict[str, Any], out_dir: str) -> list[str]:
         short = env_id.split("-")[0]
         x = list(range(s["updates"] + 1))
         curves = {LABELS[m]: [np.mean(r["test"][m]["final_distance"], axis=1).tolist() for r in rows] for m in METHODS}
-        hlines = {entry["references_seed0_goals"][k]["label"].split(",")[0]: v for k, v in s["references"].items()}
+        hlines = {REFERENCE_NAMES[k]: v for k, v in s["references"].items()}
         figures.append(plot_curves(
             os.path.join(out_dir, f"mbrl_{short}_final_distance.png"), x, curves, xlabel="policy update (meta-test)",
-            ylabel="final distance to the goal (real env, 10 held-out goals)", logy=True,
+            ylabel=f"final distance to the goal (real env, {len(rows[0]['test']['goals'])} held-out goals)", logy=True,
             title=f"{env_id}: ML3 vs task loss, held-out goals", colors={LABELS[m]: COLORS[m] for m in METHODS},
-            hlines=hlines, band_note="goals averaged inside a seed; references on seed 0's goals"))
+            hlines=hlines, band_note="goals averaged in a seed; references: seed 0's goals",
+            hline_colors={REFERENCE_NAMES[k]: c for k, c in REFERENCE_COLORS.items()}))
         plt = _pyplot()
         env = mbrl_env(env_id, entry["horizon"])
         fig, ax = plt.subplots(figsize=(5.0, 5.0), dpi=120)
@@ -171,8 +175,8 @@ def plot_mbrl(results: dict[str, Any], out_dir: str) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         what = "point" if short == "PointmassGoal" else "fingertip"
-        ax.set_title(f"{env_id}: {what} paths after {s['updates']} ML3 updates from real rollouts (seed {rows[0]['seed']})",
-                     fontsize=8)
+        ax.set_title(f"{env_id}: {what} paths after {s['updates']} ML3 updates\n"
+                     f"(real rollouts, no model; seed {rows[0]['seed']})", fontsize=9)
         fig.tight_layout()
         path = os.path.join(out_dir, f"mbrl_{short}_trajectories.png")
         with atomic_path(path, suffix=".png") as tmp:
