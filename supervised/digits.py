@@ -28,8 +28,8 @@ import torch
 from torch.func import functional_call
 
 from sb3_ml3.meta_loss import MetaLoss
-from sb3_ml3.supervised.core import (Task, init_params, learned_loss_fn, meta_test, meta_train, run_seeds,
-                                     stack_params)
+from sb3_ml3.supervised.core import (MetaTrainResult, Task, init_params, learned_loss_fn, meta_test, meta_train,
+                                     run_seeds, stack_params)
 from sb3_ml3.supervised.datasets import DATASETS, DigitImages, load_images
 from sb3_ml3.supervised.lenet import LeNet
 
@@ -181,6 +181,38 @@ class DigitsExperiment:
 
         return metrics
 
+    def meta_train_seed(
+        self,
+        seed: int,
+        meta_loss: MetaLoss,
+        optimizee: LeNet,
+        task_loss: Callable[[dict, tuple[torch.Tensor, ...]], torch.Tensor],
+        train_task: Task,
+        generator: torch.Generator,
+        evaluate: Callable[[MetaLoss], float] | None,
+        progress: Callable[[int], None] | None,
+    ) -> MetaTrainResult:
+        """Algorithm 1 for one seed on the meta-train pair, in this process (``sb3_ml3.distributed`` overrides it)."""
+        cfg = self.config
+        return meta_train(
+            meta_loss,
+            learned_loss_fn(optimizee, meta_loss, meta_inputs_fn(cfg.meta_inputs)),
+            task_loss,
+            init_fn=lambda g: init_params(optimizee, g),
+            task_fn=lambda _: (train_task.support, train_task.query),
+            n_outer=cfg.n_outer,
+            inner_lr=cfg.inner_lr,
+            meta_lr=cfg.meta_lr,
+            generator=generator,
+            inner_steps=cfg.inner_steps,
+            reset_every=cfg.reset_every,
+            first_order=cfg.first_order,
+            max_grad_norm=cfg.max_grad_norm,
+            evaluate=evaluate,
+            eval_every=cfg.eval_every,
+            progress=progress,
+        )
+
     def run_seed(self, seed: int, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         cfg = self.config
         data = self.data_for_seed(seed)
@@ -215,24 +247,8 @@ class DigitsExperiment:
             n_evaluated[0] += 1
             return error
 
-        train_result = meta_train(
-            meta_loss,
-            learned_loss_fn(optimizee, meta_loss, inputs),
-            task_loss,
-            init_fn=lambda g: init_params(optimizee, g),
-            task_fn=lambda _: (train_task.support, train_task.query),
-            n_outer=cfg.n_outer,
-            inner_lr=cfg.inner_lr,
-            meta_lr=cfg.meta_lr,
-            generator=generator,
-            inner_steps=cfg.inner_steps,
-            reset_every=cfg.reset_every,
-            first_order=cfg.first_order,
-            max_grad_norm=cfg.max_grad_norm,
-            evaluate=evaluate if cfg.eval_every else None,
-            eval_every=cfg.eval_every,
-            progress=progress,
-        )
+        train_result = self.meta_train_seed(seed, meta_loss, optimizee, task_loss, train_task, generator,
+                                            evaluate if cfg.eval_every else None, progress)
         if cfg.keep_best and best["state"] is not None:
             meta_loss.load_state_dict(best["state"])
         ml3 = trace(meta_loss, test_tasks, test_inits)

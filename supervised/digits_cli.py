@@ -11,6 +11,8 @@ import os
 from typing import Any
 
 from sb3_ml3.cli_args import add_common, positive_float, positive_int, seed
+from sb3_ml3.distributed.cli import add_arguments as add_distributed_arguments
+from sb3_ml3.distributed.cli import distributed_settings
 from sb3_ml3.supervised.datasets import DATASETS
 from sb3_ml3.supervised.digits import META_INPUTS, DigitsConfig, DigitsExperiment
 
@@ -84,7 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-keep-best", action="store_true",
                    help="meta-test the last loss rather than the one that did best at meta-validation")
     p.add_argument("--quick", action="store_true", help="a tiny version (seconds) to check the installation")
-    add_common(p, resumable=False)
+    add_common(p)
+    add_distributed_arguments(p)
 
 
 def config_from_args(args: argparse.Namespace) -> DigitsConfig:
@@ -108,12 +111,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     config = config_from_args(args)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
-    experiment = DigitsExperiment(config)
+    distributed = distributed_settings(args)
+    if distributed is None:
+        experiment = DigitsExperiment(config)
+    else:
+        from sb3_ml3.distributed.digits import DistributedDigitsExperiment
+
+        experiment = DistributedDigitsExperiment(config, threads=args.threads,
+                                                 checkpoint_dir=os.path.join(args.out, "checkpoints"), **distributed)
     try:
         experiment.data_for_seed(seeds[0])  # a missing or broken data set fails before anything is written
     except FileNotFoundError as exc:
         raise ValueError(str(exc)) from None
-    prepare_out_dir(args.out, force=args.force)
+    prepare_out_dir(args.out, resume=args.resume, force=args.force, extra_files=("checkpoints",))
     results = experiment.run(seeds, progress=not args.no_progress)
     for s, meta_loss in results.pop("meta_losses").items():
         meta_loss.save(os.path.join(args.out, f"meta_loss_seed{s}.zip"))

@@ -163,3 +163,28 @@ def test_cli_sine_on_two_workers_writes_the_usual_files(ray_local, tmp_path, cap
         with pytest.raises(SystemExit):
             cli_main(base + bad)
         assert message in capsys.readouterr().err
+
+
+def _nan_query_parts(config, batch, query):
+    """The sine problem, but task 1's query targets are NaN: its task loss (and the mean) is never finite."""
+    from sb3_ml3.distributed.sine import build_sine_parts
+
+    parts = build_sine_parts(config, batch, query)
+    poisoned = (query[0], torch.full_like(query[1], float("nan")))
+    return parts._replace(task_data=lambda i, g: (batch, poisoned if i == 1 else query))
+
+
+def test_non_finite_meta_gradient_never_reaches_phi():
+    import dataclasses
+    import functools
+
+    spec = _spec(3)
+    task = sine_task(1.0, 3.14159, CONFIG.n_points, CONFIG.input_range, torch.Generator().manual_seed(0))
+    spec = dataclasses.replace(spec, build=functools.partial(_nan_query_parts, CONFIG, task.support, task.query))
+    meta_loss = _meta_loss()
+    before = _phi(meta_loss)
+    with DistributedMetaTrainer(meta_loss, spec, CONFIG.meta_lr) as trainer:
+        result = trainer.fit(3)
+    assert result.skipped_steps == 3 and "non-finite" in result.skipped_reasons[0]
+    for k, v in _phi(meta_loss).items():
+        assert torch.equal(v, before[k])
