@@ -1,0 +1,255 @@
+"""Loss shaping with intermediate goals on MountainCarGoal (paper Sec. IV.B.3, Fig. 6a-b): the model.
+
+ML3 follows the model-based Algorithm 3 with the env's exact differentiable dynamics
+(:func:`sb3_ml3.envs.mountain_car.torch_step`) as the model P:
+
+* a deterministic policy pi_theta(s, g), a small MLP of (x, v, g) with a tanh output scaled to the
+  force bound, is unrolled through P for ``horizon`` steps from a start state at rest: the trajectory
+  tau = (s_1, a_0, ..., s_T, a_{T-1});
+* the inner step (Eq. 2) theta' = theta - alpha grad_theta M_phi(tau, g), where M_phi reads each step's
+  (s_{t+1}, a_t) with the goal and the time t / T, and the gradient runs through the unroll;
+* the outer step descends the task loss of pi_theta' unrolled, differentiated through P and the
+  inner update (:func:`sb3_ml3.functional.inner_update` inside :func:`torch.func.grad`).
+
+Task losses (distances averaged over the T steps of the unrolled trajectory):
+
+* **shaped** (meta-train only): |x_t - x_int| for the first ``intermediate_steps`` steps, where
+  x_int = -0.95 is an intermediate goal on the left slope, then |x_t - g|;
+* **unshaped**: |x_t - g| throughout.
+
+At meta-test neither the intermediate goal nor the task loss is used: a fresh policy takes
+``test_updates`` SGD steps on M_phi alone, from start states of the train range and from start
+states outside it. The metric is the distance |x_T - g| at the last step (METRICS.md).
+
+Batching: ``B`` policies (one per start state) are stored as parameters with a leading dimension B
+and evaluated with batched matrix products; the learned loss is their mean scaled by B, so each
+policy takes the step its own loss gives (as in ``supervised/shaped_sine.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.func import grad, grad_and_value
+
+from sb3_ml3.envs.mountain_car import MAX_FORCE, MAX_POSITION, MIN_POSITION, PAPER_GOAL, torch_step
+from sb3_ml3.functional import SGD, Params
+from sb3_ml3.meta_loss import MetaLoss
+
+TASK_LOSSES = ("shaped", "unshaped")
+#: the meta-loss's per-step inputs: time t / T and the goal (context), the state after the action and the action
+META_INPUTS = "time:1, goal:1, state:2, action:1"
+
+
+@dataclass
+class MountainCarConfig:
+    """Settings of ``ml3 mountain-car`` (the horizon, start, goals and their schedule are the paper's)."""
+
+    horizon: int = 35  # T, steps of every unroll (the paper's code); reachable: the best swing needs ~25
+    goal: float = PAPER_GOAL  # g = 0.5, the top of the hill
+    intermediate_goal: float = -0.95  # x_int on the left slope, in the shaped task loss only
+    intermediate_steps: int = 15  # the shaped loss targets x_int for the first 15 steps
+    train_start_range: tuple[float, float] = (-0.6, -0.5)  # meta-train starts x_0 ~ U[range], at rest
+    train_eval_starts: tuple[float, ...] = (-0.55, -0.58, -0.52)  # meta-test starts inside the range (-0.55: paper's)
+    test_starts: tuple[float, ...] = (-0.7, -0.65, -0.45, -0.4)  # meta-test starts never seen at meta-train
+    policy_hidden: int = 32  # pi_theta: (x, v, g) -> tanh(32) -> tanh(32) -> force
+    meta_hidden_sizes: tuple[int, ...] = (40, 40)
+    meta_form: str = "quadratic"  # "quadratic": M = sum w(t, g) (q - c(t, g))^2 over q = (x, v, a); "mlp"
+    n_outer: int = 60  # outer steps per meta-loss (sized to the shared 2-core machine: ~1.3 s each)
+    batch_tasks: int = 16  # B policies (start states) per outer step, each freshly initialised (Alg. 3 line 4)
+    inner_steps: int = 5  # K inner steps per outer step; the task loss of every theta_k (k = 1..K) is summed
+    inner_lr: float = 0.5  # alpha, also the meta-test step on M_phi
+    inner_max_grad_norm: float = 1.0  # each policy's inner gradient clipped to this norm (see inner_step)
+    meta_lr: float = 0.03  # eta (Adam; the meta-gradient is clipped to norm 1)
+    test_updates: int = 5  # policy updates at meta-test (the paper's claim: the goal within 5)
+    baseline_updates: int = 50  # updates (iterations) of the baselines: iLQR and GD on the unshaped task loss
+    gd_lrs: tuple[float, ...] = (0.3, 1.0, 3.0)  # step sizes of GD on the unshaped loss, picked on train starts
+    ilqr_action_cost: float = 1e-3  # r in iLQR's cost (x - g)^2 + r u^2: keeps Q_uu positive definite
+    success_threshold: float = 0.05  # the env's: final distance under 0.05
+
+    def __post_init__(self) -> None:
+        sizes = ("horizon", "intermediate_steps", "policy_hidden", "batch_tasks", "inner_steps", "test_updates",
+                 "baseline_updates")
+        bad = [f"{k}={getattr(self, k)}" for k in sizes if int(getattr(self, k)) < 1]
+        if bad or self.n_outer < 0:
+            raise ValueError(f"Need positive sizes and n_outer >= 0; fix {bad or f'n_outer={self.n_outer}'}.")
+        if self.intermediate_steps >= self.horizon:
+            raise ValueError(f"intermediate_steps ({self.intermediate_steps}) must be below the horizon ({self.horizon}).")
+        if self.meta_form not in ("quadratic", "mlp"):
+            raise ValueError(f"meta_form must be 'quadratic' or 'mlp', got {self.meta_form!r}.")
+        for name in ("inner_lr", "inner_max_grad_norm", "meta_lr", "success_threshold"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if not self.gd_lrs or any(not lr > 0 for lr in self.gd_lrs) or self.ilqr_action_cost <= 0:
+            raise ValueError("gd_lrs must be positive numbers and ilqr_action_cost positive.")
+        lo, hi = self.train_start_range
+        positions = (self.goal, self.intermediate_goal, lo, hi, *self.train_eval_starts, *self.test_starts)
+        if not lo < hi or any(not MIN_POSITION <= p <= MAX_POSITION for p in positions):
+            raise ValueError(f"Positions must lie on the track [{MIN_POSITION}, {MAX_POSITION}] and the train range "
+                             f"be (low, high) with low < high; got goal {self.goal}, starts {positions[2:]}.")
+        if any(lo <= x <= hi for x in self.test_starts):
+            raise ValueError(f"test_starts {self.test_starts} must lie outside train_start_range {(lo, hi)}: "
+                             "they are the start states meta-training never sees.")
+        if any(not lo <= x <= hi for x in self.train_eval_starts):
+            raise ValueError(f"train_eval_starts {self.train_eval_starts} must lie inside train_start_range {(lo, hi)}.")
+
+
+# ---------------------------------------------------------------------------------------------- policy
+def init_policy(batch: int, hidden: int, generator: torch.Generator, output_gain: float = 0.01) -> Params:
+    """B independent policies pi_theta(x, v, g): Xavier-uniform weights, zero biases, shapes (B, ...).
+
+    The output layer is scaled by ``output_gain`` (SB3 initialises its policy heads with 0.01): every fresh
+    policy starts near a = 0, so that what it does after a few updates is set by the loss, not by its draw.
+    """
+
+    def xavier(fan_in: int, fan_out: int, gain: float = 1.0) -> torch.Tensor:
+        bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+        return (torch.rand(batch, fan_in, fan_out, generator=generator) * 2 - 1) * bound
+
+    return {"w0": xavier(3, hidden), "b0": torch.zeros(batch, 1, hidden),
+            "w1": xavier(hidden, hidden), "b1": torch.zeros(batch, 1, hidden),
+            "w2": xavier(hidden, 1, output_gain), "b2": torch.zeros(batch, 1, 1)}
+
+
+def policy_action(params: Params, state: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """a = MAX_FORCE * tanh(MLP(x, v, g)) for B policies: ``state (B, 2)``, ``goal (B, 1)`` -> ``(B, 1)``."""
+    h = torch.cat([state, goal], dim=-1).unsqueeze(1)  # (B, 1, 3)
+    h = torch.tanh(torch.baddbmm(params["b0"], h, params["w0"]))
+    h = torch.tanh(torch.baddbmm(params["b1"], h, params["w1"]))
+    return MAX_FORCE * torch.tanh(torch.baddbmm(params["b2"], h, params["w2"])).squeeze(1)
+
+
+def unroll(params: Params, start: torch.Tensor, goal: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Roll B policies through the exact dynamics: states ``(B, T + 1, 2)`` (s_0 first), actions ``(B, T, 1)``."""
+    if start.dim() != 2 or start.shape[-1] != 2 or goal.shape != (start.shape[0], 1):
+        raise ValueError(f"unroll needs start (B, 2) and goal (B, 1); got {tuple(start.shape)}, {tuple(goal.shape)}.")
+    states, actions = [start], []
+    for _ in range(horizon):
+        a = policy_action(params, states[-1], goal)
+        actions.append(a)
+        states.append(torch_step(states[-1], a))
+    return torch.stack(states, 1), torch.stack(actions, 1)
+
+
+def at_rest(positions: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    """Start states (x_0, 0) ``(B, 2)`` for positions ``(B,)``."""
+    x = torch.as_tensor(positions, dtype=torch.float32).view(-1)
+    return torch.stack([x, torch.zeros_like(x)], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def targets(config: MountainCarConfig, variant: str, batch: int) -> torch.Tensor:
+    """The target position of each step t = 1..T of a task loss, ``(B, T)``."""
+    if variant not in TASK_LOSSES:
+        raise ValueError(f"Unknown task loss {variant!r}; choose one of {list(TASK_LOSSES)}.")
+    target = torch.full((config.horizon,), float(config.goal))
+    if variant == "shaped":
+        target[: config.intermediate_steps] = config.intermediate_goal  # extra information, meta-train only
+    return target.expand(batch, -1)
+
+
+def task_loss_per_policy(config: MountainCarConfig, variant: str, states: torch.Tensor) -> torch.Tensor:
+    """L_T of each policy: the mean over t = 1..T of |x_t - target_t| -> ``(B,)``."""
+    return (states[:, 1:, 0] - targets(config, variant, states.shape[0])).abs().mean(-1)
+
+
+def final_distance(states: torch.Tensor, goal: float) -> torch.Tensor:
+    """|x_T - g| of each trajectory ``(B, T + 1, 2)`` -> ``(B,)``: the task metric."""
+    return (states[:, -1, 0] - goal).abs()
+
+
+def make_meta_loss(config: MountainCarConfig, variant: str, generator: torch.Generator) -> MetaLoss:
+    """M_phi over the per-step inputs :data:`META_INPUTS`.
+
+    ``"quadratic"``: M = sum_j w_j(t, g) (q_j - c_j(t, g))^2 for q = (x_{t+1}, v_{t+1}, a_t): a learned,
+    time-varying tracking cost whose targets c start at zero (the last layer's target rows are zeroed),
+    so it can learn where the car should be when; ``"mlp"``: a softplus-output MLP of all inputs.
+    """
+    metadata = {"experiment": "mountain-car", "variant": variant, "config": _jsonable(config.__dict__)}
+    if config.meta_form == "quadratic":
+        meta_loss = MetaLoss(META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation="tanh", output="identity",
+                             quadratic=("state", "action"), metadata=metadata)
+        meta_loss.reset_parameters(generator)
+        with torch.no_grad():
+            meta_loss.net[-1].weight[:3].zero_()
+    else:
+        meta_loss = MetaLoss(META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation="tanh", output="softplus",
+                             metadata=metadata)
+        meta_loss.reset_parameters(generator)
+    return meta_loss
+
+
+def meta_inputs(states: torch.Tensor, actions: torch.Tensor, goal: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The learned loss's per-step fields ``(B, T, .)`` of a trajectory: t / T, g, s_{t+1}, a_t."""
+    batch, horizon = actions.shape[:2]
+    time = (torch.arange(1, horizon + 1, dtype=states.dtype) / horizon).view(1, -1, 1).expand(batch, -1, -1)
+    return {"time": time, "goal": goal.unsqueeze(1).expand(-1, horizon, -1), "state": states[:, 1:], "action": actions}
+
+
+class MountainCarML3:
+    """The pure functions of one setting: the learned loss of B policies, the task losses, and the updates."""
+
+    def __init__(self, config: MountainCarConfig, meta_template: MetaLoss) -> None:
+        self.config = config
+        self.meta_template = meta_template
+
+    def learned_loss(self, params: Params, phi: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """B * mean over policies and steps of M_phi(tau, g): each policy's inner step is its own (Eq. 2-3)."""
+        start, goal = batch
+        states, actions = unroll(params, start, goal, self.config.horizon)
+        values = torch.func.functional_call(self.meta_template, phi, (meta_inputs(states, actions, goal),))
+        return values.mean() * start.shape[0]
+
+    def task_loss(self, variant: str, params: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mean over the B policies of L_T (shaped or unshaped), through the dynamics."""
+        start, goal = batch
+        states, _ = unroll(params, start, goal, self.config.horizon)
+        return task_loss_per_policy(self.config, variant, states).mean()
+
+    def meta_objective(self, variant: str, phi: Params, params: Params,
+                       batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """sum_k L_T(theta_k(phi)) over K inner steps from theta_0 = ``params``: differentiable w.r.t. phi."""
+        total = torch.zeros(())
+        for _ in range(self.config.inner_steps):
+            params = self.inner_step(params, phi, batch)
+            total = total + self.task_loss(variant, params, batch)
+        return total
+
+    def inner_step(self, params: Params, phi: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> Params:
+        """theta' = theta - alpha clip(grad_theta M_phi) (Eq. 2), each policy's gradient clipped to its own norm.
+
+        The clip (``inner_max_grad_norm`` per policy, differentiable, :func:`sb3_ml3.functional.SGD` step)
+        bounds how far one update can move a policy: an unbounded step drives the tanh output into
+        saturation, where every gradient -- the learned loss's and the meta-gradient -- vanishes.
+        """
+        grads = grad(self.learned_loss)(params, phi, batch)
+        norms = torch.sqrt(sum((g.flatten(1) ** 2).sum(1) for g in grads.values()) + 1e-12)
+        scale = torch.clamp(self.config.inner_max_grad_norm / norms, max=1.0)
+        grads = {k: g * scale.view(-1, *([1] * (g.dim() - 1))) for k, g in grads.items()}
+        return SGD().step(params, grads, self.config.inner_lr, None)[0]
+
+    def meta_gradient(self, variant: str, phi: Params, params: Params,
+                      batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[Params, torch.Tensor]:
+        """grad_phi of :meth:`meta_objective` and its value (the outer step's Eq. 5-6)."""
+        return grad_and_value(lambda p: self.meta_objective(variant, p, params, batch))(phi)
+
+    def final_distances(self, params: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """|x_T - g| of each of the B policies (no gradient)."""
+        with torch.no_grad():
+            states, _ = unroll(params, batch[0], batch[1], self.config.horizon)
+        return final_distance(states, self.config.goal)
+
+
+def _jsonable(value):
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+__all__ = ["MountainCarConfig", "MountainCarML3", "TASK_LOSSES", "META_INPUTS", "init_policy", "policy_action",
+           "unroll", "at_rest", "targets", "task_loss_per_policy", "final_distance", "make_meta_loss", "meta_inputs"]
