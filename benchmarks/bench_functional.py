@@ -220,6 +220,32 @@ def summarise(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return summary
 
 
+def plot_ratios(summary: dict[str, dict[str, float]], path: str) -> None:
+    """Bar chart of each method's time over the SGD step (median over rounds, the min as a tick)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("sgd", "default", "torchopt", "higher", "eager") if n in summary]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    medians = [summary[n]["ratio_median"] for n in names]
+    ax.barh(range(len(names)), medians, color=["grey", "tab:green", "tab:blue", "tab:orange", "tab:red"][:len(names)])
+    ax.scatter([summary[n]["ratio_min"] for n in names], range(len(names)), color="black", marker="|", s=200,
+               label="min over rounds")
+    ax.axvline(3.0, color="tab:green", linestyle="--", label="goal: 3x")
+    ax.set_yticks(range(len(names)), [LABELS[n] for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("time over one plain SGD step (sine MLP, 1 thread)")
+    for i, m in enumerate(medians):
+        ax.text(m, i, f" {m:.2f}x", va="center", fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
 LABELS = {
     "sgd": "plain SGD step (baseline)",
     "default": "ML3 meta-iteration, default (compiled torch.func)",
@@ -237,6 +263,7 @@ def main() -> None:
     parser.add_argument("--no-compile-cost", action="store_true", help="skip the fresh-process compile timings")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per method")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--plot", help="also write a PNG of the ratios to the SGD step")
     args = parser.parse_args()
     if args.rounds < 1 or args.iters < 1:
         parser.error("--rounds and --iters must be positive")
@@ -285,6 +312,8 @@ def main() -> None:
     if "compile_cold_s" in results:
         print(f"one-off compile (first iteration, fresh process): {results['compile_cold_s']:.1f} s with an empty "
               f"inductor cache, {results['compile_warm_s']:.1f} s from the cache")
+    if args.plot:
+        plot_ratios(summary, args.plot)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         tmp = f"{args.json}.tmp"
