@@ -1,0 +1,128 @@
+"""ml3 mountain-car: gradients through the unroll and the inner update vs finite differences; losses; the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import pytest
+import torch
+
+from sb3_ml3.meta_loss import MetaLoss, MetaLossSpecError
+from sb3_ml3.model_based.mountain_car import (
+    META_INPUTS,
+    MountainCarConfig,
+    MountainCarML3,
+    init_policy,
+    make_meta_loss,
+    targets,
+    task_loss_per_policy,
+    unroll,
+)
+
+SMALL = dict(horizon=8, intermediate_steps=3, policy_hidden=6, meta_hidden_sizes=(8,), inner_steps=1)
+
+
+def _setting(dtype=torch.float64):
+    config = MountainCarConfig(**SMALL)
+    meta_loss = make_meta_loss(config, "shaped", torch.Generator().manual_seed(0)).to(dtype)
+    model = MountainCarML3(config, meta_loss)
+    params = {k: v.to(dtype) for k, v in init_policy(2, config.policy_hidden, torch.Generator().manual_seed(1), 1.0).items()}
+    batch = (torch.tensor([[-0.55, 0.0], [-0.5, 0.1]], dtype=dtype), torch.full((2, 1), 0.5, dtype=dtype))
+    phi = {k: v.detach() for k, v in meta_loss.named_parameters()}
+    return config, model, params, batch, phi
+
+
+def _central_difference(fn, tensors, name, index, eps=1e-6):
+    plus = {k: v.clone() for k, v in tensors.items()}
+    minus = {k: v.clone() for k, v in tensors.items()}
+    plus[name].view(-1)[index] += eps
+    minus[name].view(-1)[index] -= eps
+    return (float(fn(plus)) - float(fn(minus))) / (2 * eps)
+
+
+def test_learned_loss_gradient_through_the_unroll_matches_finite_differences():
+    _, model, params, batch, phi = _setting()
+    grads = torch.func.grad(model.learned_loss)(params, phi, batch)
+    for name, index in (("w0", 0), ("w1", 7), ("w2", 3), ("b2", 1)):
+        fd = _central_difference(lambda p: model.learned_loss(p, phi, batch), params, name, index)
+        assert grads[name].reshape(-1)[index].item() == pytest.approx(fd, rel=1e-4, abs=1e-8)
+
+
+def test_meta_gradient_through_the_inner_update_matches_finite_differences():
+    _, model, params, batch, phi = _setting()
+    grads, value = model.meta_gradient("shaped", phi, params, batch)
+    assert value.item() == pytest.approx(model.meta_objective("shaped", phi, params, batch).item())
+    checked = 0
+    for name in ("net.0.weight", "net.2.weight", "net.2.bias"):
+        fd = _central_difference(lambda p: model.meta_objective("shaped", p, params, batch), phi, name, 2)
+        assert grads[name].reshape(-1)[2].item() == pytest.approx(fd, rel=1e-4, abs=1e-9)
+        checked += abs(fd) > 1e-8
+    assert checked >= 2  # the meta-gradient is not trivially zero
+
+
+def test_task_losses_read_the_intermediate_goal_only_when_shaped():
+    config = MountainCarConfig(**SMALL)
+    assert targets(config, "shaped", 1)[0].tolist() == pytest.approx([-0.95] * 3 + [0.5] * 5)
+    assert targets(config, "unshaped", 1)[0].tolist() == [0.5] * 8
+    states = torch.zeros(1, 9, 2)
+    states[0, 1:, 0] = torch.tensor([-0.95] * 3 + [0.5] * 5)
+    assert task_loss_per_policy(config, "shaped", states).item() == pytest.approx(0.0)
+    assert task_loss_per_policy(config, "unshaped", states).item() == pytest.approx(3 * 1.45 / 8)
+    with pytest.raises(ValueError, match="Unknown task loss"):
+        targets(config, "dense", 1)
+
+
+def test_unroll_follows_the_env_dynamics_and_refuses_bad_shapes():
+    from sb3_ml3.envs.mountain_car import numpy_step
+
+    config, _, params, batch, _ = _setting()
+    states, actions = unroll(params, *batch, config.horizon)
+    s = batch[0][0].numpy()
+    for t in range(config.horizon):
+        s = numpy_step(s, actions[0, t].detach().numpy())
+        assert torch.allclose(states[0, t + 1], torch.as_tensor(s), atol=1e-10)
+    assert actions.abs().max() <= 0.25
+    with pytest.raises(ValueError, match="start \\(B, 2\\)"):
+        unroll(params, batch[0][:, :1], batch[1], 3)
+
+
+@pytest.mark.parametrize("bad, match", [(dict(test_starts=(-0.55,)), "outside train_start_range"),
+                                        (dict(horizon=10, intermediate_steps=10), "below the horizon"),
+                                        (dict(meta_form="cnn"), "meta_form"), (dict(inner_lr=0.0), "inner_lr"),
+                                        (dict(goal=0.9), "on the track")])
+def test_config_refuses_nonsense(bad, match):
+    with pytest.raises(ValueError, match=match):
+        MountainCarConfig(**bad)
+
+
+def test_quick_cli_run_writes_results_and_loadable_meta_losses(tmp_path):
+    from sb3_ml3.cli import main
+
+    out = tmp_path / "mc"
+    main(["mountain-car", "--quick", "--out", str(out), "--no-progress"])
+    results = json.loads((out / "results.json").read_text())
+    row, summary = results["per_seed"][0], results["summary"]
+    for split in ("train", "test"):
+        for method in ("ml3_shaped", "ml3_unshaped", "gd_unshaped", "ilqr"):
+            assert all(0 <= d <= 1.7 for d in row[f"final_{split}_{method}"])
+    assert summary["success_train_ilqr"] == 0.0  # iLQR from zero actions stays in the greedy minimum
+    assert results["references"]["train"]["energy pumping a = 0.25 sign(v), left at rest (oracle)"][0] < 0.3
+    loss = MetaLoss.load(out / "meta_loss_shaped_seed0.zip", inputs=META_INPUTS)
+    assert loss.metadata["variant"] == "shaped" and loss.metadata["config"]["horizon"] == 35
+    with pytest.raises(MetaLossSpecError):
+        MetaLoss.load(out / "meta_loss_shaped_seed0.zip", inputs="time:1, goal:1, state:2")
+    with pytest.raises(SystemExit):  # an existing output folder is not overwritten without --force
+        main(["mountain-car", "--quick", "--out", str(out), "--no-progress"])
+    assert os.path.exists(out / "mountain_car_clip.gif")
+
+
+def test_cli_refuses_nonsense_numbers(capsys):
+    from sb3_ml3.model_based.mountain_car_cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "x", "--n-outer", "0"])
+    assert "positive integer" in capsys.readouterr().err
