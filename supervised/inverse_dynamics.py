@@ -24,6 +24,7 @@ reported error is the torque MSE in these units on the query trajectory.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -54,7 +55,12 @@ class InverseDynamicsConfig:
     meta_lr: float = 3e-3  # eta
     test_steps: int = 100  # N gradient steps at meta-test
     reset_every: int = 100  # M: the optimizee is re-initialised every M inner steps (the meta-test horizon)
-    n_train_trajectories: int = 20
+    n_train_trajectories: int = 20  # meta-train trajectories, the last 2 * n_val_tasks of them for meta-validation
+    # meta-validation tasks (from meta-train trajectories, never the meta-test ones); 0: none. Off by default:
+    # with 4 (of 24 trajectories) and keep_best it helped the reacher a little and hurt Sawyer (BENCHMARKS.md)
+    n_val_tasks: int = 0
+    eval_every: int = 100  # meta-validation interval in outer iterations
+    keep_best: bool = False  # meta-test the loss that did best at meta-validation (torque MSE after test_steps)
     n_test_tasks: int = 10  # each uses two held-out trajectories (support, query)
     hidden_sizes: tuple[int, ...] = (32, 32)  # optimizee's two networks
     meta_hidden_sizes: tuple[int, ...] = (40, 40)
@@ -71,8 +77,14 @@ class InverseDynamicsConfig:
             check_robot(robot)
         if not self.robots:
             raise ValueError("Give at least one robot, e.g. robots=('reacher', 'sawyer').")
-        if self.n_train_trajectories < 2:
-            raise ValueError(f"n_train_trajectories must be at least 2 (a task needs two), got {self.n_train_trajectories}.")
+        if self.n_val_tasks < 0 or self.eval_every < 0:
+            raise ValueError(f"n_val_tasks and eval_every must be non-negative, got {self.n_val_tasks} and {self.eval_every}.")
+        if self.n_train_trajectories - 2 * self.n_val_tasks < 2:
+            raise ValueError(
+                f"n_train_trajectories={self.n_train_trajectories} leaves fewer than 2 meta-train trajectories beside "
+                f"the 2 x {self.n_val_tasks} of meta-validation (a task needs two); raise it or lower n_val_tasks.")
+        if self.keep_best and not (self.n_val_tasks and self.eval_every):
+            raise ValueError("keep_best needs meta-validation: set n_val_tasks and eval_every > 0, or keep_best=False.")
         if self.n_test_tasks < 1 or self.test_steps < 1 or self.n_outer < 0 or self.reset_every < 1:
             raise ValueError("n_test_tasks, test_steps and reset_every must be positive, n_outer non-negative.")
         unknown = [f for f in self.meta_inputs if f not in _FIELDS]
@@ -164,15 +176,31 @@ class InverseDynamicsExperiment:
                 value = value + cfg.shaped_torque_weight * torque_mse(params, batch)
             return value
 
+        n_fit = len(data.train) - 2 * cfg.n_val_tasks
+        fit, val = data.train[:n_fit], data.train[n_fit:]
+
         def train_task(_: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-            i, j = torch.randperm(len(data.train), generator=generator)[:2].tolist()
-            return data.train[i], data.train[j]
+            i, j = torch.randperm(len(fit), generator=generator)[:2].tolist()
+            return fit[i], fit[j]
 
         test_tasks = [Task(data.test[2 * k], data.test[2 * k + 1]) for k in range(cfg.n_test_tasks)]
         test_inits = stack_params([init_params(optimizee, generator) for _ in test_tasks])
-        meta_losses, train_curves, skipped = {}, {}, {}
+        val_tasks = [Task(val[2 * k], val[2 * k + 1]) for k in range(cfg.n_val_tasks)]
+        val_inits = stack_params([init_params(optimizee, generator) for _ in val_tasks]) if val_tasks else None
+        meta_losses, train_curves, skipped, validation = {}, {}, {}, {}
         for variant, task_loss in (("ml3_shaped", shaped_loss), ("ml3_mse", torque_mse)):
             meta_loss = self.make_meta_loss(robot, variant, generator)
+            best: dict[str, Any] = {"error": math.inf, "state": None, "index": None}
+            evaluations = [0]
+
+            def evaluate(loss: MetaLoss) -> float:
+                """Meta-validation: torque MSE after test_steps SGD steps on the loss, on held-out meta-train tasks."""
+                error = float(meta_test(optimizee, loss, val_tasks, val_inits, cfg.inner_lr, cfg.test_steps,
+                                        metric_fn=torque_mse, inputs=self.inputs)[:, -1].mean())
+                if math.isfinite(error) and error < best["error"]:
+                    best.update(error=error, state=copy.deepcopy(loss.state_dict()), index=evaluations[0])
+                evaluations[0] += 1
+                return error
             result = meta_train(
                 meta_loss,
                 learned_loss_fn(optimizee, meta_loss, self.inputs),
@@ -185,8 +213,15 @@ class InverseDynamicsExperiment:
                 generator=generator,
                 reset_every=cfg.reset_every,
                 max_grad_norm=cfg.max_grad_norm,
+                evaluate=evaluate if val_tasks and cfg.eval_every else None,
+                eval_every=cfg.eval_every if val_tasks else 0,
                 progress=progress,
             )
+            if cfg.keep_best and best["state"] is not None:
+                meta_loss.load_state_dict(best["state"])
+            validation[variant] = {"iterations": result.eval_iterations, "error": result.eval_metric,
+                                   "best_iteration": None if best["index"] is None else result.eval_iterations[best["index"]],
+                                   "best_error": best["error"] if math.isfinite(best["error"]) else None}
             meta_losses[variant] = meta_loss
             train_curves[variant] = result.task_loss[:: cfg.record_every]
             skipped[variant] = result.skipped_steps
@@ -206,6 +241,7 @@ class InverseDynamicsExperiment:
             out[f"test_final_per_task_{variant}"] = torque[:, -1].tolist()
         out["ratio_shaped_over_mse"] = out["final_torque_mse_ml3_shaped"] / out["final_torque_mse_mse"]
         out["meta_train_task_loss"] = train_curves
+        out["meta_validation"] = validation
         out["skipped_meta_steps"] = skipped
         out["meta_losses"] = meta_losses
         return out
@@ -301,12 +337,12 @@ DESCRIPTION = (
     "task loss, then meta-test both beside SGD on the torque MSE on held-out trajectories. Writes results.json, "
     "one meta-loss file per robot, seed and variant, and the torque-error curves."
 )
-QUICK = dict(n_outer=30, test_steps=10, n_train_trajectories=4, n_test_tasks=2, reset_every=10)
+QUICK = dict(n_outer=30, test_steps=10, n_train_trajectories=6, n_val_tasks=1, eval_every=10, n_test_tasks=2, reset_every=10)
 
 
 def add_arguments(p: Any) -> None:
     """The options of ``ml3 inverse-dynamics``."""
-    from sb3_ml3.cli_args import add_common, positive_float, positive_int
+    from sb3_ml3.cli_args import add_common, non_negative_int, positive_float, positive_int
     from sb3_ml3.cli_args import seed as seed_type
 
     d = InverseDynamicsConfig()
@@ -320,6 +356,11 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--test-steps", type=positive_int, default=None, help=f"N gradient steps at meta-test ({d.test_steps})")
     p.add_argument("--shaped-torque-weight", type=float, default=d.shaped_torque_weight,
                    help="weight of the torque MSE added to the shaping task loss (0: pure (M_theta - M)^2)")
+    p.add_argument("--n-val-tasks", type=non_negative_int, default=None,
+                   help=f"meta-validation tasks from the meta-train trajectories ({d.n_val_tasks}; 0: none)")
+    p.add_argument("--eval-every", type=positive_int, default=None, help=f"meta-validation interval ({d.eval_every})")
+    p.add_argument("--no-keep-best", action="store_true",
+                   help="with --n-val-tasks: meta-test the last meta-loss, not the one that did best at meta-validation")
     p.add_argument("--quick", action="store_true", help="a tiny version (seconds): a smoke test of the installation")
     add_common(p, resumable=False)
 
@@ -333,9 +374,11 @@ def run(args: Any) -> dict[str, Any]:
     if args.shaped_torque_weight < 0:
         raise ValueError(f"--shaped-torque-weight must be >= 0, got {args.shaped_torque_weight}.")
     settings = dict(QUICK) if args.quick else {}
-    for name in ("n_outer", "test_steps"):
+    for name in ("n_outer", "test_steps", "n_val_tasks", "eval_every"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
+    if settings.get("n_val_tasks"):
+        settings["keep_best"] = not args.no_keep_best
     config = InverseDynamicsConfig(robots=tuple(args.robots), inner_lr=args.inner_lr, meta_lr=args.meta_lr,
                                    shaped_torque_weight=args.shaped_torque_weight, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])

@@ -125,7 +125,8 @@ def test_train_and_test_trajectories_are_disjoint():
 
 
 def test_short_seeded_run_shows_the_ordering():
-    config = InverseDynamicsConfig(robots=("sawyer",), n_outer=400, n_train_trajectories=10, n_test_tasks=4)
+    config = InverseDynamicsConfig(robots=("sawyer",), n_outer=400, n_train_trajectories=10, n_test_tasks=4,
+                                   n_val_tasks=0, keep_best=False)
     result = run_inverse_dynamics([0], config)
     r = result["per_seed"][0]
     # measured: shaped ML3 0.775 vs SGD on MSE 1.000 (held-out torque MSE after 100 steps; inertia error 0.098
@@ -134,6 +135,22 @@ def test_short_seeded_run_shows_the_ordering():
     assert r["final_inertia_mse_ml3_shaped"] < 0.85 * r["final_inertia_mse_mse"]
     assert r["test_trace_mse"][-1] < 0.2 * r["test_trace_mse"][0]  # all three learn from the initial ~6.7
     assert len(r["test_trace_mse"]) == 101 and r["skipped_meta_steps"] == {"ml3_shaped": 0, "ml3_mse": 0}
+
+
+def test_meta_validation_keeps_the_best_loss():
+    """keep_best: the meta-tested loss is the one with the lowest validation error, measured on meta-train
+    trajectories that the outer steps never train on (not on the meta-test ones)."""
+    config = InverseDynamicsConfig(robots=("reacher",), n_outer=40, test_steps=10, n_train_trajectories=8,
+                                   n_val_tasks=2, eval_every=10, keep_best=True, n_test_tasks=2, reset_every=10)
+    r = run_inverse_dynamics([0], config)["per_seed"][0]
+    for variant in ("ml3_shaped", "ml3_mse"):
+        v = r["meta_validation"][variant]
+        assert v["iterations"] == [0, 10, 20, 30, 40] and len(v["error"]) == 5
+        assert v["best_error"] == min(v["error"]) and v["best_iteration"] == v["iterations"][v["error"].index(min(v["error"]))]
+    with pytest.raises(ValueError, match="meta-validation"):
+        InverseDynamicsConfig(n_val_tasks=0, keep_best=True)
+    with pytest.raises(ValueError, match="fewer than 2"):
+        InverseDynamicsConfig(n_train_trajectories=9, n_val_tasks=4)
 
 
 def test_cli_quick(tmp_path):
