@@ -49,7 +49,11 @@ def _add_sine(subparsers: argparse._SubParsersAction) -> None:
                    help="measure MSE on held-out query points (default) or on the training points (paper's code)")
     p.add_argument("--test-input-range", type=float, nargs=2, default=defaults.test_input_range,
                    metavar=("LOW", "HIGH"), help="x range of the meta-test tasks")
-    p.add_argument("--compile", action="store_true", help="torch.compile the outer step (faster after ~30 s)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="run the outer step eagerly (default: torch.compile it when --n-outer >= 1000, falling back "
+                   "to eager silently where compiling fails)")
+    p.add_argument("--compile", dest="compile", action="store_true", help="torch.compile the outer step even for short runs")
+    p.set_defaults(compile=None)
     _add_common(p)
     add_distributed_arguments(p)
     p.set_defaults(run=_run_sine)
