@@ -57,7 +57,8 @@ def main() -> None:
     inputs = {"meta_inputs": DEFAULT_META_INPUTS + ("advantage",)} if args.advantage_input else {}
     with tempfile.TemporaryDirectory() as tmp:
         loss_path = f"{tmp}/loss.zip"
-        ML3("MlpPolicy", env(), **shared, **inputs).save_meta_loss(loss_path)
+        # a new (meta_train=True) loss, not the zoo's, which expects VecNormalize
+        ML3("MlpPolicy", env(), meta_train=True, **shared, **inputs).save_meta_loss(loss_path)
         makers = {
             "ppo": lambda: PPO("MlpPolicy", env(), **shared),
             "ml3_meta_test": lambda: ML3("MlpPolicy", env(), meta_loss=loss_path, **shared, **inputs),
