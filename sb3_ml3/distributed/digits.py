@@ -9,16 +9,14 @@ meta-testing are those of :class:`sb3_ml3.supervised.digits.DigitsExperiment`.
 from __future__ import annotations
 
 import functools
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
 
 import torch
 from torch.func import functional_call
 
 from sb3_ml3.distributed.shard import ProblemParts, ProblemSpec
-from sb3_ml3.distributed.trainer import DistributedMetaTrainer
+from sb3_ml3.distributed.experiments import DistributedSeeds, plain
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.supervised.core import MetaTrainResult, Task, init_params, learned_loss_fn
 from sb3_ml3.supervised.digits import (DigitsConfig, DigitsExperiment, cross_entropy, make_meta_loss,
@@ -46,22 +44,13 @@ def build_digits_parts(config: DigitsConfig, image_size: int, support: tuple[tor
     )
 
 
-class DistributedDigitsExperiment(DigitsExperiment):
+class DistributedDigitsExperiment(DistributedSeeds, DigitsExperiment):
     """:class:`DigitsExperiment` whose meta-training runs on ``workers`` Ray workers (0: in this process).
 
-    The parameters are those of :class:`sb3_ml3.distributed.sine.DistributedSineExperiment`.
+    The arguments are :class:`~sb3_ml3.distributed.experiments.DistributedSeeds`; checkpoints: ``digits_seed{seed}.pt``.
     """
 
-    def __init__(self, config: DigitsConfig | None = None, tasks_per_step: int = 1, workers: int = 0,
-                 address: str | None = None, threads: int = 1, checkpoint_dir: str | None = None,
-                 checkpoint_every: int = 25, resume: bool = False) -> None:
-        super().__init__(config)
-        if tasks_per_step < max(1, workers):
-            raise ValueError(f"{workers} workers need at least as many optimizees per outer step; got "
-                             f"--tasks-per-step {tasks_per_step}.")
-        self.tasks_per_step, self.workers, self.address, self.threads = tasks_per_step, workers, address, threads
-        self.checkpoint_dir, self.checkpoint_every, self.resume = checkpoint_dir, checkpoint_every, resume
-        self.reports: dict[int, dict[str, Any]] = {}
+    name = "digits"
 
     def meta_train_seed(
         self,
@@ -80,35 +69,9 @@ class DistributedDigitsExperiment(DigitsExperiment):
             build=functools.partial(build_digits_parts, cfg, optimizee.image_size, train_task.support, train_task.query),
             seed=seed, n_tasks=self.tasks_per_step, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,
             reset_every=cfg.reset_every, first_order=cfg.first_order,
-            fingerprint={"experiment": "digits", **{k: _plain(settings[k]) for k in TRAINING_FIELDS}},
+            fingerprint={"experiment": "digits", **{k: plain(settings[k]) for k in TRAINING_FIELDS}},
         )
-        path = None if self.checkpoint_dir is None else os.path.join(self.checkpoint_dir, f"digits_seed{seed}.pt")
-        with DistributedMetaTrainer(meta_loss, spec, cfg.meta_lr, workers=self.workers, address=self.address,
-                                    threads=self.threads, max_grad_norm=cfg.max_grad_norm, checkpoint_path=path,
-                                    checkpoint_every=self.checkpoint_every) as trainer:
-            result = trainer.fit(cfg.n_outer, evaluate=evaluate, eval_every=cfg.eval_every if evaluate else 0,
-                                 progress=progress, resume=self.resume)
-            self.reports[seed] = trainer.report()
-        return result
-
-    def run(self, seeds: Sequence[int], progress: bool = False) -> dict[str, Any]:
-        if self.workers == 0:
-            results = super().run(seeds, progress=progress)
-        else:
-            from sb3_ml3.distributed.ray_backend import RaySession
-
-            with RaySession(self.workers, self.address):  # one Ray for all seeds
-                results = super().run(seeds, progress=progress)
-        for record in results["per_seed"]:
-            record["distributed"] = self.reports.get(record["seed"], {})
-        results["distributed"] = {"workers": self.workers, "address": self.address,
-                                  "tasks_per_step": self.tasks_per_step, "checkpoint_every": self.checkpoint_every,
-                                  "restarts": sum(r.get("restarts", 0) for r in self.reports.values())}
-        return results
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+        return self.fit_seed(meta_loss, spec, seed, evaluate, cfg.eval_every if evaluate else 0, progress)
 
 
 __all__ = ["DistributedDigitsExperiment", "build_digits_parts"]

@@ -11,15 +11,14 @@ with the same Adam. Meta-testing (Alg. 2) and the result files are those of
 from __future__ import annotations
 
 import functools
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from sb3_ml3.distributed.shard import ProblemParts, ProblemSpec
-from sb3_ml3.distributed.trainer import DistributedMetaTrainer
+from sb3_ml3.distributed.experiments import DistributedSeeds, plain
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.supervised.core import MetaTrainResult, init_params, learned_loss_fn, task_loss_fn
 from sb3_ml3.supervised.sine import SineConfig, SineExperiment, make_meta_loss, make_optimizee
@@ -54,35 +53,21 @@ def sine_problem(config: SineConfig, seed: int, tasks_per_step: int, batch: tupl
         inner_steps=config.inner_steps,
         reset_every=config.reset_every,
         first_order=config.first_order,
-        fingerprint={"experiment": "sine", **{k: _plain(settings[k]) for k in TRAINING_FIELDS}},
+        fingerprint={"experiment": "sine", **{k: plain(settings[k]) for k in TRAINING_FIELDS}},
     )
 
 
-class DistributedSineExperiment(SineExperiment):
-    """:class:`SineExperiment` whose meta-training runs on ``workers`` Ray workers (0: in this process).
+class DistributedSineExperiment(DistributedSeeds, SineExperiment):
+    """:class:`SineExperiment` whose meta-training runs on ``workers`` Ray workers (0: in this process); the
+    arguments are :class:`~sb3_ml3.distributed.experiments.DistributedSeeds`. Checkpoints: ``sine_seed{seed}.pt``."""
 
-    :param tasks_per_step: optimizees per outer step (the paper's loop has one); at least ``workers``.
-    :param checkpoint_dir: where each seed's checkpoint ``sine_seed{seed}.pt`` is written every
-        ``checkpoint_every`` outer steps; with ``resume`` a seed continues from its checkpoint.
-    """
+    name = "sine"
 
-    def __init__(self, config: SineConfig | None = None, tasks_per_step: int = 1, workers: int = 0,
-                 address: str | None = None, threads: int = 1, checkpoint_dir: str | None = None,
-                 checkpoint_every: int = 25, resume: bool = False) -> None:
-        super().__init__(config)
+    def __init__(self, config: SineConfig | None = None, **kwargs: Any) -> None:
         if config is not None and config.compile:
             raise ValueError("--compile applies to the single-process loop; the distributed workers run eager "
                              "torch.func (drop --compile or --workers).")
-        if tasks_per_step < max(1, workers):
-            raise ValueError(f"{workers} workers need at least as many optimizees per outer step; got "
-                             f"--tasks-per-step {tasks_per_step}.")
-        self.tasks_per_step, self.workers, self.address, self.threads = tasks_per_step, workers, address, threads
-        self.checkpoint_dir, self.checkpoint_every, self.resume = checkpoint_dir, checkpoint_every, resume
-        self.reports: dict[int, dict[str, Any]] = {}
-        self.ray_init_s = 0.0
-
-    def checkpoint_path(self, seed: int) -> str | None:
-        return None if self.checkpoint_dir is None else os.path.join(self.checkpoint_dir, f"sine_seed{seed}.pt")
+        super().__init__(config, **kwargs)
 
     def meta_train_seed(
         self,
@@ -94,37 +79,8 @@ class DistributedSineExperiment(SineExperiment):
         evaluate: Callable[[MetaLoss | None], float],
         progress: Callable[[int], None] | None,
     ) -> MetaTrainResult:
-        cfg = self.config
-        spec = sine_problem(cfg, seed, self.tasks_per_step, train_batch, train_query)
-        with DistributedMetaTrainer(meta_loss, spec, cfg.meta_lr, workers=self.workers, address=self.address,
-                                    threads=self.threads, max_grad_norm=cfg.max_grad_norm,
-                                    checkpoint_path=self.checkpoint_path(seed),
-                                    checkpoint_every=self.checkpoint_every) as trainer:
-            result = trainer.fit(cfg.n_outer, evaluate=evaluate, eval_every=cfg.eval_every, progress=progress,
-                                 resume=self.resume)
-            self.reports[seed] = trainer.report()
-        return result
-
-    def run(self, seeds: Sequence[int], progress: bool = False) -> dict[str, Any]:
-        if self.workers == 0:
-            results = super().run(seeds, progress=progress)
-        else:
-            from sb3_ml3.distributed.ray_backend import RaySession
-
-            with RaySession(self.workers, self.address) as session:  # one Ray for all seeds
-                self.ray_init_s = session.init_s
-                results = super().run(seeds, progress=progress)
-        for record in results["per_seed"]:
-            record["distributed"] = self.reports.get(record["seed"], {})
-        results["distributed"] = {"workers": self.workers, "address": self.address,
-                                  "tasks_per_step": self.tasks_per_step, "ray_init_s": round(self.ray_init_s, 3),
-                                  "checkpoint_every": self.checkpoint_every,
-                                  "restarts": sum(r.get("restarts", 0) for r in self.reports.values())}
-        return results
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+        spec = sine_problem(self.config, seed, self.tasks_per_step, train_batch, train_query)
+        return self.fit_seed(meta_loss, spec, seed, evaluate, self.config.eval_every, progress)
 
 
 __all__ = ["DistributedSineExperiment", "build_sine_parts", "sine_problem"]
