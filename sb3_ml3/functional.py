@@ -40,6 +40,7 @@ __all__ = [
     "InnerOptimizer",
     "SGD",
     "Adam",
+    "clip_factor",
     "clip_grads",
     "global_norm",
     "meta_gradient",
@@ -213,6 +214,12 @@ def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
+def clip_factor(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """min(1, max_norm / (norm + 1e-6)): the factor :func:`clip_grads` (and ``torch.nn.utils.clip_grad_norm_``)
+    rescales gradients of global norm ``norm`` by."""
+    return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+
+
 def clip_grads(
     grads: Mapping[str, torch.Tensor], max_norm: float, norm: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
@@ -222,7 +229,7 @@ def clip_grads(
     """
     if norm is None:
         norm = global_norm(list(grads.values()))
-    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    scale = clip_factor(norm, max_norm)
     return {name: g * scale for name, g in grads.items()}
 
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from sb3_ml3.functional import Adam, Params, apply_meta_gradient, global_norm, meta_gradient
+from sb3_ml3.functional import Adam, Params, apply_meta_gradient, clip_factor, global_norm, meta_gradient
 from sb3_ml3.ml3.policies import gaussian_kl
 from sb3_ml3.ml3.task_losses import ImitationTaskLoss, QValueTaskLoss, clip_actions
 
@@ -171,7 +171,7 @@ class LearnedLossUpdates:
                 critic_grads = list(torch.autograd.grad(value_loss, critic))
                 clip_norm = global_norm(grads + critic_grads)  # PPO clips the whole policy's gradient at once
             if self.max_grad_norm is not None:  # the rescaling functional.clip_grads applies
-                scale = torch.clamp(self.max_grad_norm / (clip_norm + 1e-6), max=1.0)
+                scale = clip_factor(clip_norm, self.max_grad_norm)
                 grads = [g * scale for g in grads]
                 if critic:
                     critic_grads = [g * scale for g in critic_grads]
