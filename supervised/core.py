@@ -19,6 +19,8 @@ metric is recorded after every step.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -348,6 +350,36 @@ def run_seeds(
     return per_seed, None
 
 
+class BestMetaLoss:
+    """Meta-validation's keep-best: the weights of the meta-loss that scored lowest so far.
+
+    Call :meth:`offer` from ``meta_train``'s ``evaluate``; strictly lower scores win, so ties keep the earlier
+    loss, and a non-finite score never wins. :meth:`restore` writes the kept weights back into a loss.
+    """
+
+    def __init__(self) -> None:
+        self.error = math.inf
+        self.state: dict[str, torch.Tensor] | None = None
+        self.index: int | None = None  # which evaluation it was
+        self._n = 0
+
+    def offer(self, loss: MetaLoss, error: float) -> float:
+        """Keep ``loss``'s weights if ``error`` is the lowest finite score so far; returns ``error``."""
+        if math.isfinite(error) and error < self.error:
+            self.error, self.state, self.index = error, copy.deepcopy(loss.state_dict()), self._n
+        self._n += 1
+        return error
+
+    def iteration(self, eval_iterations: Sequence[int]) -> int | None:
+        """The outer iteration of the kept loss, given ``MetaTrainResult.eval_iterations`` (``None``: none kept)."""
+        return None if self.index is None else int(eval_iterations[self.index])
+
+    def restore(self, loss: MetaLoss) -> None:
+        """Load the kept weights into ``loss`` (nothing when no score was finite)."""
+        if self.state is not None:
+            loss.load_state_dict(self.state)
+
+
 def stack_params(params: Sequence[Params]) -> Params:
     """Stack a list of parameter dictionaries along a new leading (task) dimension."""
     return {name: torch.stack([p[name] for p in params]) for name in params[0]}
@@ -370,5 +402,6 @@ __all__ = [
     "sgd_trace",
     "stack_params",
     "run_seeds",
+    "BestMetaLoss",
     "parameters_of",
 ]

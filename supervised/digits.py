@@ -19,7 +19,6 @@ the loss that scored best is the one meta-tested (``keep_best``). No meta-test p
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 from torch.func import functional_call
 
 from sb3_ml3.meta_loss import MetaLoss
-from sb3_ml3.supervised.core import (MetaTrainResult, Task, init_params, learned_loss_fn, meta_test, meta_train,
+from sb3_ml3.supervised.core import (BestMetaLoss, MetaTrainResult, Task, init_params, learned_loss_fn, meta_test, meta_train,
                                      run_seeds, stack_params)
 from sb3_ml3.supervised.datasets import DATASETS, DigitImages, load_images
 from sb3_ml3.supervised.lenet import LeNet
@@ -237,20 +236,15 @@ class DigitsExperiment:
             return meta_test(optimizee, loss, tasks, inits, cfg.inner_lr, cfg.test_steps, inputs=inputs,
                              metric_fn=metrics, train_loss_fn=task_loss)
 
-        best = {"error": float("inf"), "state": None, "iteration": None}
-        n_evaluated = [0]
+        best = BestMetaLoss()
 
         def evaluate(loss: MetaLoss) -> float:
-            error = float(trace(loss, [train_task, train_task], eval_inits)[:, -1, 0].mean())
-            if error < best["error"]:  # strictly better: ties keep the earlier loss
-                best.update(error=error, state=copy.deepcopy(loss.state_dict()), iteration=n_evaluated[0] * cfg.eval_every)
-            n_evaluated[0] += 1
-            return error
+            return best.offer(loss, float(trace(loss, [train_task, train_task], eval_inits)[:, -1, 0].mean()))
 
         train_result = self.meta_train_seed(seed, meta_loss, optimizee, task_loss, train_task, generator,
                                             evaluate if cfg.eval_every else None, progress)
-        if cfg.keep_best and best["state"] is not None:
-            meta_loss.load_state_dict(best["state"])
+        if cfg.keep_best:
+            best.restore(meta_loss)
         ml3 = trace(meta_loss, test_tasks, test_inits)
         base = trace(None, test_tasks, test_inits)
         train_base = trace(None, [train_task, train_task], eval_inits)[:, -1, 0].mean()
@@ -271,7 +265,7 @@ class DigitsExperiment:
             "meta_train_iterations": train_result.eval_iterations,
             "meta_train_error_ml3": train_result.eval_metric,
             "meta_train_error_task_loss": float(train_base),
-            "meta_tested_iteration": best["iteration"] if cfg.keep_best else cfg.n_outer,
+            "meta_tested_iteration": best.iteration(train_result.eval_iterations) if cfg.keep_best else cfg.n_outer,
             "meta_train_task_loss": train_result.task_loss,
             "skipped_meta_steps": train_result.skipped_steps,
             "skipped_reasons": train_result.skipped_reasons[:20],

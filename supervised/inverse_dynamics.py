@@ -24,7 +24,6 @@ reported error is the torque MSE in these units on the query trajectory.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -34,7 +33,8 @@ import numpy as np
 import torch
 
 from sb3_ml3.meta_loss import MetaLoss
-from sb3_ml3.supervised.core import Task, init_params, learned_loss_fn, meta_test, meta_train, mse, stack_params
+from sb3_ml3.supervised.core import (BestMetaLoss, Task, init_params, learned_loss_fn, meta_test, meta_train, mse,
+                                     stack_params)
 from sb3_ml3.supervised.delan import InverseDynamicsNet, inertia_fn
 from sb3_ml3.supervised.robots import ROBOTS, check_robot, simulate_trajectories
 
@@ -190,17 +190,13 @@ class InverseDynamicsExperiment:
         meta_losses, train_curves, skipped, validation = {}, {}, {}, {}
         for variant, task_loss in (("ml3_shaped", shaped_loss), ("ml3_mse", torque_mse)):
             meta_loss = self.make_meta_loss(robot, variant, generator)
-            best: dict[str, Any] = {"error": math.inf, "state": None, "index": None}
-            evaluations = [0]
+            best = BestMetaLoss()
 
             def evaluate(loss: MetaLoss) -> float:
                 """Meta-validation: torque MSE after test_steps SGD steps on the loss, on held-out meta-train tasks."""
-                error = float(meta_test(optimizee, loss, val_tasks, val_inits, cfg.inner_lr, cfg.test_steps,
-                                        metric_fn=torque_mse, inputs=self.inputs)[:, -1].mean())
-                if math.isfinite(error) and error < best["error"]:
-                    best.update(error=error, state=copy.deepcopy(loss.state_dict()), index=evaluations[0])
-                evaluations[0] += 1
-                return error
+                return best.offer(loss, float(meta_test(optimizee, loss, val_tasks, val_inits, cfg.inner_lr,
+                                                        cfg.test_steps, metric_fn=torque_mse,
+                                                        inputs=self.inputs)[:, -1].mean()))
             result = meta_train(
                 meta_loss,
                 learned_loss_fn(optimizee, meta_loss, self.inputs),
@@ -217,11 +213,11 @@ class InverseDynamicsExperiment:
                 eval_every=cfg.eval_every if val_tasks else 0,
                 progress=progress,
             )
-            if cfg.keep_best and best["state"] is not None:
-                meta_loss.load_state_dict(best["state"])
+            if cfg.keep_best:
+                best.restore(meta_loss)
             validation[variant] = {"iterations": result.eval_iterations, "error": result.eval_metric,
-                                   "best_iteration": None if best["index"] is None else result.eval_iterations[best["index"]],
-                                   "best_error": best["error"] if math.isfinite(best["error"]) else None}
+                                   "best_iteration": best.iteration(result.eval_iterations),
+                                   "best_error": best.error if math.isfinite(best.error) else None}
             meta_losses[variant] = meta_loss
             train_curves[variant] = result.task_loss[:: cfg.record_every]
             skipped[variant] = result.skipped_steps
