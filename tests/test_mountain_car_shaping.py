@@ -16,6 +16,8 @@ from sb3_ml3.model_based.mountain_car import (
     MountainCarML3,
     init_policy,
     make_meta_loss,
+    meta_inputs,
+    state_targets,
     targets,
     task_loss_per_policy,
     unroll,
@@ -88,7 +90,37 @@ def test_unroll_follows_the_env_dynamics_and_refuses_bad_shapes():
         unroll(params, batch[0][:, :1], batch[1], 3)
 
 
-@pytest.mark.parametrize("bad, match", [(dict(test_starts=(-0.55,)), "outside train_start_range"),
+def test_the_authors_setting_state_targets_linear_policy_and_feedback_loss():
+    """task_state="state" scores (x, v) against the authors' target states; the linear policy and the feedback
+    meta-loss (the action pulled to a learned target of the state it was taken in) have exact gradients."""
+    config = MountainCarConfig(**SMALL, task_state="state", policy="linear", meta_form="feedback")
+    target = state_targets(config, "shaped", 1)[0]
+    assert target[:3].flatten().tolist() == pytest.approx([-0.95, -0.0055] * 3)
+    assert target[3:].flatten().tolist() == pytest.approx([0.5, 1.0375] * 5)
+    states = torch.zeros(1, 9, 2)
+    states[0, 1:] = target
+    assert task_loss_per_policy(config, "shaped", states).item() == pytest.approx(0.0, abs=1e-7)
+    assert task_loss_per_policy(config, "unshaped", states).item() == pytest.approx(
+        3 * float(torch.tensor([1.45, 1.0375 + 0.0055]).norm()) / 8, rel=1e-6)
+    meta_loss = make_meta_loss(config, "shaped", torch.Generator().manual_seed(0)).double()
+    assert meta_loss.quadratic == ("action",)
+    model = MountainCarML3(config, meta_loss)
+    params = {k: v.double() for k, v in init_policy(2, 6, torch.Generator().manual_seed(1), 1.0, kind="linear").items()}
+    assert set(params) == {"w", "b"} and params["w"].shape == (2, 3, 1)
+    batch = (torch.tensor([[-0.55, 0.0], [-0.5, 0.1]], dtype=torch.float64), torch.full((2, 1), 0.5, dtype=torch.float64))
+    st, act = unroll(params, *batch, config.horizon)
+    assert torch.equal(meta_inputs(st, act, batch[1], pre_action_state=True)["state"], st[:, :-1])
+    phi = {k: v.detach() for k, v in meta_loss.named_parameters()}
+    grads, _ = model.meta_gradient("shaped", phi, params, batch)
+    fd = _central_difference(lambda p: model.meta_objective("shaped", p, params, batch), phi, "net.0.weight", 4)
+    assert grads["net.0.weight"].reshape(-1)[4].item() == pytest.approx(fd, rel=1e-4, abs=1e-9)
+    assert abs(fd) > 1e-9
+    with pytest.raises(ValueError, match="policy kind"):
+        init_policy(1, 4, torch.Generator(), kind="rnn")
+
+
+@pytest.mark.parametrize("bad, match", [(dict(policy="rnn"), "policy must be"), (dict(task_state="x"), "task_state"),
+                                        (dict(test_starts=(-0.55,)), "outside train_start_range"),
                                         (dict(horizon=10, intermediate_steps=10), "below the horizon"),
                                         (dict(meta_form="cnn"), "meta_form"), (dict(inner_lr=0.0), "inner_lr"),
                                         (dict(goal=0.9), "on the track")])

@@ -40,6 +40,9 @@ from sb3_ml3.functional import SGD, Params
 from sb3_ml3.meta_loss import MetaLoss
 
 TASK_LOSSES = ("shaped", "unshaped")
+#: families of M_phi: a tracking cost of (s_{t+1}, a_t) with targets of (t, g); a feedback cost (a_t - c(s_t, t, g))^2
+#: pulling the action to a learned state-feedback target; a softplus MLP of every input
+META_FORMS = ("quadratic", "feedback", "mlp")
 #: the meta-loss's per-step inputs: time t / T and the goal (context), the state after the action and the action
 META_INPUTS = "time:1, goal:1, state:2, action:1"
 
@@ -55,7 +58,11 @@ class MountainCarConfig:
     train_start_range: tuple[float, float] = (-0.6, -0.5)  # meta-train starts x_0 ~ U[range], at rest
     train_eval_starts: tuple[float, ...] = (-0.55, -0.58, -0.52)  # meta-test starts inside the range (-0.55: paper's)
     test_starts: tuple[float, ...] = (-0.7, -0.65, -0.45, -0.4)  # meta-test starts never seen at meta-train
-    policy_hidden: int = 32  # pi_theta: (x, v, g) -> tanh(32) -> tanh(32) -> force
+    policy: str = "mlp"  # "mlp": (x, v, g) -> tanh(32) -> tanh(32) -> force; "linear": force = F tanh(w.(x, v, g) + b)
+    policy_hidden: int = 32
+    task_state: str = "position"  # "position": |x_t - target_t|; "state": ||s_t - (target, its velocity)|| (authors' code)
+    goal_velocity: float = 1.0375  # with task_state="state": the velocity at the goal in the authors' code
+    intermediate_velocity: float = -0.0055  # ... and at the intermediate goal
     meta_hidden_sizes: tuple[int, ...] = (40, 40)
     meta_form: str = "quadratic"  # "quadratic": M = sum w(t, g) (q - c(t, g))^2 over q = (x, v, a); "mlp"
     n_outer: int = 60  # outer steps per meta-loss (sized to the shared 2-core machine: ~1.3 s each)
@@ -78,8 +85,9 @@ class MountainCarConfig:
             raise ValueError(f"Need positive sizes and n_outer >= 0; fix {bad or f'n_outer={self.n_outer}'}.")
         if self.intermediate_steps >= self.horizon:
             raise ValueError(f"intermediate_steps ({self.intermediate_steps}) must be below the horizon ({self.horizon}).")
-        if self.meta_form not in ("quadratic", "mlp"):
-            raise ValueError(f"meta_form must be 'quadratic' or 'mlp', got {self.meta_form!r}.")
+        for name, allowed in (("meta_form", META_FORMS), ("policy", ("mlp", "linear")), ("task_state", ("position", "state"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         for name in ("inner_lr", "inner_max_grad_norm", "meta_lr", "success_threshold"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
@@ -98,17 +106,24 @@ class MountainCarConfig:
 
 
 # ---------------------------------------------------------------------------------------------- policy
-def init_policy(batch: int, hidden: int, generator: torch.Generator, output_gain: float = 0.01) -> Params:
+def init_policy(batch: int, hidden: int, generator: torch.Generator, output_gain: float = 0.01,
+                kind: str = "mlp") -> Params:
     """B independent policies pi_theta(x, v, g): Xavier-uniform weights, zero biases, shapes (B, ...).
 
     The output layer is scaled by ``output_gain`` (SB3 initialises its policy heads with 0.01): every fresh
     policy starts near a = 0, so that what it does after a few updates is set by the loss, not by its draw.
+    ``kind="linear"``: one layer (``w`` (B, 3, 1), ``b``), the authors' policy class (their two bias-free linear
+    layers are one linear map), with the tanh bound instead of their clamp; ``hidden`` is unused.
     """
+    if kind not in ("mlp", "linear"):
+        raise ValueError(f"Unknown policy kind {kind!r}; choose 'mlp' or 'linear'.")
 
     def xavier(fan_in: int, fan_out: int, gain: float = 1.0) -> torch.Tensor:
         bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
         return (torch.rand(batch, fan_in, fan_out, generator=generator) * 2 - 1) * bound
 
+    if kind == "linear":
+        return {"w": xavier(3, 1, output_gain), "b": torch.zeros(batch, 1, 1)}
     return {"w0": xavier(3, hidden), "b0": torch.zeros(batch, 1, hidden),
             "w1": xavier(hidden, hidden), "b1": torch.zeros(batch, 1, hidden),
             "w2": xavier(hidden, 1, output_gain), "b2": torch.zeros(batch, 1, 1)}
@@ -117,6 +132,8 @@ def init_policy(batch: int, hidden: int, generator: torch.Generator, output_gain
 def policy_action(params: Params, state: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
     """a = MAX_FORCE * tanh(MLP(x, v, g)) for B policies: ``state (B, 2)``, ``goal (B, 1)`` -> ``(B, 1)``."""
     h = torch.cat([state, goal], dim=-1).unsqueeze(1)  # (B, 1, 3)
+    if "w" in params:  # the linear policy
+        return MAX_FORCE * torch.tanh(torch.baddbmm(params["b"], h, params["w"])).squeeze(1)
     h = torch.tanh(torch.baddbmm(params["b0"], h, params["w0"]))
     h = torch.tanh(torch.baddbmm(params["b1"], h, params["w1"]))
     return MAX_FORCE * torch.tanh(torch.baddbmm(params["b2"], h, params["w2"])).squeeze(1)
@@ -151,8 +168,20 @@ def targets(config: MountainCarConfig, variant: str, batch: int) -> torch.Tensor
     return target.expand(batch, -1)
 
 
+def state_targets(config: MountainCarConfig, variant: str, batch: int) -> torch.Tensor:
+    """The target state (x, v) of each step t = 1..T, ``(B, T, 2)``: the positions of :func:`targets` with the
+    authors' velocities (``goal_velocity`` at the goal, ``intermediate_velocity`` at the intermediate goal)."""
+    x = targets(config, variant, batch)
+    v = torch.where(x == float(config.goal), torch.tensor(float(config.goal_velocity)),
+                    torch.tensor(float(config.intermediate_velocity)))
+    return torch.stack([x, v], dim=-1)
+
+
 def task_loss_per_policy(config: MountainCarConfig, variant: str, states: torch.Tensor) -> torch.Tensor:
-    """L_T of each policy: the mean over t = 1..T of |x_t - target_t| -> ``(B,)``."""
+    """L_T of each policy -> ``(B,)``: the mean over t = 1..T of |x_t - target_t| (``task_state="position"``)
+    or of the Euclidean distance of s_t = (x_t, v_t) to its target state (``"state"``)."""
+    if config.task_state == "state":
+        return (states[:, 1:] - state_targets(config, variant, states.shape[0])).norm(dim=-1).mean(-1)
     return (states[:, 1:, 0] - targets(config, variant, states.shape[0])).abs().mean(-1)
 
 
@@ -169,12 +198,13 @@ def make_meta_loss(config: MountainCarConfig, variant: str, generator: torch.Gen
     so it can learn where the car should be when; ``"mlp"``: a softplus-output MLP of all inputs.
     """
     metadata = {"experiment": "mountain-car", "variant": variant, "config": _jsonable(config.__dict__)}
-    if config.meta_form == "quadratic":
+    if config.meta_form in ("quadratic", "feedback"):
+        quadratic = ("state", "action") if config.meta_form == "quadratic" else ("action",)
         meta_loss = MetaLoss(META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation="tanh", output="identity",
-                             quadratic=("state", "action"), metadata=metadata)
+                             quadratic=quadratic, metadata=metadata)
         meta_loss.reset_parameters(generator)
         with torch.no_grad():
-            meta_loss.net[-1].weight[:3].zero_()
+            meta_loss.net[-1].weight[: meta_loss.net[-1].out_features // 2].zero_()  # the target rows
     else:
         meta_loss = MetaLoss(META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation="tanh", output="softplus",
                              metadata=metadata)
@@ -182,11 +212,17 @@ def make_meta_loss(config: MountainCarConfig, variant: str, generator: torch.Gen
     return meta_loss
 
 
-def meta_inputs(states: torch.Tensor, actions: torch.Tensor, goal: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The learned loss's per-step fields ``(B, T, .)`` of a trajectory: t / T, g, s_{t+1}, a_t."""
+def meta_inputs(states: torch.Tensor, actions: torch.Tensor, goal: torch.Tensor,
+                pre_action_state: bool = False) -> dict[str, torch.Tensor]:
+    """The learned loss's per-step fields ``(B, T, .)`` of a trajectory: t / T, g, the state and a_t.
+
+    The state is s_{t+1}, the one the action led to, or with ``pre_action_state`` s_t, the one it was taken in
+    (the feedback form's context: its target action is a function of where the car is).
+    """
     batch, horizon = actions.shape[:2]
     time = (torch.arange(1, horizon + 1, dtype=states.dtype) / horizon).view(1, -1, 1).expand(batch, -1, -1)
-    return {"time": time, "goal": goal.unsqueeze(1).expand(-1, horizon, -1), "state": states[:, 1:], "action": actions}
+    state = states[:, :-1] if pre_action_state else states[:, 1:]
+    return {"time": time, "goal": goal.unsqueeze(1).expand(-1, horizon, -1), "state": state, "action": actions}
 
 
 class MountainCarML3:
@@ -200,7 +236,8 @@ class MountainCarML3:
         """B * mean over policies and steps of M_phi(tau, g): each policy's inner step is its own (Eq. 2-3)."""
         start, goal = batch
         states, actions = unroll(params, start, goal, self.config.horizon)
-        values = torch.func.functional_call(self.meta_template, phi, (meta_inputs(states, actions, goal),))
+        fields = meta_inputs(states, actions, goal, pre_action_state=self.config.meta_form == "feedback")
+        values = torch.func.functional_call(self.meta_template, phi, (fields,))
         return values.mean() * start.shape[0]
 
     def task_loss(self, variant: str, params: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -252,4 +289,4 @@ def _jsonable(value):
 
 
 __all__ = ["MountainCarConfig", "MountainCarML3", "TASK_LOSSES", "META_INPUTS", "init_policy", "policy_action",
-           "unroll", "at_rest", "targets", "task_loss_per_policy", "final_distance", "make_meta_loss", "meta_inputs"]
+           "unroll", "at_rest", "targets", "state_targets", "task_loss_per_policy", "META_FORMS", "final_distance", "make_meta_loss", "meta_inputs"]

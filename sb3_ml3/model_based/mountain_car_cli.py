@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sb3_ml3.envs.mountain_car import MAX_FORCE, numpy_step
-from sb3_ml3.model_based.mountain_car import MountainCarConfig
+from sb3_ml3.model_based.mountain_car import META_FORMS, MountainCarConfig
 from sb3_ml3.model_based.mountain_car_experiment import METHODS, run_seed, summarise
 
 COMMAND = "mountain-car"
@@ -65,7 +65,11 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--test-updates", type=positive_int, default=None, help=f"policy updates at meta-test ({d.test_updates})")
     p.add_argument("--baseline-updates", type=positive_int, default=None,
                    help=f"iLQR iterations and GD steps ({d.baseline_updates})")
-    p.add_argument("--meta-form", choices=["quadratic", "mlp"], default=d.meta_form, help="family of M_phi")
+    p.add_argument("--meta-form", choices=list(META_FORMS), default=d.meta_form, help="family of M_phi")
+    p.add_argument("--policy", choices=["mlp", "linear"], default=d.policy,
+                   help="policy class: a tanh MLP of (x, v, g), or linear state feedback (the authors' code)")
+    p.add_argument("--task-state", choices=["position", "state"], default=d.task_state,
+                   help="task loss on the position only, or on (x, v) with the authors' goal velocities")
     p.add_argument("--quick", action="store_true", help="a tiny version (seconds): a smoke test of the installation")
     add_common(p, resumable=False)
 
@@ -81,7 +85,8 @@ def run(args: Any) -> dict[str, Any]:
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     config = MountainCarConfig(inner_lr=args.inner_lr, meta_lr=args.meta_lr, horizon=args.horizon,
-                               meta_form=args.meta_form, **settings)
+                               meta_form=args.meta_form, policy=args.policy,
+                               task_state=args.task_state, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)
     torch.set_num_threads(args.threads)

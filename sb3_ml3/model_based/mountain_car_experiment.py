@@ -46,7 +46,7 @@ def meta_train(config: MountainCarConfig, variant: str, generator: torch.Generat
     lo, hi = config.train_start_range
     curve, skipped = [], 0
     for _ in range(config.n_outer):
-        params = init_policy(config.batch_tasks, config.policy_hidden, generator)
+        params = init_policy(config.batch_tasks, config.policy_hidden, generator, kind=config.policy)
         starts = torch.rand(config.batch_tasks, generator=generator) * (hi - lo) + lo
         batch = (at_rest(starts), torch.full((config.batch_tasks, 1), float(config.goal)))
         phi = {k: v.detach() for k, v in meta_loss.named_parameters()}
@@ -91,7 +91,7 @@ def evaluate(config: MountainCarConfig, meta_losses: dict[str, MetaLoss], starts
              generator: torch.Generator, gd_lr: float) -> dict[str, Any]:
     """Final-distance curves ``(updates + 1, n_starts)`` per method from one shared draw of fresh policies."""
     n = len(starts)
-    params = init_policy(n, config.policy_hidden, generator)
+    params = init_policy(n, config.policy_hidden, generator, kind=config.policy)
     batch = (at_rest(starts), torch.full((n, 1), float(config.goal)))
     out: dict[str, Any] = {}
     for variant in TASK_LOSSES:
@@ -122,7 +122,7 @@ def pick_gd_lr(config: MountainCarConfig, generator: torch.Generator) -> tuple[f
     """GD's step size on the unshaped loss: the lowest mean final distance after ``baseline_updates`` on train starts."""
     starts = list(config.train_eval_starts)
     n = len(starts)
-    params = init_policy(n, config.policy_hidden, generator)
+    params = init_policy(n, config.policy_hidden, generator, kind=config.policy)
     batch = (at_rest(starts), torch.full((n, 1), float(config.goal)))
     model = MountainCarML3(config, make_meta_loss(config, "unshaped", torch.Generator().manual_seed(0)))
     scores = {}
