@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from sb3_ml3.supervised import shaped_sine
+from sb3_ml3.supervised import shaped_sine_cli
 from sb3_ml3.supervised.shaped_sine import (
     ShapedSineConfig,
     ShapedSineExperiment,
@@ -34,10 +34,10 @@ def test_short_shaped_run_reaches_held_out_frequencies_where_mse_does_not():
 
 def test_quick_cli_writes_results_and_landscape(tmp_path):
     parser = argparse.ArgumentParser()
-    shaped_sine.add_arguments(parser)
+    shaped_sine_cli.add_arguments(parser)
     out = tmp_path / "out"
     args = parser.parse_args(["--quick", "--out", str(out), "--no-progress"])
-    results = shaped_sine.run(args)
+    results = shaped_sine_cli.run(args)
     json.dumps(results)  # JSON-ready: the meta-losses went to their own files
     assert (out / "shaped_sine_landscape.png").stat().st_size > 10_000
     assert all(os.path.exists(f) for f in results["figures"]) and len(results["figures"]) == 3
@@ -52,7 +52,7 @@ def test_quick_cli_writes_results_and_landscape(tmp_path):
     assert abs(float(w[mse.argmin()]) - 1.6) <= 0.5
     (out / "results.json").write_text("{}")  # what ``ml3`` writes after run(): a second run is refused
     with pytest.raises(ValueError, match="already holds results"):
-        shaped_sine.run(args)
+        shaped_sine_cli.run(args)
 
 
 def test_train_frequencies_avoid_the_held_out_bands():
