@@ -20,7 +20,7 @@ from sb3_ml3.distributed.cli import distributed_settings
 
 # Experiments that bring their own subcommand: each module exposes COMMAND, HELP, DESCRIPTION,
 # add_arguments(parser) and run(args) -> results dict (written to --out/results.json by main).
-EXPERIMENT_MODULES: tuple[str, ...] = ("sb3_ml3.model_based.mountain_car_cli", "sb3_ml3.supervised.digits_cli", "sb3_ml3.supervised.inverse_dynamics", "sb3_ml3.supervised.shaped_sine_cli",
+EXPERIMENT_MODULES: tuple[str, ...] = ("sb3_ml3.model_based.mountain_car_cli", "sb3_ml3.supervised.digits_cli", "sb3_ml3.supervised.inverse_dynamics_cli", "sb3_ml3.supervised.shaped_sine_cli",
                                       "sb3_ml3.model_based.mbrl_cli",
                                       "sb3_ml3.model_based.reacher_experts")
 
