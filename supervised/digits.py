@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
+from sb3_ml3.atomic import jsonable
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.supervised.core import (BestMetaLoss, MetaTrainResult, Task, init_params, learned_loss_fn, meta_test, meta_train,
                                      run_seeds, stack_params)
@@ -104,7 +105,7 @@ def make_meta_loss(config: DigitsConfig, generator: torch.Generator) -> MetaLoss
         f"{config.meta_inputs}:2, label:2",
         hidden_sizes=config.meta_hidden_sizes,
         output=config.meta_output,
-        metadata={"experiment": "digits", "config": _jsonable(asdict(config))},
+        metadata={"experiment": "digits", "config": jsonable(asdict(config))},
     )
     meta_loss.reset_parameters(generator)
     return meta_loss
@@ -292,7 +293,7 @@ class DigitsExperiment:
             "mean_final_ce_task_loss": float(torch.tensor([r["final_ce_task_loss"] for r in per_seed]).mean()),
             "skipped_meta_steps": int(sum(r["skipped_meta_steps"] for r in per_seed)),
         }
-        results = {"experiment": "digits", "config": _jsonable(asdict(self.config)), "summary": summary,
+        results = {"experiment": "digits", "config": jsonable(asdict(self.config)), "summary": summary,
                    "per_seed": per_seed, "meta_losses": meta_losses, "partial": interrupted_at is not None}
         if interrupted_at is not None:
             results["interrupted_at_seed"] = int(interrupted_at)
@@ -305,13 +306,6 @@ def run_digits(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: DigitsConfig | No
     """Run the digit experiment (see :class:`DigitsExperiment`)."""
     return DigitsExperiment(config).run(seeds, progress=progress)
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
 
 
 __all__ = [

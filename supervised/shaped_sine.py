@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sb3_ml3.atomic import jsonable
 from sb3_ml3.functional import make_meta_optimizer
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.supervised.core import Task, learned_loss_fn, meta_test, meta_train, mse, run_seeds, task_loss_fn
@@ -157,7 +158,7 @@ def make_meta_loss(config: ShapedSineConfig, variant: str, generator: torch.Gene
     The quadratic form is M = w_phi(x, y) (y_pred - y - t_phi(x, y))^2: a learned per-sample weight and
     offset, t_phi starting at zero (so the loss starts as a weighted MSE with its minimum at y_pred = y).
     """
-    metadata = {"experiment": "shaped-sine", "variant": variant, "config": _jsonable(asdict(config))}
+    metadata = {"experiment": "shaped-sine", "variant": variant, "config": jsonable(asdict(config))}
     if config.meta_form == "quadratic":
         meta_loss = MetaLoss("x:1, y_pred:1, y:1", hidden_sizes=config.meta_hidden_sizes, output="identity",
                              quadratic=("y_pred",), quadratic_reference={"y_pred": "y"}, metadata=metadata)
@@ -288,7 +289,7 @@ class ShapedSineExperiment:
                 summary[f"mean_success_{split}_{variant}"] = sum(values) / len(values)
                 summary[f"min_success_{split}_{variant}"] = min(values)
         summary["goal_met_held_out"] = all(r["success_test_shaped"] >= 0.9 for r in per_seed)
-        results = {"experiment": "shaped-sine", "config": _jsonable(asdict(self.config)), "summary": summary,
+        results = {"experiment": "shaped-sine", "config": jsonable(asdict(self.config)), "summary": summary,
                    "per_seed": per_seed, "meta_losses": meta_losses, "partial": interrupted_at is not None}
         if interrupted_at is not None:
             results["interrupted_at_seed"] = int(interrupted_at)
@@ -301,13 +302,6 @@ def run_shaped_sine(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: ShapedSineCo
     """Run the shaped-sine experiment (see :class:`ShapedSineExperiment`)."""
     return ShapedSineExperiment(config).run(seeds, progress=progress)
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
 
 
 __all__ = ["ShapedSineConfig", "ShapedSineExperiment", "SineFrequency", "run_shaped_sine", "shaping_loss",

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sb3_ml3.atomic import jsonable
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.supervised.core import (
     MetaTrainResult,
@@ -92,7 +93,7 @@ def make_meta_loss(config: SineConfig, generator: torch.Generator) -> MetaLoss:
         "y_pred:1, y_target:1",
         hidden_sizes=config.meta_hidden_sizes,
         output=config.meta_output,
-        metadata={"experiment": "sine", "config": _jsonable(asdict(config))},
+        metadata={"experiment": "sine", "config": jsonable(asdict(config))},
     )
     meta_loss.reset_parameters(generator)
     return meta_loss
@@ -230,7 +231,7 @@ class SineExperiment:
             "ratio_ml3_over_task_loss": float(ml3.mean() / base.mean()),
             "skipped_meta_steps": int(sum(r["skipped_meta_steps"] for r in per_seed)),
         }
-        results = {"experiment": "sine", "config": _jsonable(asdict(self.config)), "summary": summary,
+        results = {"experiment": "sine", "config": jsonable(asdict(self.config)), "summary": summary,
                    "per_seed": per_seed, "meta_losses": meta_losses, "partial": interrupted_at is not None}
         if interrupted_at is not None:
             results["interrupted_at_seed"] = int(interrupted_at)
@@ -242,13 +243,6 @@ def run_sine(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: SineConfig | None =
     """Run the sine experiment (see :class:`SineExperiment`)."""
     return SineExperiment(config).run(seeds, progress=progress)
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
 
 
 __all__ = ["SineConfig", "SineExperiment", "run_sine", "sine_task", "sample_test_tasks", "make_optimizee"]

@@ -19,31 +19,12 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from sb3_ml3.atomic import atomic_path, atomic_write_text
+from sb3_ml3.atomic import atomic_path, atomic_write_text, jsonable
 
 #: finished runs of a comparison, one JSON line each after a header with the shared settings' fingerprint
 RUNS_FILE = "runs_done.jsonl"
 #: files whose presence means a folder holds a comparison's results
 RESULT_FILES = ("results.json", RUNS_FILE)
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with numpy scalars/arrays, tuples and paths turned into plain JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return repr(value)
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 1) -> str:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad, grad_and_value
 
+from sb3_ml3.atomic import jsonable
 from sb3_ml3.envs.mountain_car import MAX_FORCE, MAX_POSITION, MIN_POSITION, PAPER_GOAL, torch_step
 from sb3_ml3.functional import SGD, Params
 from sb3_ml3.meta_loss import MetaLoss
@@ -197,7 +198,7 @@ def make_meta_loss(config: MountainCarConfig, variant: str, generator: torch.Gen
     time-varying tracking cost whose targets c start at zero (the last layer's target rows are zeroed),
     so it can learn where the car should be when; ``"mlp"``: a softplus-output MLP of all inputs.
     """
-    metadata = {"experiment": "mountain-car", "variant": variant, "config": _jsonable(config.__dict__)}
+    metadata = {"experiment": "mountain-car", "variant": variant, "config": jsonable(config.__dict__)}
     if config.meta_form in ("quadratic", "feedback"):
         quadratic = ("state", "action") if config.meta_form == "quadratic" else ("action",)
         meta_loss = MetaLoss(META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation="tanh", output="identity",
@@ -279,13 +280,6 @@ class MountainCarML3:
             states, _ = unroll(params, batch[0], batch[1], self.config.horizon)
         return final_distance(states, self.config.goal)
 
-
-def _jsonable(value):
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
 
 
 __all__ = ["MountainCarConfig", "MountainCarML3", "TASK_LOSSES", "META_INPUTS", "init_policy", "policy_action",

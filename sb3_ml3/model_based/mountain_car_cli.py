@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from sb3_ml3.atomic import jsonable
 from sb3_ml3.envs.mountain_car import MAX_FORCE, numpy_step
 from sb3_ml3.model_based.mountain_car import META_FORMS, MountainCarConfig
 from sb3_ml3.model_based.mountain_car_experiment import METHODS, run_seed, summarise
@@ -103,7 +104,7 @@ def run(args: Any) -> dict[str, Any]:
         for variant, meta_loss in result.pop("meta_losses").items():
             meta_loss.save(os.path.join(args.out, f"meta_loss_{variant}_seed{seed}.zip"))
         per_seed.append(result)
-    results = {"experiment": COMMAND, "config": _plain(asdict(config)), "per_seed": per_seed,
+    results = {"experiment": COMMAND, "config": jsonable(asdict(config)), "per_seed": per_seed,
                "summary": summarise(config, per_seed), "wall_seconds": time.perf_counter() - t0,
                "references": {split: reference_policies(config, list(starts)) for split, starts in
                               (("train", config.train_eval_starts), ("test", config.test_starts))}}
@@ -130,13 +131,6 @@ def format_table(results: dict[str, Any]) -> str:
                  f"{cfg['test_updates']} updates): {'met' if s['goal_met'] else 'NOT met'}")
     return "\n".join(lines)
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 __all__ = ["COMMAND", "HELP", "DESCRIPTION", "add_arguments", "run", "format_table", "reference_policies"]

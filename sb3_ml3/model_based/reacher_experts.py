@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sb3_ml3.atomic import jsonable
 from sb3_ml3.envs.reacher import ReacherGoalEnv
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.model_based.experts import ReacherIKPDExpert, collect_demonstrations
@@ -152,7 +153,7 @@ def run_reacher_experts(seeds: Sequence[int], config: ReacherExpertsConfig | Non
         if bar is not None:
             bar.close()
     results: dict[str, Any] = {
-        "experiment": "reacher-experts", "env_id": ENV_ID, "config": _jsonable(asdict(config)),
+        "experiment": "reacher-experts", "env_id": ENV_ID, "config": jsonable(asdict(config)),
         "expert": ReacherIKPDExpert().description, "ppo_reference": PPO_REFERENCE,
         "summary": summarise(per_seed, config), "per_seed": per_seed, "meta_losses": meta_losses,
         "partial": interrupted is not None,
@@ -161,13 +162,6 @@ def run_reacher_experts(seeds: Sequence[int], config: ReacherExpertsConfig | Non
         results["interrupted_at_seed"], results["requested_seeds"] = int(interrupted), list(seeds)
     return results
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
 
 
 COMMAND = "reacher-experts"
