@@ -32,9 +32,23 @@ from sb3_ml3 import MetaLoss
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.experiments import (TASK_SEED, atomic_write_json, evaluation_schedule, load_recipe, meta_train_loss,
                                  run_one)
+from sb3_ml3.evaluation import evaluate_policy_on_goals
 from sb3_ml3.experiments.meta_train import meta_train_fingerprint
+from sb3_ml3.experiments.runs import EVAL_SEED, behaviour_summary
 
 INPUTS = ["obs", "action", "mean", "std", "goal", "advantage", "old_log_prob"]
+#: goals outside both splits' radii (inside the reach / arena): rings (r_min, r_max) inside and outside the annulus
+OUTSIDE_RINGS = {"ReacherGoal-v0": ((0.02, 0.05), (0.20, 0.21)), "PointmassGoal-v0": ((0.1, 0.5), (2.0, 2.4))}
+
+
+def outside_goals(env_id: str, n: int, seed: int = TASK_SEED) -> np.ndarray:
+    """``n`` goals with radii outside the train and test splits' annulus, half inside it, half beyond it."""
+    from sb3_ml3.envs.tasks import AnnulusSectors, sample_goals
+
+    if env_id not in OUTSIDE_RINGS:
+        raise SystemExit(f"--outside-goals is defined for {sorted(OUTSIDE_RINGS)}, not {env_id}.")
+    inner, outer = (AnnulusSectors(lo, hi, [(0.0, 2 * np.pi)]) for lo, hi in OUTSIDE_RINGS[env_id])
+    return np.concatenate([sample_goals(inner, n // 2, seed), sample_goals(outer, n - n // 2, seed + 1)])
 
 
 def inner_settings(env_id: str, update: str = "ppo") -> tuple[dict, int]:
@@ -87,17 +101,23 @@ def meta_test(args: argparse.Namespace) -> None:
     dense = max(1, min(2_000, args.timesteps // 4))  # 2k steps, or finer for a smoke run
     schedule = evaluation_schedule(args.timesteps, 10_000, 20_000, dense)
     results = {"env_id": args.env, "schedule": schedule, "runs": []}
+    extra = outside_goals(args.env, args.outside_goals) if args.outside_goals else None
+    if extra is not None:
+        results["outside_goals"] = extra.tolist()
     for name in args.loss:
         for seed in args.seeds:
             t0 = time.time()
             if name == "ppo":
-                record, _ = run_one(args.env, "ppo", load_recipe(args.env)["ppo"], seed, args.net_arch, goals,
-                                    schedule, args.timesteps)
+                record, model = run_one(args.env, "ppo", load_recipe(args.env)["ppo"], seed, args.net_arch, goals,
+                                        schedule, args.timesteps, keep_model=extra is not None)
             else:
                 settings = {"n_envs": n_envs, "normalize": True, "meta_test": test}
                 loss = fresh_loss(args.env) if name == "fresh" else name.format(seed=seed)
-                record, _ = run_one(args.env, "ml3", settings, seed, args.net_arch, goals, schedule, args.timesteps,
-                                    meta_loss=loss)
+                record, model = run_one(args.env, "ml3", settings, seed, args.net_arch, goals, schedule,
+                                        args.timesteps, meta_loss=loss, keep_model=extra is not None)
+            if extra is not None:  # the final policy on goals outside both splits' radii
+                record["behaviour_outside"] = behaviour_summary(evaluate_policy_on_goals(
+                    model, args.env, extra, seed=EVAL_SEED, vec_normalize=model.get_vec_normalize_env()).to_dict())
             record["name"] = name
             record["update"] = args.update
             results["runs"].append(record)
@@ -105,6 +125,10 @@ def meta_test(args: argparse.Namespace) -> None:
             print(f"{name} seed {seed}: final {record['curve'][-1]:.2f}, distance {b['final_distance']:.3f}, "
                   f"success {b['success_rate']:.2f}, on bounds {b['saturation']:.3f} ({time.time() - t0:.0f} s)",
                   flush=True)
+            if extra is not None:
+                o = record["behaviour_outside"]
+                print(f"  outside the splits' radii: distance {o['final_distance']:.3f}, success {o['success_rate']:.2f}, "
+                      f"on bounds {o['saturation']:.3f}", flush=True)
             atomic_write_json(args.out, results)
 
 
@@ -163,6 +187,8 @@ def main() -> None:
     test.add_argument("--net-arch", type=int, nargs="+", default=[64, 64],
                       help="meta-test policy layers (a loss meta-trained on [64, 64] trains any architecture)")
     test.add_argument("--force", action="store_true")
+    test.add_argument("--outside-goals", type=int, default=0,
+                      help="also evaluate each final policy on this many goals outside both splits' radii")
     test.add_argument("--update", choices=["ppo", "separate"], default="ppo",
                       help="ML3's inner update: PPO's joint one (default) or the critic fitted separately")
     figure = sub.add_parser("plot")
