@@ -307,7 +307,6 @@ def run_digits(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: DigitsConfig | No
     return DigitsExperiment(config).run(seeds, progress=progress)
 
 
-
 __all__ = [
     "META_INPUTS",
     "DigitsConfig",

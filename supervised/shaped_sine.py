@@ -303,6 +303,5 @@ def run_shaped_sine(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: ShapedSineCo
     return ShapedSineExperiment(config).run(seeds, progress=progress)
 
 
-
 __all__ = ["ShapedSineConfig", "ShapedSineExperiment", "SineFrequency", "run_shaped_sine", "shaping_loss",
            "sample_train_frequencies", "sine_data", "x_prediction_target", "VARIANTS", "LABELS", "COLORS"]

@@ -244,5 +244,4 @@ def run_sine(seeds: Sequence[int] = (0, 1, 2, 3, 4), config: SineConfig | None =
     return SineExperiment(config).run(seeds, progress=progress)
 
 
-
 __all__ = ["SineConfig", "SineExperiment", "run_sine", "sine_task", "sample_test_tasks", "make_optimizee"]

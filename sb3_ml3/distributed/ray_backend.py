@@ -189,8 +189,6 @@ class RayBackend:
         self._session.__exit__(None, None, None)
 
 
-
-
 class RaySession:
     """``with RaySession(workers, address):`` one Ray for several runs (e.g. all seeds of an experiment).
 

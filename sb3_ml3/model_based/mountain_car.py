@@ -44,6 +44,8 @@ TASK_LOSSES = ("shaped", "unshaped")
 #: families of M_phi: a tracking cost of (s_{t+1}, a_t) with targets of (t, g); a feedback cost (a_t - c(s_t, t, g))^2
 #: pulling the action to a learned state-feedback target; a softplus MLP of every input
 META_FORMS = ("quadratic", "feedback", "mlp")
+#: the policy families: an MLP, or linear state feedback as in the authors' code
+POLICY_KINDS = ("mlp", "linear")
 #: the meta-loss's per-step inputs: time t / T and the goal (context), the state after the action and the action
 META_INPUTS = "time:1, goal:1, state:2, action:1"
 
@@ -86,7 +88,7 @@ class MountainCarConfig:
             raise ValueError(f"Need positive sizes and n_outer >= 0; fix {bad or f'n_outer={self.n_outer}'}.")
         if self.intermediate_steps >= self.horizon:
             raise ValueError(f"intermediate_steps ({self.intermediate_steps}) must be below the horizon ({self.horizon}).")
-        for name, allowed in (("meta_form", META_FORMS), ("policy", ("mlp", "linear")), ("task_state", ("position", "state"))):
+        for name, allowed in (("meta_form", META_FORMS), ("policy", POLICY_KINDS), ("task_state", ("position", "state"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         for name in ("inner_lr", "inner_max_grad_norm", "meta_lr", "success_threshold"):
@@ -116,7 +118,7 @@ def init_policy(batch: int, hidden: int, generator: torch.Generator, output_gain
     ``kind="linear"``: one layer (``w`` (B, 3, 1), ``b``), the authors' policy class (their two bias-free linear
     layers are one linear map), with the tanh bound instead of their clamp; ``hidden`` is unused.
     """
-    if kind not in ("mlp", "linear"):
+    if kind not in POLICY_KINDS:
         raise ValueError(f"Unknown policy kind {kind!r}; choose 'mlp' or 'linear'.")
 
     def xavier(fan_in: int, fan_out: int, gain: float = 1.0) -> torch.Tensor:
@@ -281,6 +283,6 @@ class MountainCarML3:
         return final_distance(states, self.config.goal)
 
 
-
-__all__ = ["MountainCarConfig", "MountainCarML3", "TASK_LOSSES", "META_INPUTS", "init_policy", "policy_action",
-           "unroll", "at_rest", "targets", "state_targets", "task_loss_per_policy", "META_FORMS", "final_distance", "make_meta_loss", "meta_inputs"]
+__all__ = ["MountainCarConfig", "MountainCarML3", "TASK_LOSSES", "META_INPUTS", "META_FORMS", "POLICY_KINDS",
+           "init_policy", "policy_action", "unroll", "at_rest", "targets", "state_targets", "task_loss_per_policy",
+           "final_distance", "make_meta_loss", "meta_inputs"]

@@ -16,7 +16,7 @@ import numpy as np
 
 from sb3_ml3.atomic import jsonable
 from sb3_ml3.envs.mountain_car import MAX_FORCE, numpy_step
-from sb3_ml3.model_based.mountain_car import META_FORMS, MountainCarConfig
+from sb3_ml3.model_based.mountain_car import META_FORMS, POLICY_KINDS, MountainCarConfig
 from sb3_ml3.model_based.mountain_car_experiment import METHODS, run_seed, summarise
 
 COMMAND = "mountain-car"
@@ -67,7 +67,7 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--baseline-updates", type=positive_int, default=None,
                    help=f"iLQR iterations and GD steps ({d.baseline_updates})")
     p.add_argument("--meta-form", choices=list(META_FORMS), default=d.meta_form, help="family of M_phi")
-    p.add_argument("--policy", choices=["mlp", "linear"], default=d.policy,
+    p.add_argument("--policy", choices=list(POLICY_KINDS), default=d.policy,
                    help="policy class: a tanh MLP of (x, v, g), or linear state feedback (the authors' code)")
     p.add_argument("--task-state", choices=["position", "state"], default=d.task_state,
                    help="task loss on the position only, or on (x, v) with the authors' goal velocities")
@@ -130,7 +130,6 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append(f"goal (only shaped ML3 under {cfg['success_threshold']} from every start within "
                  f"{cfg['test_updates']} updates): {'met' if s['goal_met'] else 'NOT met'}")
     return "\n".join(lines)
-
 
 
 __all__ = ["COMMAND", "HELP", "DESCRIPTION", "add_arguments", "run", "format_table", "reference_policies"]

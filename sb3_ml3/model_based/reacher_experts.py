@@ -163,7 +163,6 @@ def run_reacher_experts(seeds: Sequence[int], config: ReacherExpertsConfig | Non
     return results
 
 
-
 COMMAND = "reacher-experts"
 HELP = "ML3 shaped by expert demonstrations on ReacherGoal-v0 vs behavioural cloning (Fig. 6c-d)"
 DESCRIPTION = (
