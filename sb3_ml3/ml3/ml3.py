@@ -38,7 +38,6 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
-from stable_baselines3.common.utils import explained_variance
 
 from sb3_ml3.functional import (SGD, Adam, InnerOptimizer, Params, make_meta_optimizer)
 from sb3_ml3.meta_loss import InputSpec, MetaLoss
@@ -47,8 +46,7 @@ from sb3_ml3.ml3.loss_files import (build_meta_loss, env_for_loss, resolve_meta_
 from sb3_ml3.ml3.checks import (UntrainedMetaLossWarning, check_arguments, made_space,
                                 refuse_dict_observations)
 from sb3_ml3.ml3.updates import LearnedLossUpdates
-from sb3_ml3.ml3.task_losses import (ImitationTaskLoss, TaskCritic, TaskLoss,
-                                     fit_regression, make_task_loss)
+from sb3_ml3.ml3.task_losses import ImitationTaskLoss, TaskCritic, TaskLoss, make_task_loss
 from sb3_ml3.ml3.meta_inputs import DEFAULT_META_INPUTS, OPTIONAL_META_INPUTS, MetaInputs
 from sb3_ml3.ml3.persistence import ModelFiles
 from sb3_ml3.ml3.policies import ML3Policy
@@ -332,71 +330,21 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
                 )
             self.rollout_buffer.stage_task_reward(np.array([float(info[self.task_reward]) for info in infos]))
 
-    def _train_critic(self, data: dict[str, torch.Tensor]) -> float:
-        """Regress the value head on the env reward's GAE returns (it supplies the advantages)."""
-        return fit_regression(self.policy.predict_values, (data["observations"],), data["returns"],
-                              self.value_optimizer, self.n_epochs, self.batch_size)
-
     def train(self) -> None:
-        """One ML3 update on the last rollout: outer step (meta-train), inner step, critic regression."""
-        self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer if self.vf_coef is None
-                                   else [self.policy.optimizer, self.value_optimizer])
-        inner_lr = float(self.lr_schedule(self._current_progress_remaining))
-        task_value_targets = task_loss_weights = None
-        if self.meta_train and self.task_reward is not None:
-            task_loss_weights, task_value_targets = self._task_reward_weights()
-        data = self.rollout_tensors()
-        if task_loss_weights is not None:
-            data["task_loss_weights"] = task_loss_weights
-        if data["observations"].shape[0] < self.batch_size:  # non-finite rewards left too few samples
-            self._pending = None
-            self.logger.record("train/invalid_samples", self.rollout_buffer.n_invalid)
-            self.logger.record("train/skipped_rollouts", 1)
-            return
-        if self.meta_train:
-            self.objective.prepare(data)  # e.g. the expert's actions at the rollout's states
-        self._n_iterations += 1
-        stats: dict[str, float] = {}
+        """One ML3 update on the last rollout: outer step (meta-train), inner step, critic regression.
 
+        The three halves are public so that a driver can run them apart (:mod:`sb3_ml3.distributed` averages
+        several models' :meth:`outer_gradient` before any of them takes its inner step):
+        :meth:`prepare_rollout`, then :meth:`outer_step` (meta-train, with an inner update pending), then
+        :meth:`inner_update`.
+        """
+        data = self.prepare_rollout()
+        if data is None:
+            return
+        stats: dict[str, float] = {}
         if self.meta_train and self._pending is not None:
             stats.update(self.outer_step(data))
-        self._pending = None
-
-        reset = (self.meta_train and self.policy_reset_interval is not None
-                 and self._n_iterations % self.policy_reset_interval == 0)
-        frozen = self.policy_frozen
-        if reset:
-            self.policy.reset_actor()  # Alg. 4 line 4: the next rollout comes from a fresh theta_0
-            self.policy.optimizer.state.clear()  # ... and a fresh inner optimizer
-        elif not frozen:
-            stats.update(self._update_policy(data, inner_lr))
-        if task_value_targets is not None:
-            assert self.task_value is not None
-            self.logger.record("train/task_value_loss", self.task_value.fit(data, task_value_targets))
-            for key, value in self.objective.fit(data, task_value_targets).items():
-                self.logger.record(f"train/{key}", value)
-        if frozen:
-            self.logger.record("train/policy_frozen", 1)
-        elif self.critic_needed:
-            if self.vf_coef is None:
-                self.logger.record("train/value_loss", self._train_critic(data))
-            elif "value_loss" in stats:  # trained with the actor, in the inner steps
-                self.logger.record("train/value_loss", stats.pop("value_loss"))
-            self.logger.record("train/explained_variance", explained_variance(
-                self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))
-
-        self._n_updates += 1
-        for key, value in stats.items():
-            self.logger.record(f"train/{key}", value)
-        self.logger.record("train/std", torch.exp(self.policy.log_std).mean().item())
-        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        if self.meta_train:
-            self.logger.record("train/n_meta_updates", self._n_meta_updates)
-            self.logger.record("train/skipped_meta_steps", self.skipped_meta_steps)
-            self.logger.record("train/policy_reset", int(reset))
-        self.logger.record("train/skipped_inner_steps", self.skipped_inner_steps)
-        self.logger.record("train/invalid_samples", self.rollout_buffer.n_invalid)
+        self.inner_update(data, stats)
 
     def learn(
         self: SelfML3,

@@ -40,11 +40,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.utils import explained_variance
 from torch.func import functional_call
 
 from sb3_ml3.functional import Adam, Params, apply_meta_gradient, clip_factor, global_norm, meta_gradient
 from sb3_ml3.ml3.policies import gaussian_kl
-from sb3_ml3.ml3.task_losses import ImitationTaskLoss, QValueTaskLoss, clip_actions
+from sb3_ml3.ml3.task_losses import ImitationTaskLoss, QValueTaskLoss, clip_actions, fit_regression
 
 
 class LearnedLossUpdates:
@@ -193,6 +194,80 @@ class LearnedLossUpdates:
         if value_losses:
             stats["value_loss"] = torch.stack(value_losses).mean().item()
         return stats
+
+    # ------------------------------------------------------------------ the halves of train()
+    def prepare_rollout(self) -> dict[str, torch.Tensor] | None:
+        """The last rollout as the tensors both steps read (:meth:`rollout_tensors`, ``task_reward``'s weights,
+        what the task loss needs), counted as an iteration; ``None`` (logged) when non-finite rewards left fewer
+        valid samples than a minibatch, and then no outer step awaits any more."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer if self.vf_coef is None
+                                   else [self.policy.optimizer, self.value_optimizer])
+        task_value_targets = task_loss_weights = None
+        if self.meta_train and self.task_reward is not None:
+            task_loss_weights, task_value_targets = self._task_reward_weights()
+        data = self.rollout_tensors()
+        if task_loss_weights is not None:
+            data["task_loss_weights"] = task_loss_weights
+        if task_value_targets is not None:
+            data["task_value_targets"] = task_value_targets
+        if data["observations"].shape[0] < self.batch_size:
+            self._pending = None
+            self.logger.record("train/invalid_samples", self.rollout_buffer.n_invalid)
+            self.logger.record("train/skipped_rollouts", 1)
+            return None
+        if self.meta_train:
+            self.objective.prepare(data)  # e.g. the expert's actions at the rollout's states
+        self._n_iterations += 1
+        return data
+
+    def inner_update(self, data: dict[str, torch.Tensor], stats: dict[str, float] | None = None) -> None:
+        """The inner half of ``train()`` on the rollout :meth:`prepare_rollout` returned (still in the buffer):
+        the policy reset or inner step (Eq. 2) with the current phi, the task critics, the critic, and the logs
+        (``stats``: what the outer step reported, logged under ``train/``). Any pending outer step is dropped:
+        the inner step remembers its own."""
+        stats = dict(stats or {})
+        self._pending = None
+        inner_lr = float(self.lr_schedule(self._current_progress_remaining))
+        reset = (self.meta_train and self.policy_reset_interval is not None
+                 and self._n_iterations % self.policy_reset_interval == 0)
+        frozen = self.policy_frozen
+        if reset:
+            self.policy.reset_actor()  # Alg. 4 line 4: the next rollout comes from a fresh theta_0
+            self.policy.optimizer.state.clear()  # ... and a fresh inner optimizer
+        elif not frozen:
+            stats.update(self._update_policy(data, inner_lr))
+        task_value_targets = data.get("task_value_targets")
+        if task_value_targets is not None:
+            assert self.task_value is not None
+            self.logger.record("train/task_value_loss", self.task_value.fit(data, task_value_targets))
+            for key, value in self.objective.fit(data, task_value_targets).items():
+                self.logger.record(f"train/{key}", value)
+        if frozen:
+            self.logger.record("train/policy_frozen", 1)
+        elif self.critic_needed:
+            if self.vf_coef is None:
+                self.logger.record("train/value_loss", self._train_critic(data))
+            elif "value_loss" in stats:  # trained with the actor, in the inner steps
+                self.logger.record("train/value_loss", stats.pop("value_loss"))
+            self.logger.record("train/explained_variance", explained_variance(
+                self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()))
+        self._n_updates += 1
+        for key, value in stats.items():
+            self.logger.record(f"train/{key}", value)
+        self.logger.record("train/std", torch.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if self.meta_train:
+            self.logger.record("train/n_meta_updates", self._n_meta_updates)
+            self.logger.record("train/skipped_meta_steps", self.skipped_meta_steps)
+            self.logger.record("train/policy_reset", int(reset))
+        self.logger.record("train/skipped_inner_steps", self.skipped_inner_steps)
+        self.logger.record("train/invalid_samples", self.rollout_buffer.n_invalid)
+
+    def _train_critic(self, data: dict[str, torch.Tensor]) -> float:
+        """Regress the value head on the env reward's GAE returns (it supplies the advantages)."""
+        return fit_regression(self.policy.predict_values, (data["observations"],), data["returns"],
+                              self.value_optimizer, self.n_epochs, self.batch_size)
 
     def _clipped_learned_loss(self, params: Params | None, meta_params: Params | None,
                               batch: dict[str, torch.Tensor]) -> torch.Tensor:
