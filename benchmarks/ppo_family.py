@@ -85,9 +85,12 @@ def meta_train(args: argparse.Namespace) -> None:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"meta_loss_seed{args.seed}.zip")
     t0 = time.time()
+    several = args.tasks_per_step > 1 or args.workers > 0  # the distributed trainer checkpoints to a .pt file
     loss, used = meta_train_loss(args.env, args.seed, args.timesteps, settings, path=path,
-                                 checkpoint_path=path + ".ckpt.zip", checkpoint_every=args.eval_freq,
-                                 fingerprint=meta_train_fingerprint(settings, args.timesteps))
+                                 checkpoint_path=path + (".ckpt.pt" if several else ".ckpt.zip"),
+                                 checkpoint_every=args.eval_freq,
+                                 fingerprint=meta_train_fingerprint(settings, args.timesteps),
+                                 tasks_per_step=args.tasks_per_step, workers=args.workers, address=args.address)
     history = loss.metadata.get("meta_validation", {}).get("history")
     print(f"meta-trained {path}: {used} env steps (validation included), {time.time() - t0:.0f} s; "
           f"validation history {history}")
@@ -178,6 +181,11 @@ def main() -> None:
     train.add_argument("--eval-at-updates", type=int, nargs="+", default=[6, 12, 24])
     train.add_argument("--update", choices=["ppo", "separate"], default="ppo",
                        help="ML3's inner update: PPO's joint one (default) or the critic fitted separately")
+    train.add_argument("--tasks-per-step", type=int, default=1,
+                       help="ML3 models (own envs, policies, seeds) whose meta-gradients each outer step averages; "
+                            "--timesteps is the budget over all of them")
+    train.add_argument("--workers", type=int, default=0, help="Ray workers for those tasks (0: this process)")
+    train.add_argument("--address", default=None, help="an existing Ray cluster (default: a local Ray)")
     test = sub.add_parser("meta-test")
     test.add_argument("--env", default="ReacherGoal-v0")
     test.add_argument("--out", required=True, help="results JSON")
@@ -200,6 +208,9 @@ def main() -> None:
     args = parser.parse_args()
     if min(getattr(args, "timesteps", 1), 1) < 1:
         raise SystemExit("--timesteps must be positive")
+    if args.command == "meta-train" and (args.tasks_per_step < 1 or args.workers < 0
+                                         or args.workers > args.tasks_per_step):
+        raise SystemExit("Need --tasks-per-step >= 1 and 0 <= --workers <= --tasks-per-step.")
     {"meta-train": meta_train, "meta-test": meta_test, "plot": plot}[args.command](args)
 
 

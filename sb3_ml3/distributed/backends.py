@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from sb3_ml3.distributed.shard import ProblemSpec, ShardResult, TaskShard, split_tasks
+from sb3_ml3.distributed.shard import ProblemSpec, ShardResult, split_tasks
 
 ShardStates = dict[int, dict[str, Any]]
 
@@ -40,7 +40,7 @@ class LocalBackend:
     restarts = 0
 
     def __init__(self, spec: ProblemSpec) -> None:
-        self.shard = TaskShard(spec, split_tasks(spec.n_tasks, 1)[0])
+        self.shard = spec.make_shard(split_tasks(spec.n_tasks, 1)[0])
         self.init_s = 0.0
 
     def step(self, phi: Mapping[str, torch.Tensor], iteration: int, reset: bool) -> list[ShardResult]:

@@ -1,7 +1,8 @@
 """Shards on Ray actors, with dead workers replaced and their share recomputed exactly.
 
-Each actor is a :class:`~sb3_ml3.distributed.shard.TaskShard` in its own process (one CPU): it builds
-its problem once and keeps its tasks' optimizees between outer steps, so only phi goes out (once per
+Each actor is a shard (:class:`~sb3_ml3.distributed.shard.TaskShard`; model-free ML3's
+:class:`~sb3_ml3.distributed.rl_shard.RLShard`) in its own process (one CPU): it builds
+its problem once and keeps its tasks' optimizees (or ML3 models and envs) between outer steps, so only phi goes out (once per
 step, through the object store: ``ray.put``) and only meta-gradient sums and task losses come back.
 
 Recovery. The backend keeps the shards' state at the last :meth:`RayBackend.snapshot` (the driver takes
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sb3_ml3.distributed.shard import ProblemSpec, ShardResult, TaskShard, split_tasks
+from sb3_ml3.distributed.shard import ProblemSpec, ShardResult, split_tasks
 
 INSTALL_HINT = 'pip install -e ".[ray]"'
 
@@ -36,14 +37,14 @@ def _to_torch(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 class ShardWorker:
-    """The actor: a :class:`TaskShard` whose phi and meta-gradients travel as numpy arrays.
+    """The actor: the spec's shard (``spec.make_shard``) whose phi and meta-gradients travel as numpy arrays.
 
     Ray serialises numpy arrays without copies (out-of-band pickle buffers); torch tensors go through
     ``torch.save``-style pickling, which costs about 1.3 ms more per round trip here for the sine meta-loss.
     """
 
     def __init__(self, spec: ProblemSpec, task_ids: list[int], threads: int | None) -> None:
-        self.shard = TaskShard(spec, task_ids, threads)
+        self.shard = spec.make_shard(task_ids, threads)
 
     def step(self, phi: Mapping[str, np.ndarray], iteration: int, reset: bool) -> ShardResult:
         result = self.shard.step(_to_torch(phi), iteration, reset)
@@ -112,8 +113,10 @@ class RayBackend:
         for result in results:
             result.grad_sum = _to_torch(result.grad_sum)
         self._history.append((phi, iteration, reset))
-        if self._bytes is None:  # sizes do not change between steps: measure them once
-            replies = [ShardResult(_to_numpy(r.grad_sum), r.task_losses, r.task_ids, r.compute_s) for r in results]
+        if self._bytes is None and any(r.grad_sum for r in results):  # sizes do not change: measure once (with
+            # gradients: a model-free run's first step has none)
+            replies = [ShardResult(_to_numpy(r.grad_sum), r.task_losses, r.task_ids, r.compute_s, r.held, r.stats)
+                       for r in results]
             self._bytes = {"bytes_to_workers": len(pickle.dumps(phi, protocol=5)) * self.n_workers,
                            "bytes_from_workers": sum(len(pickle.dumps(r, protocol=5)) for r in replies),
                            "phi_values": int(sum(v.size for v in phi.values()))}

@@ -67,6 +67,10 @@ class ProblemSpec:
         if not self.inner_lr > 0:
             raise ValueError(f"The inner step size must be positive, got {self.inner_lr}.")
 
+    def make_shard(self, task_ids: Sequence[int], threads: int | None = None) -> "TaskShard":
+        """The shard of tasks ``task_ids`` that a worker (or this process) owns."""
+        return TaskShard(self, task_ids, threads)
+
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share with the checkpoint it continues."""
         return {"seed": int(self.seed), "n_tasks": int(self.n_tasks), "inner_lr": float(self.inner_lr),
@@ -104,6 +108,10 @@ class ShardResult:
     task_losses: list[float]
     task_ids: list[int]
     compute_s: float
+    #: the tasks the shard holds (``task_ids`` are those that answered a gradient; a model-free task has
+    #: none on its first step) and per-task statistics (model-free: env steps, episode returns)
+    held: int = 0
+    stats: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class TaskShard:
@@ -146,7 +154,8 @@ class TaskShard:
                         else {k: grad_sum[k] + g.detach() for k, g in grads.items()})
             losses.append(float(value))
         assert grad_sum is not None  # a shard has at least one task
-        return ShardResult(grad_sum, losses, list(self.task_ids), time.perf_counter() - start)
+        return ShardResult(grad_sum, losses, list(self.task_ids), time.perf_counter() - start,
+                           held=len(self.task_ids))
 
     def state(self) -> dict[int, dict[str, Any]]:
         """Per task: its optimizee theta (``None`` before its first step) and its generator's state."""

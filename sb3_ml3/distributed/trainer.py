@@ -75,22 +75,33 @@ class DistributedMetaTrainer:
         self.optimizer = meta_optimizer or make_meta_optimizer(meta_loss.parameters(), meta_lr)
         self.times = StepTimes()
         self.backend = make_backend(spec, workers, address=address, threads=threads, max_restarts=max_restarts)
+        #: the shards' answers and the outcome of phi's update at the last outer step (for logs and statistics)
+        self.last_results: list[ShardResult] = []
+        self.last_outcome: Any = None
+        #: the outer step the last :meth:`fit` started from (after a resume: the checkpoint's)
+        self.start_iteration = 0
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must share with the run that resumes it."""
         return dict(self.spec.identity(), meta_lr=self.meta_lr, max_grad_norm=self.max_grad_norm,
                     meta_loss=self.meta_loss.config())
 
-    def meta_gradient(self, iteration: int, reset: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor,
+    def meta_gradient(self, iteration: int, reset: bool = False) -> tuple[dict[str, torch.Tensor] | None, torch.Tensor,
                                                                            list[ShardResult]]:
-        """The mean meta-gradient over all tasks at the current phi and each task's loss; phi is not changed."""
+        """The mean meta-gradient over the tasks that answered one at the current phi, and their losses; phi is
+        not changed. ``None`` when no task had an update to differentiate (a model-free run's first step)."""
         phi = {name: p.detach() for name, p in self.meta_loss.named_parameters()}
         results = self.backend.step(phi, iteration, reset)
-        n_tasks = sum(len(r.task_ids) for r in results)
-        if n_tasks != self.spec.n_tasks:
-            raise RuntimeError(f"The workers answered for {n_tasks} tasks, expected {self.spec.n_tasks}.")
-        grads = {name: sum(r.grad_sum[name] for r in results) / n_tasks for name in results[0].grad_sum}
+        held = sum(r.held or len(r.task_ids) for r in results)
+        if held != self.spec.n_tasks:
+            raise RuntimeError(f"The workers answered for {held} tasks, expected {self.spec.n_tasks}.")
+        self.last_results = results
+        answered = sum(len(r.task_ids) for r in results)
         losses = torch.tensor([v for r in results for v in r.task_losses])
+        if answered == 0:
+            return None, losses, results
+        grads = {name: sum(r.grad_sum[name] for r in results if r.task_ids) / answered
+                 for name in next(r for r in results if r.task_ids).grad_sum}
         return grads, losses, results
 
     def fit(self, n_outer: int, evaluate: Callable[[MetaLoss], float] | None = None, eval_every: int = 0,
@@ -98,7 +109,8 @@ class DistributedMetaTrainer:
         """Run outer iterations up to ``n_outer``; with ``resume`` continue from the checkpoint if there is one.
 
         ``evaluate(meta_loss)`` is recorded every ``eval_every`` iterations and at the end (Fig. 2c), as in
-        :func:`sb3_ml3.supervised.core.meta_train`, whose :class:`MetaTrainResult` this returns.
+        :func:`sb3_ml3.supervised.core.meta_train`, whose :class:`MetaTrainResult` this returns. An iteration in
+        which no task answered a gradient (model-free: the first) takes no step and records no task loss.
         """
         if n_outer < 0:
             raise ValueError(f"n_outer must be >= 0, got {n_outer}.")
@@ -107,6 +119,7 @@ class DistributedMetaTrainer:
             result, start, reset = self._load()
             if start > n_outer:
                 raise ValueError(f"The checkpoint {self.checkpoint_path} is at outer step {start}, past n_outer={n_outer}.")
+        self.start_iteration = start
         if progress is not None:
             for iteration in range(start):
                 progress(iteration)
@@ -116,15 +129,18 @@ class DistributedMetaTrainer:
                 result.eval_metric.append(float(evaluate(self.meta_loss)))
             began = time.perf_counter()
             grads, losses, shards = self.meta_gradient(iteration, reset)
-            outcome = apply_meta_gradient(self.optimizer, self.meta_loss, grads, losses.mean(), self.max_grad_norm)
+            reset = False
+            if grads is not None:
+                outcome = apply_meta_gradient(self.optimizer, self.meta_loss, grads, losses.mean(), self.max_grad_norm)
+                self.last_outcome = outcome
+                result.task_loss.append(outcome.task_loss)
+                reset = not outcome.applied  # restart from fresh optimizees rather than continue from diverged ones
+                if reset:
+                    result.skipped_steps += 1
+                    result.skipped_reasons.append(f"iteration {iteration}: {outcome.reason}")
             self.times.wall_s.append(time.perf_counter() - began)
             self.times.slowest_compute_s.append(max(r.compute_s for r in shards))
             self.times.total_compute_s.append(sum(r.compute_s for r in shards))
-            result.task_loss.append(outcome.task_loss)
-            reset = not outcome.applied  # restart from fresh optimizees rather than continue from diverged ones
-            if reset:
-                result.skipped_steps += 1
-                result.skipped_reasons.append(f"iteration {iteration}: {outcome.reason}")
             if (iteration + 1) % self.checkpoint_every == 0 or iteration + 1 == n_outer:
                 self._save(iteration + 1, result, reset)
             if progress is not None:

@@ -142,7 +142,8 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
                     path: str | os.PathLike | None = None, env_kwargs: dict[str, Any] | None = None,
                     normalize: Any = None, progress_bar: bool = False,
                     checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int | None = None,
-                    fingerprint: Any = None) -> tuple[MetaLoss, int]:
+                    fingerprint: Any = None, tasks_per_step: int = 1, workers: int = 0,
+                    address: str | None = None) -> tuple[MetaLoss, int]:
     """Meta-train a loss on ``env_id``'s **train** goals (Algorithm 4); returns it and its env steps.
 
     With ``settings["meta_validation"]`` (keyword arguments of :class:`MetaValidationCallback`) the
@@ -157,10 +158,30 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
     A resumed run continues phi, its Adam state and the validation history; its random streams start
     afresh, so it is not bit-identical to an uninterrupted run. ``normalize`` (default: the recipe's)
     wraps the envs in VecNormalize; the statistics then travel in the loss file.
+
+    ``tasks_per_step > 1`` averages the meta-gradients of that many ML3 models (own envs, policies and seeds) per
+    outer step, ``workers >= 1`` spreads them over Ray workers (``address``: an existing cluster):
+    :func:`sb3_ml3.distributed.rl_trainer.meta_train_on_tasks`, with ``timesteps`` the budget over all tasks and
+    its checkpoint at ``checkpoint_path``; the workers' report is in the loss's metadata (``distributed``).
     """
     from sb3_ml3.ml3 import ML3
 
     settings = dict(settings if settings is not None else settings_for("ml3", env_id))
+    if tasks_per_step > 1 or workers > 0:
+        from sb3_ml3.distributed.rl_trainer import meta_train_on_tasks
+
+        if normalize is not None:
+            settings["normalize"] = normalize
+        every = checkpoint_every or int((settings.get("meta_validation") or {}).get("eval_freq", 100_000))
+        meta_loss, used, _ = meta_train_on_tasks(
+            env_id, seed, timesteps, settings, tasks_per_step=tasks_per_step, workers=workers, address=address,
+            path=path, checkpoint_path=checkpoint_path, checkpoint_every=every, env_kwargs=env_kwargs,
+            fingerprint=fingerprint, verbose=int(progress_bar))
+        if checkpoint_path is not None:
+            for suffix in ("", ".best.zip"):
+                if os.path.exists(os.fspath(checkpoint_path) + suffix):
+                    os.remove(os.fspath(checkpoint_path) + suffix)
+        return meta_loss, used
     if normalize is None:
         normalize = settings.get("normalize", False)
     env = make_train_env(env_id, settings["n_envs"], seed, split="train", normalize=normalize,
