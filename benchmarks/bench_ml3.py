@@ -1,31 +1,43 @@
-"""ML3 against PPO on ReacherGoal-v0: env-steps/s at meta-test, and meta-training's cost per iteration.
+"""ML3 against PPO on a goal env: env steps/s at meta-test and at meta-train, in one process.
 
-In one process, single-threaded, the same env, n_envs, n_steps, batch_size and n_epochs:
+Single-threaded, interleaved, the env's PPO recipe (``VecNormalize``, n_envs, n_steps, batch_size, n_epochs,
+learning rate; ``sb3_ml3/experiments/recipes``) for every run:
 
-* meta-test: ``ML3(meta_loss=<frozen>)`` vs ``PPO`` -- env steps per second of ``learn()``
-  (rollouts + updates); the goal is a ratio of at least 1.0;
-* meta-train: ``ML3(meta_train=True)`` vs ``PPO`` -- seconds per iteration (one rollout + update).
+* ``ppo``: SB3's PPO;
+* ``ml3_meta_test``: ``ML3("MlpPolicy", env)`` with the env's zoo loss (the one-liner's default) and its update;
+* ``ml3_meta_train``: meta-training a loss in PPO's family (``surrogate="ppo"``, penalty correction, Adam inner
+  step equal to PPO's joint update), the setting of the shipped ReacherGoal loss, first-order through all
+  minibatch steps with the traced outer step (:mod:`sb3_ml3.traced`, the default);
+* ``ml3_meta_train_recompute``: the same with ``traced_outer_step = False`` (the outer step recomputes the
+  inner update, as before the trace existed);
+* with ``--default-loss`` also ``ml3_meta_train_default``: a new default meta-loss (quadratic form, SGD inner
+  step, actor-only clip) under the same rollout and minibatch settings.
 
-Each measurement is the median of ``--repeats`` interleaved runs after a warm-up run.
+Each figure is the median of ``--repeats`` interleaved runs of ``learn(--timesteps)`` after a warm-up run; a
+meta-train run's first rollout has no outer step, so longer runs weigh it less.
 
-Usage:  python benchmarks/bench_ml3.py [--timesteps 8192] [--repeats 3] [--n-epochs 10]
+Usage:  python benchmarks/bench_ml3.py [--env ReacherGoal-v0] [--timesteps 16384] [--repeats 3] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
-import tempfile
 import time
 
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
 
+import sb3_ml3  # noqa: F401  (registers the goal envs)
 from sb3_ml3 import ML3
-from sb3_ml3.ml3 import DEFAULT_META_INPUTS
+from sb3_ml3.experiments import atomic_write_json, load_recipe
+
+FAMILY_INPUTS = ("obs", "action", "mean", "std", "goal", "advantage", "old_log_prob")
 
 
 def steps_per_second(make_model, timesteps: int) -> float:
@@ -38,60 +50,60 @@ def steps_per_second(make_model, timesteps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="ReacherGoal-v0")
-    parser.add_argument("--timesteps", type=int, default=8192)
+    parser.add_argument("--timesteps", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--n-envs", type=int, default=8)
-    parser.add_argument("--n-steps", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--n-epochs", type=int, default=10)
-    parser.add_argument("--advantage-input", action="store_true",
-                        help="meta-loss also reads the advantage (the tuned recipe): meta-test then trains the critic too")
-    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--default-loss", action="store_true", help="also time meta-training a default meta-loss")
+    parser.add_argument("--json", help="also write the figures to this JSON file (atomically)")
     args = parser.parse_args()
+    if args.timesteps < 1 or args.repeats < 1:
+        raise SystemExit("--timesteps and --repeats must be positive")
     torch.set_num_threads(1)
+    ppo = load_recipe(args.env)["ppo"]
+    rollout = dict(n_steps=ppo["n_steps"], batch_size=ppo["batch_size"], n_epochs=ppo["n_epochs"], seed=0,
+                   device="cpu")
 
-    def env():
-        return make_vec_env(args.env, n_envs=args.n_envs, seed=0, env_kwargs={"task_split": "test"})
+    def env(split: str = "test") -> VecNormalize:
+        return VecNormalize(make_vec_env(args.env, n_envs=ppo["n_envs"], seed=0, env_kwargs={"task_split": split}))
 
-    shared = dict(n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs, seed=0, device="cpu")
-    inputs = {"meta_inputs": DEFAULT_META_INPUTS + ("advantage",)} if args.advantage_input else {}
-    with tempfile.TemporaryDirectory() as tmp:
-        loss_path = f"{tmp}/loss.zip"
-        # a new (meta_train=True) loss, not the zoo's, which expects VecNormalize
-        ML3("MlpPolicy", env(), meta_train=True, **shared, **inputs).save_meta_loss(loss_path)
-        makers = {
-            "ppo": lambda: PPO("MlpPolicy", env(), **shared),
-            "ml3_meta_test": lambda: ML3("MlpPolicy", env(), meta_loss=loss_path, **shared, **inputs),
-            "ml3_meta_train": lambda: ML3("MlpPolicy", env(), meta_train=True, **shared, **inputs),
-        }
-        for make in makers.values():  # warm-up
-            steps_per_second(make, args.n_envs * args.n_steps)
-        samples: dict[str, list[float]] = {name: [] for name in makers}
-        for _ in range(args.repeats):
-            for name, make in makers.items():
-                samples[name].append(steps_per_second(make, args.timesteps))
-    rate = {name: statistics.median(values) for name, values in samples.items()}
-    iteration_steps = args.n_envs * args.n_steps
-    results = {
-        "env_steps_per_s": rate,
-        "meta_test_over_ppo_steps_per_s": rate["ml3_meta_test"] / rate["ppo"],
-        "meta_train_iteration_s": iteration_steps / rate["ml3_meta_train"],
-        "ppo_iteration_s": iteration_steps / rate["ppo"],
-        "meta_train_over_ppo_cost_per_iteration": rate["ppo"] / rate["ml3_meta_train"],
-        "settings": vars(args),
+    family = dict(rollout, meta_train=True, inner_optimizer="adam", learning_rate=ppo["learning_rate"],
+                  vf_coef=0.5, max_grad_norm=0.5, normalize_advantage="minibatch", meta_inputs=FAMILY_INPUTS,
+                  meta_lr=1e-3, policy_reset_interval=60, task_clip_range=0.2,
+                  meta_loss_kwargs={"surrogate": "ppo", "correction": "penalty", "hidden_sizes": [40, 40]})
+
+    def meta_train(traced: bool) -> ML3:
+        model = ML3("MlpPolicy", env("train"), **family)
+        model.traced_outer_step = traced
+        return model
+
+    makers = {
+        "ppo": lambda: PPO("MlpPolicy", env(), learning_rate=ppo["learning_rate"], **rollout),
+        "ml3_meta_test": lambda: ML3("MlpPolicy", env(), seed=0, device="cpu"),
+        "ml3_meta_train": lambda: meta_train(True),
+        "ml3_meta_train_recompute": lambda: meta_train(False),
     }
-    print(f"{args.env}: n_envs={args.n_envs} n_steps={args.n_steps} batch_size={args.batch_size} "
-          f"n_epochs={args.n_epochs}, advantage input: {args.advantage_input}, "
-          f"{args.timesteps} steps x {args.repeats} repeats, 1 thread, "
-          f"{platform.machine()}, torch {torch.__version__}")
-    print(f"{'run':<18}{'env steps/s':>14}{'s / iteration':>16}")
+    if args.default_loss:
+        makers["ml3_meta_train_default"] = lambda: ML3("MlpPolicy", env("train"), meta_train=True, **rollout)
+    iteration_steps = ppo["n_envs"] * ppo["n_steps"]
+    for make in makers.values():  # warm-up (imports, first allocations)
+        steps_per_second(make, 2 * iteration_steps)
+    samples: dict[str, list[float]] = {name: [] for name in makers}
+    for _ in range(args.repeats):
+        for name, make in makers.items():
+            samples[name].append(steps_per_second(make, args.timesteps))
+    rate = {name: statistics.median(values) for name, values in samples.items()}
+    over_ppo = {name: rate[name] / rate["ppo"] for name in makers}
+    results = {"env_steps_per_s": rate, "samples": samples, "over_ppo": over_ppo,
+               "traced_over_recompute": rate["ml3_meta_train"] / rate["ml3_meta_train_recompute"],
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread",
+               "settings": vars(args), "recipe": dict(ppo)}
+    print(f"{args.env}: PPO recipe {ppo['n_envs']} envs x {ppo['n_steps']} steps, batch {ppo['batch_size']}, "
+          f"{ppo['n_epochs']} epochs; {args.timesteps} steps x {args.repeats} repeats; {results['machine']}")
+    print(f"{'run':<26}{'env steps/s':>12}{'s / iteration':>15}{'over PPO':>10}")
     for name in makers:
-        print(f"{name:<18}{rate[name]:>14.0f}{iteration_steps / rate[name]:>16.3f}")
-    print(f"meta-test env-steps/s over PPO's: {results['meta_test_over_ppo_steps_per_s']:.2f}x")
-    print(f"meta-train cost per iteration over PPO's: {results['meta_train_over_ppo_cost_per_iteration']:.2f}x")
+        print(f"{name:<26}{rate[name]:>12.0f}{iteration_steps / rate[name]:>15.3f}{over_ppo[name]:>9.2f}x")
+    print(f"traced outer step over recomputing: {results['traced_over_recompute']:.2f}x env steps/s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        atomic_write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from sb3_ml3.ml3.task_losses import ImitationTaskLoss, TaskCritic, TaskLoss, mak
 from sb3_ml3.ml3.meta_inputs import DEFAULT_META_INPUTS, OPTIONAL_META_INPUTS, MetaInputs
 from sb3_ml3.ml3.persistence import ModelFiles
 from sb3_ml3.ml3.policies import ML3Policy
+from sb3_ml3.traced import InnerTrace
 
 SelfML3 = TypeVar("SelfML3", bound="ML3")
 
@@ -293,6 +294,10 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         self.meta_loss.requires_grad_(self.meta_train)
         self.meta_optimizer = make_meta_optimizer(self.meta_loss.parameters(), self.meta_lr) if self.meta_train else None
         self._pending: tuple[Params, list[dict[str, torch.Tensor]], float, Any] | None = None
+        self._trace: InnerTrace | None = None  # what the pending update recorded for its outer step
+        #: reuse the live inner update's points and gradients in the (first-order) outer step; turned off, with a
+        #: warning, if that ever fails, and then the update is recomputed as the exact path does
+        self.traced_outer_step = True
         # last: loading a saved expert builds (and randomly initialises) a PPO policy, which must not
         # shift the random initialisation of this model's own networks
         if self.expert is not None and self.meta_train and not isinstance(self.expert, _UnsavedExpert):

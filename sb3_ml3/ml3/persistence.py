@@ -34,6 +34,7 @@ from torch import nn
 
 from sb3_ml3.atomic import atomic_path
 from sb3_ml3.ml3.loss_files import save_meta_loss
+from sb3_ml3.traced import InnerTrace
 
 if TYPE_CHECKING:
     from sb3_ml3.ml3.ml3 import ML3
@@ -162,6 +163,8 @@ def save_model(model: "ML3", path: str | os.PathLike) -> None:
         params, minibatches, inner_lr, optimizer_state = model._pending
         state["pending"] = {"params": params, "minibatches": minibatches, "inner_lr": float(inner_lr),
                             "optimizer_state": None if optimizer_state is None else list(optimizer_state)}
+        if model._trace is not None:
+            state["pending"]["trace"] = model._trace.to_dict()
     text = json.dumps(document, indent=2, allow_nan=False)
     with atomic_path(path, suffix=".zip") as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(_JSON, text)
@@ -271,6 +274,8 @@ def load_model(cls: type["ML3"], path: str | os.PathLike, env: Any = None, devic
         optimizer_state = pending["optimizer_state"]
         model._pending = (pending["params"], pending["minibatches"], float(pending["inner_lr"]),
                           None if optimizer_state is None else tuple(optimizer_state))
+        if "trace" in pending:
+            model._trace = InnerTrace.from_dict(pending["trace"])
     return model
 
 

@@ -36,6 +36,7 @@ reaches phi: both are skipped and counted.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from torch.func import functional_call
 from sb3_ml3.functional import Adam, Params, apply_meta_gradient, clip_factor, global_norm, meta_gradient
 from sb3_ml3.ml3.policies import gaussian_kl
 from sb3_ml3.ml3.task_losses import ImitationTaskLoss, QValueTaskLoss, clip_actions, fit_regression
+from sb3_ml3.traced import InnerTrace, traced_meta_gradient
 
 
 class LearnedLossUpdates:
@@ -144,7 +146,7 @@ class LearnedLossUpdates:
                 batch["task_weights"] = _standardized(batch["task_weights"])
         return minibatches
 
-    def inner_step(self, minibatches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    def inner_step(self, minibatches: list[dict[str, torch.Tensor]], trace: InnerTrace | None = None) -> dict[str, float]:
         """theta <- theta - alpha grad_theta L_learned on each minibatch, in place (Eq. 2; Alg. 5 line 4).
 
         Used by both meta-test and meta-train, so the update a learned loss is trained for is the update
@@ -152,7 +154,8 @@ class LearnedLossUpdates:
         :class:`~sb3_ml3.functional.InnerOptimizer` recomputes in the outer step. With ``vf_coef`` the critic
         takes its step on ``vf_coef`` x MSE in the same minibatch, under one gradient clip with the actor
         (PPO's update); each minibatch then records its clip factor (``clip_scale``) for the outer step. A
-        non-finite learned loss or gradient skips that minibatch (counted and logged).
+        non-finite learned loss or gradient skips that minibatch (counted and logged). ``trace`` records each
+        step's point, raw gradient and clip factor for the outer step (:mod:`sb3_ml3.traced`).
         """
         named = self.policy.actor_parameters()
         actor = list(named.values())
@@ -166,17 +169,25 @@ class LearnedLossUpdates:
                 self.skipped_inner_steps += 1
                 continue
             clip_norm = norm
+            point = None if trace is None else {name: p.detach().clone() for name, p in named.items()}
+            raw = grads
             if critic:
                 values = self.policy.predict_values(batch["observations"]).flatten()
                 value_loss = self.vf_coef * torch.nn.functional.mse_loss(values, batch["returns"])
                 critic_grads = list(torch.autograd.grad(value_loss, critic))
                 clip_norm = global_norm(grads + critic_grads)  # PPO clips the whole policy's gradient at once
+            scale = slope = None
             if self.max_grad_norm is not None:  # the rescaling functional.clip_grads applies
                 scale = clip_factor(clip_norm, self.max_grad_norm)
+                if not critic and float(scale) < 1.0:  # d scale / d norm: the actor's own norm depends on phi
+                    slope = -self.max_grad_norm / (float(norm) + 1e-6) ** 2
                 grads = [g * scale for g in grads]
                 if critic:
                     critic_grads = [g * scale for g in critic_grads]
                     batch["clip_scale"] = scale.detach()
+            if trace is not None:
+                trace.record(point, batch, dict(zip(named, raw)), 1.0 if scale is None else float(scale),
+                             slope or 0.0)
             for p, g in zip(actor, grads):
                 p.grad = g
             self.policy.optimizer.step()  # Eq. 2 (SGD) or its Adam variant
@@ -227,7 +238,7 @@ class LearnedLossUpdates:
         (``stats``: what the outer step reported, logged under ``train/``). Any pending outer step is dropped:
         the inner step remembers its own."""
         stats = dict(stats or {})
-        self._pending = None
+        self._pending = self._trace = None
         inner_lr = float(self.lr_schedule(self._current_progress_remaining))
         reset = (self.meta_train and self.policy_reset_interval is not None
                  and self._n_iterations % self.policy_reset_interval == 0)
@@ -279,14 +290,24 @@ class LearnedLossUpdates:
     def outer_gradient(self, data: dict[str, torch.Tensor], phi: Params | None = None) -> tuple[Params, torch.Tensor]:
         """grad_phi L_T(theta_i(phi)) and L_T on the rollout ``data`` of theta_i, without touching phi.
 
-        theta_i(phi) is recomputed from the pending inner update (theta_{i-1} and its minibatches) with
-        :func:`sb3_ml3.functional.meta_gradient`. ``phi`` defaults to the live meta-loss's parameters; a
+        First order, at the phi of the live update and with ``traced_outer_step`` set (the default), it reuses
+        the points and gradients that update recorded (:func:`sb3_ml3.traced.traced_meta_gradient`: one batched
+        pass); otherwise theta_i(phi) is recomputed from the pending inner update (theta_{i-1} and its
+        minibatches) with :func:`sb3_ml3.functional.meta_gradient`. Both give the same gradient up to float
+        rounding. ``phi`` defaults to the live meta-loss's parameters; a
         distributed driver passes its own and averages what its workers return.
         """
         assert self._pending is not None, "no inner update awaits its outer step"
         params, minibatches, inner_lr, optimizer_state = self._pending
         if phi is None:
             phi = {name: p.detach() for name, p in self.meta_loss.named_parameters()}
+        if self.traced_outer_step and self._trace is not None and self._trace.valid_for(phi):
+            try:
+                return traced_meta_gradient(self.learned_loss, self.task_loss_fn, self._trace, phi, data)
+            except (RuntimeError, NotImplementedError) as error:  # e.g. an operation vmap cannot batch
+                self.traced_outer_step = False
+                warnings.warn(f"ML3: the traced outer step failed ({error}); recomputing the inner update instead.",
+                              RuntimeWarning, stacklevel=2)
         joint = self.vf_coef is not None  # the clip is the live step's, recorded per minibatch
         return meta_gradient(
             self._clipped_learned_loss if joint else self.learned_loss, self.task_loss_fn, params, phi,
@@ -375,12 +396,19 @@ class LearnedLossUpdates:
             old_mean, old_std = self.policy.actor_mean_std(None, data["observations"])
         names = {p: n for n, p in named.items()}
         optimizer_state = self.inner_rule.from_torch(self.policy.optimizer, names)
+        trace = None
         if self.meta_train:
             self._pending = (before, minibatches, inner_lr, optimizer_state)
-        stats = self.inner_step(minibatches)
+            if self.first_order:
+                phi = {name: p.detach().clone() for name, p in self.meta_loss.named_parameters()}
+                trace = InnerTrace(self.inner_rule, inner_lr, optimizer_state, phi)
+        stats = self.inner_step(minibatches, trace)
+        if trace is not None and len(trace.points) == len(minibatches):  # complete: no minibatch was skipped
+            trace.final = {name: p.detach().clone() for name, p in named.items()}
+            self._trace = trace
         if not all(torch.isfinite(p).all() for p in named.values()):
             self.skipped_inner_steps += 1
-            self._pending = None
+            self._pending = self._trace = None
             if self.meta_train:
                 self.policy.reset_actor()
                 self.policy.optimizer.state.clear()
