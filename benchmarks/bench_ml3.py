@@ -22,7 +22,6 @@ Usage:  python benchmarks/bench_ml3.py [--env ReacherGoal-v0] [--timesteps 16384
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

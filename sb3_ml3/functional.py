@@ -101,7 +101,7 @@ class SGD(InnerOptimizer):
         return {name: value - lr * grads[name] for name, value in params.items()}, state
 
     def torch_optimizer(self, parameters: Any, lr: float) -> torch.optim.Optimizer:
-        return torch.optim.SGD(parameters, lr=lr)
+        return torch.optim.SGD(parameters, lr=lr, foreach=True)
 
 
 class Adam(InnerOptimizer):
@@ -135,7 +135,8 @@ class Adam(InnerOptimizer):
         return updated, (step, exp_avg, exp_avg_sq)
 
     def torch_optimizer(self, parameters: Any, lr: float) -> torch.optim.Optimizer:
-        return torch.optim.Adam(parameters, lr=lr, betas=self.betas, eps=self.eps)
+        # foreach: one kernel per operation over all tensors (the per-tensor loop costs more on small policies)
+        return torch.optim.Adam(parameters, lr=lr, betas=self.betas, eps=self.eps, foreach=True)
 
     def from_torch(self, optimizer: torch.optim.Optimizer, names: Mapping[torch.Tensor, str]) -> Any:
         """The state of a live ``torch.optim.Adam`` over the same parameters (``names``: tensor -> name), detached."""

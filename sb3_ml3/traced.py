@@ -32,7 +32,7 @@ from torch.func import grad, grad_and_value, vmap
 
 from sb3_ml3.functional import SGD, Adam, InnerOptimizer, LearnedLossFn, Params, TaskLossFn
 
-__all__ = ["InnerTrace", "rule_cotangents", "traced_meta_gradient"]
+__all__ = ["InnerTrace", "decayed_cumsum", "rule_cotangents", "traced_meta_gradient"]
 
 
 @dataclass
@@ -124,11 +124,8 @@ def rule_cotangents(rule: InnerOptimizer, state: Any, grads: torch.Tensor, lr: f
         assert names is not None, "names are needed to flatten Adam's state"
         m = torch.cat([exp_avg[n].reshape(-1) for n in names]).to(v.dtype)
         s = torch.cat([exp_avg_sq[n].reshape(-1) for n in names]).to(v.dtype)
-    moments, squares = torch.empty_like(grads), torch.empty_like(grads)
-    for k in range(n_steps):  # the forward recurrences of Adam's moments
-        m = beta1 * m + (1 - beta1) * grads[k]
-        s = beta2 * s + (1 - beta2) * grads[k] * grads[k]
-        moments[k], squares[k] = m, s
+    moments = decayed_cumsum((1 - beta1) * grads, beta1, m)  # m_k = beta1 m_{k-1} + (1 - beta1) g_k
+    squares = decayed_cumsum((1 - beta2) * grads * grads, beta2, s)
     t = torch.arange(step0 + 1, step0 + n_steps + 1, dtype=torch.float64)
     alpha = (lr / (1 - beta1 ** t)).to(grads.dtype).unsqueeze(1)
     correction = torch.sqrt(1 - beta2 ** t).to(grads.dtype).unsqueeze(1)
@@ -136,13 +133,23 @@ def rule_cotangents(rule: InnerOptimizer, state: Any, grads: torch.Tensor, lr: f
     denominator = root / correction + rule.eps
     a = -alpha * v / denominator  # d<v, Delta_k>/dm_k with Delta_k = -alpha_k m_k / (sqrt(s_k) / c_k + eps)
     b = alpha * v * moments / (denominator * denominator * 2 * correction * root)  # d<v, Delta_k>/ds_k
-    cotangents = torch.empty_like(grads)
-    acc_a, acc_b = torch.zeros_like(v), torch.zeros_like(v)
-    for k in range(n_steps - 1, -1, -1):
-        acc_a = a[k] + beta1 * acc_a
-        acc_b = b[k] + beta2 * acc_b
-        cotangents[k] = (1 - beta1) * acc_a + 2 * (1 - beta2) * grads[k] * acc_b
-    return cotangents
+    acc_a = decayed_cumsum(a, beta1, reverse=True)
+    acc_b = decayed_cumsum(b, beta2, reverse=True)
+    return (1 - beta1) * acc_a + 2 * (1 - beta2) * grads * acc_b
+
+
+def decayed_cumsum(x: torch.Tensor, beta: float, initial: torch.Tensor | None = None,
+                   reverse: bool = False) -> torch.Tensor:
+    """y_k = beta y_{k-1} + x_k along dim 0 (y_{-1} = ``initial``, else 0), or y_k = x_k + beta y_{k+1} with
+    ``reverse``: one fused ``add`` per step, written in place into the result (a vectorised prefix sum with
+    beta^-k weights costs more here, in float64 temporaries, than the K small kernels)."""
+    out = torch.empty_like(x)
+    order = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    previous = torch.zeros_like(x[0]) if initial is None else initial.to(x.dtype)
+    for k in order:
+        torch.add(x[k], previous, alpha=beta, out=out[k])
+        previous = out[k]
+    return out
 
 
 def traced_meta_gradient(learned_loss: LearnedLossFn, task_loss: TaskLossFn, trace: InnerTrace,

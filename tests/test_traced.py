@@ -10,7 +10,7 @@ from torch.func import functional_call, grad
 
 from sb3_ml3 import ML3
 from sb3_ml3.functional import SGD, Adam, clip_factor, global_norm, meta_gradient, parameters_of
-from sb3_ml3.traced import InnerTrace, rule_cotangents, traced_meta_gradient
+from sb3_ml3.traced import InnerTrace, decayed_cumsum, rule_cotangents, traced_meta_gradient
 
 
 def _rel(a, b):
@@ -38,6 +38,23 @@ def test_adam_cotangents_match_autograd(with_state):
     assert torch.allclose(ours, leaf.grad, rtol=1e-9, atol=1e-12)
     sgd = rule_cotangents(SGD(), None, grads, lr, v)
     assert torch.allclose(sgd, (-lr * v).expand(k, d))
+
+
+@pytest.mark.parametrize("beta", [0.9, 0.999])
+def test_decayed_cumsum_is_the_recurrence(beta):
+    torch.manual_seed(1)
+    x = torch.randn(1000, 4, dtype=torch.float64)
+    initial = torch.randn(4, dtype=torch.float64)
+    y, expected = initial, []
+    for row in x:
+        y = beta * y + row
+        expected.append(y)
+    assert torch.allclose(decayed_cumsum(x, beta, initial), torch.stack(expected), rtol=1e-10, atol=1e-10)
+    z, backward = torch.zeros(4, dtype=torch.float64), []
+    for row in x.flip(0):
+        z = row + beta * z
+        backward.append(z)
+    assert torch.allclose(decayed_cumsum(x, beta, reverse=True), torch.stack(backward).flip(0), rtol=1e-10, atol=1e-10)
 
 
 def _problem(seed=0):

@@ -45,7 +45,8 @@ class StepTimes:
         overhead = [w - c for w, c in zip(self.wall_s, self.slowest_compute_s)]
         return {"steps": len(self.wall_s), "median_step_s": statistics.median(self.wall_s),
                 "median_slowest_compute_s": statistics.median(self.slowest_compute_s),
-                "median_overhead_s": statistics.median(overhead), "total_wall_s": sum(self.wall_s)}
+                "median_overhead_s": statistics.median(overhead), "total_wall_s": sum(self.wall_s),
+                "first_step_s": self.wall_s[0]}
 
 
 class DistributedMetaTrainer:

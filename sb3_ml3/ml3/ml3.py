@@ -278,7 +278,8 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         self.policy.optimizer = self.inner_rule.torch_optimizer(list(self.policy.actor_parameters().values()),
                                                                 self.lr_schedule(1))
         if self.vf_coef is None:
-            self.value_optimizer = torch.optim.Adam(self.policy.critic_parameters(), lr=self.vf_learning_rate)
+            self.value_optimizer = torch.optim.Adam(self.policy.critic_parameters(), lr=self.vf_learning_rate,
+                                                    foreach=True)
         else:  # PPO's joint update: the critic takes the actor's steps (rule, step size, schedule)
             self.value_optimizer = self.inner_rule.torch_optimizer(self.policy.critic_parameters(),
                                                                    self.lr_schedule(1))

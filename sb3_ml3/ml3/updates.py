@@ -44,13 +44,13 @@ import torch
 from stable_baselines3.common.utils import explained_variance
 from torch.func import functional_call
 
-from sb3_ml3.functional import Adam, Params, apply_meta_gradient, clip_factor, global_norm, meta_gradient
-from sb3_ml3.ml3.policies import gaussian_kl
+from sb3_ml3.functional import Params, apply_meta_gradient, meta_gradient
+from sb3_ml3.ml3.inner_step import InnerStep
 from sb3_ml3.ml3.task_losses import ImitationTaskLoss, QValueTaskLoss, clip_actions, fit_regression
-from sb3_ml3.traced import InnerTrace, traced_meta_gradient
+from sb3_ml3.traced import traced_meta_gradient
 
 
-class LearnedLossUpdates:
+class LearnedLossUpdates(InnerStep):
     """Mixin of :class:`~sb3_ml3.ml3.ML3`: the meta-loss inputs, the inner and the outer step.
 
     It reads the algorithm's attributes (``policy``, ``rollout_buffer``, ``meta_loss``, ``inputs``, ``objective``,
@@ -145,66 +145,6 @@ class LearnedLossUpdates:
             for batch in minibatches:
                 batch["task_weights"] = _standardized(batch["task_weights"])
         return minibatches
-
-    def inner_step(self, minibatches: list[dict[str, torch.Tensor]], trace: InnerTrace | None = None) -> dict[str, float]:
-        """theta <- theta - alpha grad_theta L_learned on each minibatch, in place (Eq. 2; Alg. 5 line 4).
-
-        Used by both meta-test and meta-train, so the update a learned loss is trained for is the update
-        it performs: ``policy.optimizer`` (SGD, or Adam with ``inner_optimizer="adam"``) takes the step that
-        :class:`~sb3_ml3.functional.InnerOptimizer` recomputes in the outer step. With ``vf_coef`` the critic
-        takes its step on ``vf_coef`` x MSE in the same minibatch, under one gradient clip with the actor
-        (PPO's update); each minibatch then records its clip factor (``clip_scale``) for the outer step. A
-        non-finite learned loss or gradient skips that minibatch (counted and logged). ``trace`` records each
-        step's point, raw gradient and clip factor for the outer step (:mod:`sb3_ml3.traced`).
-        """
-        named = self.policy.actor_parameters()
-        actor = list(named.values())
-        critic = self.policy.critic_parameters() if self.vf_coef is not None else []
-        losses, norms, value_losses = [], [], []
-        for batch in minibatches:
-            loss = self.learned_loss(None, None, batch)
-            grads = list(torch.autograd.grad(loss, actor))
-            norm = global_norm(grads)
-            if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
-                self.skipped_inner_steps += 1
-                continue
-            clip_norm = norm
-            point = None if trace is None else {name: p.detach().clone() for name, p in named.items()}
-            raw = grads
-            if critic:
-                values = self.policy.predict_values(batch["observations"]).flatten()
-                value_loss = self.vf_coef * torch.nn.functional.mse_loss(values, batch["returns"])
-                critic_grads = list(torch.autograd.grad(value_loss, critic))
-                clip_norm = global_norm(grads + critic_grads)  # PPO clips the whole policy's gradient at once
-            scale = slope = None
-            if self.max_grad_norm is not None:  # the rescaling functional.clip_grads applies
-                scale = clip_factor(clip_norm, self.max_grad_norm)
-                if not critic and float(scale) < 1.0:  # d scale / d norm: the actor's own norm depends on phi
-                    slope = -self.max_grad_norm / (float(norm) + 1e-6) ** 2
-                grads = [g * scale for g in grads]
-                if critic:
-                    critic_grads = [g * scale for g in critic_grads]
-                    batch["clip_scale"] = scale.detach()
-            if trace is not None:
-                trace.record(point, batch, dict(zip(named, raw)), 1.0 if scale is None else float(scale),
-                             slope or 0.0)
-            for p, g in zip(actor, grads):
-                p.grad = g
-            self.policy.optimizer.step()  # Eq. 2 (SGD) or its Adam variant
-            if critic:
-                for p, g in zip(critic, critic_grads):
-                    p.grad = g
-                self.value_optimizer.step()
-                value_losses.append(value_loss.detach() / self.vf_coef)
-            losses.append(loss.detach())
-            norms.append(norm)
-        stats = {
-            "meta_loss": torch.stack(losses).mean().item() if losses else float("nan"),
-            "inner_grad_norm": torch.stack(norms).mean().item() if norms else float("nan"),
-        }
-        if value_losses:
-            stats["value_loss"] = torch.stack(value_losses).mean().item()
-        return stats
 
     # ------------------------------------------------------------------ the halves of train()
     def prepare_rollout(self) -> dict[str, torch.Tensor] | None:
@@ -338,16 +278,6 @@ class LearnedLossUpdates:
                 break
         return first
 
-    def _restore_optimizer_state(self, state: Any, names: dict[torch.Tensor, str]) -> None:
-        """Put back the inner optimizer's state from before a rejected update (Adam's moments; SGD has none)."""
-        self.policy.optimizer.state.clear()
-        if state is None or not isinstance(self.inner_rule, Adam):
-            return
-        step, exp_avg, exp_avg_sq = state
-        for p, name in names.items():
-            self.policy.optimizer.state[p] = {"step": torch.tensor(float(step)), "exp_avg": exp_avg[name].clone(),
-                                              "exp_avg_sq": exp_avg_sq[name].clone()}
-
     @property
     def n_iterations(self) -> int:
         """Rollouts trained on so far (``train()`` calls): the age counter of ``policy_reset_interval``."""
@@ -381,45 +311,6 @@ class LearnedLossUpdates:
         A frozen loss that reads neither never needs it, so meta-test then skips the critic's regression.
         """
         return self.meta_train or any(name in self.meta_inputs for name in ("advantage", "return"))
-
-    def _update_policy(self, data: dict[str, torch.Tensor], inner_lr: float) -> dict[str, float]:
-        """The inner step on the rollout (Eq. 2), remembered for the next outer step at meta-train.
-
-        A policy the learned loss made non-finite is never kept: meta-train starts a fresh one, meta-test
-        puts the previous one (and its inner optimizer's state) back.
-        """
-        self._n_policy_updates += 1
-        minibatches = self._minibatches()
-        named = self.policy.actor_parameters()
-        before = {name: p.detach().clone() for name, p in named.items()}
-        with torch.no_grad():
-            old_mean, old_std = self.policy.actor_mean_std(None, data["observations"])
-        names = {p: n for n, p in named.items()}
-        optimizer_state = self.inner_rule.from_torch(self.policy.optimizer, names)
-        trace = None
-        if self.meta_train:
-            self._pending = (before, minibatches, inner_lr, optimizer_state)
-            if self.first_order:
-                phi = {name: p.detach().clone() for name, p in self.meta_loss.named_parameters()}
-                trace = InnerTrace(self.inner_rule, inner_lr, optimizer_state, phi)
-        stats = self.inner_step(minibatches, trace)
-        if trace is not None and len(trace.points) == len(minibatches):  # complete: no minibatch was skipped
-            trace.final = {name: p.detach().clone() for name, p in named.items()}
-            self._trace = trace
-        if not all(torch.isfinite(p).all() for p in named.values()):
-            self.skipped_inner_steps += 1
-            self._pending = self._trace = None
-            if self.meta_train:
-                self.policy.reset_actor()
-                self.policy.optimizer.state.clear()
-            else:
-                self.policy.load_actor_parameters(before)
-                self._restore_optimizer_state(optimizer_state, names)
-        with torch.no_grad():
-            new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
-            stats["approx_kl"] = gaussian_kl(old_mean, old_std, new_mean, new_std).mean().item()
-        return stats
-
 
 def _standardized(weights: torch.Tensor) -> torch.Tensor:
     """(w - mean) / (std + 1e-8) with the unbiased std, as SB3's PPO normalises advantages."""

@@ -1,0 +1,141 @@
+"""The live inner step of model-free ML3 (Eq. 2; Algorithm 5 line 4), shared by meta-test and meta-train.
+
+:class:`InnerStep` is the part of :class:`sb3_ml3.ml3.ML3` that updates the policy on a rollout with the learned
+loss: the minibatch steps of ``policy.optimizer`` (SGD, or Adam for a loss in PPO's family), PPO's joint critic
+step and gradient clip with ``vf_coef``, the guard against non-finite losses and policies, and, at meta-train,
+what the outer step needs: the pending update (``_pending``, to recompute it) and its trace (``_trace``: the
+points, raw gradients and clip factors that :func:`sb3_ml3.traced.traced_meta_gradient` reuses).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sb3_ml3.functional import Adam, clip_factor
+from sb3_ml3.ml3.policies import gaussian_kl
+from sb3_ml3.traced import InnerTrace
+
+
+class InnerStep:
+    """Mixin of :class:`~sb3_ml3.ml3.ML3`: the inner step on the learned loss and its bookkeeping."""
+
+    def inner_step(self, minibatches: list[dict[str, torch.Tensor]], trace: InnerTrace | None = None) -> dict[str, float]:
+        """theta <- theta - alpha grad_theta L_learned on each minibatch, in place (Eq. 2; Alg. 5 line 4).
+
+        Used by both meta-test and meta-train, so the update a learned loss is trained for is the update
+        it performs: ``policy.optimizer`` (SGD, or Adam with ``inner_optimizer="adam"``) takes the step that
+        :class:`~sb3_ml3.functional.InnerOptimizer` recomputes in the outer step. With ``vf_coef`` the critic
+        takes its step on ``vf_coef`` x MSE in the same minibatch, under one gradient clip with the actor
+        (PPO's update); each minibatch then records its clip factor (``clip_scale``) for the outer step. A
+        non-finite learned loss or gradient skips that minibatch (counted and logged). ``trace`` records each
+        step's point, raw gradient and clip factor for the outer step (:mod:`sb3_ml3.traced`).
+        """
+        named = self.policy.actor_parameters()
+        actor = list(named.values())
+        critic = self.policy.critic_parameters() if self.vf_coef is not None else []
+        # one backward pass for actor and critic where the critic's loss cannot reach an actor parameter
+        fused = bool(critic) and not (self.policy.share_features_extractor
+                                      and any(True for _ in self.policy.features_extractor.parameters()))
+        losses, norms, value_losses = [], [], []
+        for batch in minibatches:
+            loss = self.learned_loss(None, None, batch)
+            if critic:
+                values = self.policy.predict_values(batch["observations"]).flatten()
+                value_loss = self.vf_coef * torch.nn.functional.mse_loss(values, batch["returns"])
+            if fused:
+                both = torch.autograd.grad(loss + value_loss, actor + critic)
+                grads, critic_grads = list(both[:len(actor)]), list(both[len(actor):])
+            else:
+                grads = list(torch.autograd.grad(loss, actor))
+            actor_norms = torch.stack(torch._foreach_norm(grads))  # one kernel for every tensor's norm
+            norm = torch.linalg.vector_norm(actor_norms)
+            if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
+                self.skipped_inner_steps += 1
+                continue
+            clip_norm = norm
+            point = None if trace is None else {name: p.detach().clone() for name, p in named.items()}
+            raw = grads
+            if critic:
+                if not fused:
+                    critic_grads = list(torch.autograd.grad(value_loss, critic))
+                # PPO clips the whole policy's gradient at once
+                clip_norm = torch.linalg.vector_norm(torch.cat([actor_norms, torch.stack(torch._foreach_norm(critic_grads))]))
+            scale = slope = None
+            if self.max_grad_norm is not None:  # the rescaling functional.clip_grads applies
+                scale = clip_factor(clip_norm, self.max_grad_norm)
+                if not critic and float(scale) < 1.0:  # d scale / d norm: the actor's own norm depends on phi
+                    slope = -self.max_grad_norm / (float(norm) + 1e-6) ** 2
+                grads = torch._foreach_mul(grads, scale)
+                if critic:
+                    critic_grads = torch._foreach_mul(critic_grads, scale)
+                    batch["clip_scale"] = scale.detach()
+            if trace is not None:
+                trace.record(point, batch, dict(zip(named, raw)), 1.0 if scale is None else float(scale),
+                             slope or 0.0)
+            for p, g in zip(actor, grads):
+                p.grad = g
+            self.policy.optimizer.step()  # Eq. 2 (SGD) or its Adam variant
+            if critic:
+                for p, g in zip(critic, critic_grads):
+                    p.grad = g
+                self.value_optimizer.step()
+                value_losses.append(value_loss.detach() / self.vf_coef)
+            losses.append(loss.detach())
+            norms.append(norm)
+        stats = {
+            "meta_loss": torch.stack(losses).mean().item() if losses else float("nan"),
+            "inner_grad_norm": torch.stack(norms).mean().item() if norms else float("nan"),
+        }
+        if value_losses:
+            stats["value_loss"] = torch.stack(value_losses).mean().item()
+        return stats
+
+    def _restore_optimizer_state(self, state: Any, names: dict[torch.Tensor, str]) -> None:
+        """Put back the inner optimizer's state from before a rejected update (Adam's moments; SGD has none)."""
+        self.policy.optimizer.state.clear()
+        if state is None or not isinstance(self.inner_rule, Adam):
+            return
+        step, exp_avg, exp_avg_sq = state
+        for p, name in names.items():
+            self.policy.optimizer.state[p] = {"step": torch.tensor(float(step)), "exp_avg": exp_avg[name].clone(),
+                                              "exp_avg_sq": exp_avg_sq[name].clone()}
+
+    def _update_policy(self, data: dict[str, torch.Tensor], inner_lr: float) -> dict[str, float]:
+        """The inner step on the rollout (Eq. 2), remembered for the next outer step at meta-train.
+
+        A policy the learned loss made non-finite is never kept: meta-train starts a fresh one, meta-test
+        puts the previous one (and its inner optimizer's state) back.
+        """
+        self._n_policy_updates += 1
+        minibatches = self._minibatches()
+        named = self.policy.actor_parameters()
+        before = {name: p.detach().clone() for name, p in named.items()}
+        with torch.no_grad():
+            old_mean, old_std = self.policy.actor_mean_std(None, data["observations"])
+        names = {p: n for n, p in named.items()}
+        optimizer_state = self.inner_rule.from_torch(self.policy.optimizer, names)
+        trace = None
+        if self.meta_train:
+            self._pending = (before, minibatches, inner_lr, optimizer_state)
+            if self.first_order:
+                phi = {name: p.detach().clone() for name, p in self.meta_loss.named_parameters()}
+                trace = InnerTrace(self.inner_rule, inner_lr, optimizer_state, phi)
+        stats = self.inner_step(minibatches, trace)
+        if trace is not None and len(trace.points) == len(minibatches):  # complete: no minibatch was skipped
+            trace.final = {name: p.detach().clone() for name, p in named.items()}
+            self._trace = trace
+        if not all(torch.isfinite(p).all() for p in named.values()):
+            self.skipped_inner_steps += 1
+            self._pending = self._trace = None
+            if self.meta_train:
+                self.policy.reset_actor()
+                self.policy.optimizer.state.clear()
+            else:
+                self.policy.load_actor_parameters(before)
+                self._restore_optimizer_state(optimizer_state, names)
+        with torch.no_grad():
+            new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
+            stats["approx_kl"] = gaussian_kl(old_mean, old_std, new_mean, new_std).mean().item()
+        return stats
