@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 from sb3_ml3.cli_args import add_common as _add_common
 from sb3_ml3.cli_args import positive_float as _positive_float
+from sb3_ml3.cli_args import non_negative_int as _non_negative_int
 from sb3_ml3.cli_args import positive_int as _positive_int
 from sb3_ml3.cli_args import seed as _seed
 from sb3_ml3.distributed.cli import add_arguments as add_distributed_arguments
@@ -147,6 +149,12 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--render", action="store_true",
                    help="write a GIF of each algorithm's final policy (first seed) on 3 held-out goals into --out")
     p.add_argument("--expert", default=None, help="an SB3 model file shown as the 'expert' reference row")
+    p.add_argument("--meta-tasks-per-step", type=_positive_int, default=1,
+                   help="meta-train each seed's loss with this many ML3 models (own envs, policies, seeds) per outer "
+                   "step, averaging their meta-gradients; --meta-train-steps is the budget over all of them")
+    p.add_argument("--workers", type=_non_negative_int, default=0,
+                   help="Ray workers for those models (pip install -e '.[ray]'; 0: this process; same loss either way)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster for --workers (default: a local Ray)")
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test in seconds")
     _add_common(p)
     p.set_defaults(run=_run_compare)
@@ -177,12 +185,20 @@ def _run_compare(args: argparse.Namespace) -> dict[str, Any]:
     from sb3_ml3.experiments.compare import run_compare
 
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
+    if args.address is not None and not args.workers:
+        raise ValueError("--address names a Ray cluster for the meta-training workers; give --workers N >= 1 with it.")
+    if args.workers and importlib.util.find_spec("ray") is None:
+        raise ValueError('--workers N >= 1 needs Ray: pip install -e ".[ray]".')
+    if args.workers > args.meta_tasks_per_step:
+        raise ValueError(f"--workers {args.workers} needs at least as many models per outer step: give "
+                         f"--meta-tasks-per-step {args.workers} or more.")
     results = run_compare(
         args.env_id, algos=args.algos, meta_loss=args.meta_loss, meta_train_steps=args.meta_train_steps,
         meta_train_samples=args.meta_train_samples, seeds=seeds, n_tasks=args.n_tasks,
         total_timesteps=args.timesteps, eval_every=args.eval_every, net_archs=args.net_archs,
         hyperparams=_hyperparams(args.hyperparams), task_mode=args.task_mode, quick=args.quick, out_dir=args.out,
         resume=args.resume, force=args.force, render=args.render, expert=args.expert, progress=not args.no_progress,
+        meta_tasks_per_step=args.meta_tasks_per_step, meta_workers=args.workers, address=args.address,
     )
     return _compare_outputs(results, args.out)
 

@@ -129,3 +129,20 @@ def test_bad_settings_are_refused_with_what_to_do():
     bad = {**SETTINGS, "meta_train": {**SETTINGS["meta_train"], "meta_epochs": 2}}
     with pytest.raises(ValueError, match="meta_epochs=1"):
         meta_train_on_tasks(ENV, 0, 4 * ROLLOUT, bad, tasks_per_step=2)
+
+
+def test_ml3_compare_meta_trains_on_several_tasks_per_outer_step(tmp_path, capsys):
+    from sb3_ml3.cli import main as cli_main
+    from sb3_ml3.meta_loss import MetaLoss
+
+    out = tmp_path / "cmp"
+    assert cli_main(["compare", ENV, "--quick", "--algos", "ml3", "--n-tasks", "2", "--meta-train-steps", "1600",
+                     "--meta-tasks-per-step", "2", "--out", str(out), "--no-progress"]) == 0
+    loss = MetaLoss.load(out / "meta_loss_seed0.zip")
+    assert loss.metadata["meta_train_tasks_per_step"] == 2 and loss.metadata["distributed"]["workers"] == 0
+    assert not list(out.glob("meta_train_seed0_checkpoint*"))  # removed once the loss is saved
+    for args, message in ((["--workers", "3", "--meta-tasks-per-step", "2"], "at least as many"),
+                          (["--address", "auto"], "give --workers")):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(["compare", ENV, "--quick", "--out", str(tmp_path / "bad"), *args])
+        assert exc.value.code == 2 and message in capsys.readouterr().err

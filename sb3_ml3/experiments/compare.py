@@ -142,6 +142,9 @@ def run_compare(
     expert: str | os.PathLike | None = None,
     progress: bool = True,
     verbose: int = 1,
+    meta_tasks_per_step: int = 1,
+    meta_workers: int = 0,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """ML3 beside PPO (and TRPO) on ``n_tasks`` held-out goals; returns a JSON-ready result dict.
 
@@ -157,9 +160,19 @@ def run_compare(
         be added) or ``force`` (start afresh).
     :param render: write a GIF of each algorithm's final policy (first seed) on 3 held-out goals.
     :param expert: an SB3 model file shown as the "expert" reference (e.g. AntGoal's long-trained PPO).
+    :param meta_tasks_per_step: when ML3's losses are meta-trained here, the ML3 models (own envs, policies and
+        seeds) whose meta-gradients each outer step averages (a meta-training setting: part of the loss's
+        fingerprint; ``meta_train_steps`` is the budget over all of them).
+    :param meta_workers: Ray workers those tasks are spread over (0: this process; the same loss either way);
+        ``address``: an existing Ray cluster (default: a local Ray).
     """
+    if meta_tasks_per_step < 1 or not 0 <= meta_workers <= meta_tasks_per_step:
+        raise ValueError(f"Need meta_tasks_per_step >= 1 and 0 <= meta_workers <= meta_tasks_per_step, got "
+                         f"{meta_tasks_per_step} and {meta_workers}.")
     config = resolve_config(env_id, algos, seeds, n_tasks, total_timesteps, eval_every, meta_train_steps,
                             net_archs, hyperparams, task_mode, quick)
+    if meta_tasks_per_step > 1:
+        config["ml3_settings"] = dict(config["ml3_settings"], meta_train_tasks_per_step=int(meta_tasks_per_step))
     if (resume or force) and out_dir is None:
         raise ValueError("resume and force act on the comparison saved in out_dir: give out_dir.")
     if render and out_dir is None:
@@ -186,7 +199,8 @@ def run_compare(
     if "ml3" in config["algos"]:
         losses, meta_train = losses_for_seeds(
             env_id, config["seeds"], config["ml3_settings"], meta_loss, config["meta_train_steps"], meta_train_samples,
-            env_kwargs=env_kwargs, out_dir=out_dir, run_log=run_log, resume=resume, progress=progress, log=log)
+            env_kwargs=env_kwargs, out_dir=out_dir, run_log=run_log, resume=resume, progress=progress, log=log,
+            workers=meta_workers, address=address)
         run_fingerprints["ml3"]["meta_loss"] = (
             meta_train_fingerprint(config["ml3_settings"], config["meta_train_steps"]) if meta_loss is None
             else "MetaLoss object" if isinstance(meta_loss, MetaLoss) else os.fspath(meta_loss))

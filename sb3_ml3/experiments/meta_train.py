@@ -163,10 +163,12 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
     outer step, ``workers >= 1`` spreads them over Ray workers (``address``: an existing cluster):
     :func:`sb3_ml3.distributed.rl_trainer.meta_train_on_tasks`, with ``timesteps`` the budget over all tasks and
     its checkpoint at ``checkpoint_path``; the workers' report is in the loss's metadata (``distributed``).
+    ``settings["meta_train_tasks_per_step"]`` sets ``tasks_per_step`` too (the larger of the two counts).
     """
     from sb3_ml3.ml3 import ML3
 
     settings = dict(settings if settings is not None else settings_for("ml3", env_id))
+    tasks_per_step = max(int(tasks_per_step), int(settings.pop("meta_train_tasks_per_step", 1)))
     if tasks_per_step > 1 or workers > 0:
         from sb3_ml3.distributed.rl_trainer import meta_train_on_tasks
 
@@ -232,6 +234,12 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
     return meta_loss, used
 
 
+def _remove(*paths: str) -> None:
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+
+
 def meta_train_fingerprint(settings: Mapping[str, Any], meta_train_steps: int) -> Any:
     """What makes a meta-trained loss: the ML3 settings other than meta-test's, and the budget."""
     return jsonable({"meta_train": {k: v for k, v in settings.items() if k != "meta_test"},
@@ -242,8 +250,8 @@ def losses_for_seeds(env_id: str, seeds: Sequence[int], settings: Mapping[str, A
                      meta_loss: MetaLoss | str | os.PathLike | None = None, meta_train_steps: int | None = None,
                      meta_train_samples: int | None = None, env_kwargs: dict[str, Any] | None = None,
                      out_dir: str | os.PathLike | None = None, run_log: RunLog | None = None, resume: bool = False,
-                     progress: bool = False,
-                     log: Callable[[str], None] = print) -> tuple[dict[int, MetaLoss | str], dict[str, Any]]:
+                     progress: bool = False, log: Callable[[str], None] = print, workers: int = 0,
+                     address: str | None = None) -> tuple[dict[int, MetaLoss | str], dict[str, Any]]:
     """ML3's loss per seed and a record of where it came from: ``(losses, meta_train)``.
 
     ``meta_loss`` is a :class:`MetaLoss`, a file from ``ML3.save_meta_loss``, a path with ``{seed}``
@@ -252,6 +260,8 @@ def losses_for_seeds(env_id: str, seeds: Sequence[int], settings: Mapping[str, A
     beside it when ``out_dir`` is given; with ``resume`` a finished loss is reused and an
     interrupted one continues from its checkpoint). ``meta_train["samples"]`` is the mean of the
     meta-train env steps per seed (validation included), or ``meta_train_samples`` when given.
+    ``settings["meta_train_tasks_per_step"]`` > 1 or ``workers`` >= 1 meta-trains each seed's loss on several tasks
+    per outer step (:func:`meta_train_loss`), on Ray workers with ``workers`` (``address``: an existing cluster).
     """
     losses: dict[int, MetaLoss | str] = {}
     record: dict[str, Any] = {"given": meta_loss is not None, "per_seed": {}}
@@ -293,13 +303,19 @@ def losses_for_seeds(env_id: str, seeds: Sequence[int], settings: Mapping[str, A
             record["per_seed"][str(seed)] = {"samples": used, "path": path, "resumed": True}
             continue
         log(f"meta-training ML3's loss on {env_id}'s train goals, seed {seed}: {meta_train_steps} env steps")
-        checkpoint = None if path is None else os.path.join(out_dir, f"meta_train_seed{seed}_checkpoint.zip")
-        if checkpoint is not None and not resume:
-            MetaTrainCheckpoint.remove_files(checkpoint)  # a fresh comparison starts afresh
-        if checkpoint is not None and MetaTrainCheckpoint.exists(checkpoint):
+        several = int(settings.get("meta_train_tasks_per_step", 1)) > 1 or workers > 0
+        # the several-task trainer keeps its own checkpoint format (the tasks' models, phi, Adam, validation)
+        suffix = ".pt" if several else ".zip"
+        checkpoint = None if path is None else os.path.join(out_dir, f"meta_train_seed{seed}_checkpoint{suffix}")
+        if checkpoint is not None and not resume and several:  # a fresh comparison starts afresh
+            _remove(checkpoint, checkpoint + ".best.zip")
+        elif checkpoint is not None and not resume:
+            MetaTrainCheckpoint.remove_files(checkpoint)
+        if checkpoint is not None and (os.path.exists(checkpoint) if several else MetaTrainCheckpoint.exists(checkpoint)):
             log(f"resuming the meta-training of seed {seed} from {checkpoint}")
         loss, used = meta_train_loss(env_id, seed, meta_train_steps, settings, path=path, env_kwargs=env_kwargs,
-                                     progress_bar=progress, checkpoint_path=checkpoint, fingerprint=fingerprint)
+                                     progress_bar=progress, checkpoint_path=checkpoint, fingerprint=fingerprint,
+                                     workers=workers, address=address)
         losses[seed] = path if path is not None else loss
         if run_log is not None:
             run_log.add_meta_loss(seed, fingerprint)
