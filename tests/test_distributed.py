@@ -21,17 +21,6 @@ CONFIG = SineConfig(hidden_sizes=(16, 16), meta_hidden_sizes=(16, 16), n_points=
                     meta_lr=3e-3, eval_every=0)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def _spec(n_tasks=3, seed=0, config=CONFIG):
     task = sine_task(1.0, 3.14159, config.n_points, config.input_range, torch.Generator().manual_seed(seed))
     return sine_problem(config, seed, n_tasks, task.support, task.query)

@@ -19,17 +19,6 @@ SETTINGS = {"n_envs": 2, "normalize": True, "meta_train_net_arch": [16, 16],
 ROLLOUT = 64  # n_steps x n_envs
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def _max_diff(a, b):
     return max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sb3_ml3.distributed.shard import ShardResult
+from sb3_ml3.distributed.shard import ShardResult, add_gradients, shard_task_ids
 
 #: task ``i`` of a run with seed ``s`` has seed ``s + TASK_SEED_STRIDE * i``
 TASK_SEED_STRIDE = 1000
@@ -125,15 +125,10 @@ class RLShard:
     """The ML3 models of tasks ``task_ids``, stepped one outer step at a time with the driver's phi."""
 
     def __init__(self, spec: RLProblemSpec, task_ids: Sequence[int], threads: int | None = None) -> None:
-        bad = [i for i in task_ids if not 0 <= int(i) < spec.n_tasks]
-        if bad or not task_ids:
-            raise ValueError(f"A shard needs task indices in [0, {spec.n_tasks}), got {list(task_ids)}.")
-        if threads is not None:
-            torch.set_num_threads(threads)
         import sb3_ml3.envs  # noqa: F401  (registers the goal envs in a fresh worker process)
 
         self.spec = spec
-        self.task_ids = [int(i) for i in task_ids]
+        self.task_ids = shard_task_ids(task_ids, spec.n_tasks, threads)
         self.models: dict[int, Any] = {}
         self.callbacks: dict[int, Any] = {}
         self.rng: dict[int, dict[str, Any]] = {}
@@ -170,8 +165,7 @@ class RLShard:
             self.data[i] = data
             if data is not None and model.has_pending_outer_step:
                 grads, value = model.outer_gradient(data)
-                grad_sum = ({k: g.detach().clone() for k, g in grads.items()} if grad_sum is None
-                            else {k: grad_sum[k] + g.detach() for k, g in grads.items()})
+                grad_sum = add_gradients(grad_sum, grads)
                 losses.append(float(value))
                 answered.append(i)
             self.rng[i] = _rng_state()

@@ -157,14 +157,9 @@ def meta_train_on_tasks(env_id: str, seed: int, timesteps: int, settings: Mappin
     driver.meta_loss.metadata.update(meta_train_timesteps=used, meta_train_seed=int(seed),
                                      meta_train_tasks_per_step=int(tasks_per_step),
                                      skipped_meta_steps=int(result.skipped_steps), distributed=jsonable(report))
-    if path is not None:
-        driver.save_meta_loss(path)
-        meta_loss = MetaLoss.load(path)
-    else:
-        import copy
+    from sb3_ml3.experiments.meta_train import finished_meta_loss
 
-        meta_loss = copy.deepcopy(driver.meta_loss)
-        meta_loss.metadata.update({"meta_inputs": list(driver.meta_inputs)})
+    meta_loss = finished_meta_loss(driver, path)
     driver.env.close()
     return meta_loss, used, report
 

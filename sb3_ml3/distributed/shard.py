@@ -114,6 +114,23 @@ class ShardResult:
     stats: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
+def shard_task_ids(task_ids: Sequence[int], n_tasks: int, threads: int | None) -> list[int]:
+    """A shard's task indices, checked against the problem's ``n_tasks``; sets this process's torch threads."""
+    bad = [i for i in task_ids if not 0 <= int(i) < n_tasks]
+    if bad or not task_ids:
+        raise ValueError(f"A shard needs task indices in [0, {n_tasks}), got {list(task_ids)}.")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return [int(i) for i in task_ids]
+
+
+def add_gradients(total: dict[str, torch.Tensor] | None, grads: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``total + grads`` by name (detached; a copy of ``grads`` when ``total`` is ``None``): a shard's gradient sum."""
+    if total is None:
+        return {k: g.detach().clone() for k, g in grads.items()}
+    return {k: total[k] + g.detach() for k, g in grads.items()}
+
+
 class TaskShard:
     """The tasks ``task_ids`` of a problem: their data, generators and current optimizees theta.
 
@@ -121,13 +138,8 @@ class TaskShard:
     """
 
     def __init__(self, spec: ProblemSpec, task_ids: Sequence[int], threads: int | None = None) -> None:
-        bad = [i for i in task_ids if not 0 <= int(i) < spec.n_tasks]
-        if bad or not task_ids:
-            raise ValueError(f"A shard needs task indices in [0, {spec.n_tasks}), got {list(task_ids)}.")
-        if threads is not None:
-            torch.set_num_threads(threads)
         self.spec = spec
-        self.task_ids = [int(i) for i in task_ids]
+        self.task_ids = shard_task_ids(task_ids, spec.n_tasks, threads)
         self.parts = spec.build()
         self.generators = {i: task_generator(spec.seed, i) for i in self.task_ids}
         self.data = {i: self.parts.task_data(i, self.generators[i]) for i in self.task_ids}
@@ -150,8 +162,7 @@ class TaskShard:
                                                   spec.inner_lr, spec.inner_steps, spec.first_order,
                                                   return_updated=True)  # Eq. 2-6
             self.params[i] = {k: v.detach() for k, v in updated.items()}
-            grad_sum = ({k: g.detach().clone() for k, g in grads.items()} if grad_sum is None
-                        else {k: grad_sum[k] + g.detach() for k, g in grads.items()})
+            grad_sum = add_gradients(grad_sum, grads)
             losses.append(float(value))
         assert grad_sum is not None  # a shard has at least one task
         return ShardResult(grad_sum, losses, list(self.task_ids), time.perf_counter() - start,

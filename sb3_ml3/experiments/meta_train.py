@@ -222,16 +222,22 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
     model.meta_loss.metadata["meta_train_seed"] = int(seed)
     if restored is not None:
         model.meta_loss.metadata["resumed_at_timesteps"] = int(restored["num_timesteps"])
-    if path is not None:
-        model.save_meta_loss(path)
-        meta_loss = MetaLoss.load(path)
-    else:
-        meta_loss = copy.deepcopy(model.meta_loss)
-        meta_loss.metadata.update({"meta_inputs": list(model.meta_inputs)})
+    meta_loss = finished_meta_loss(model, path)
     if checkpoint is not None:
         checkpoint.remove()
     env.close()
     return meta_loss, used
+
+
+def finished_meta_loss(model: Any, path: str | os.PathLike | None) -> MetaLoss:
+    """The meta-trained loss of ``model``: saved to ``path`` and read back (its metadata as the file has it), or
+    a copy with the meta-inputs it reads when there is no path."""
+    if path is not None:
+        model.save_meta_loss(path)
+        return MetaLoss.load(path)
+    meta_loss = copy.deepcopy(model.meta_loss)
+    meta_loss.metadata.update({"meta_inputs": list(model.meta_inputs)})
+    return meta_loss
 
 
 def _remove(*paths: str) -> None:
@@ -324,4 +330,4 @@ def losses_for_seeds(env_id: str, seeds: Sequence[int], settings: Mapping[str, A
     return losses, record
 
 
-__all__ = ["MetaTrainCheckpoint", "losses_for_seeds", "meta_train_fingerprint", "meta_train_loss"]
+__all__ = ["MetaTrainCheckpoint", "finished_meta_loss", "losses_for_seeds", "meta_train_fingerprint", "meta_train_loss"]
