@@ -19,12 +19,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.logger import HumanOutputFormat, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.logger import (
+    HumanOutputFormat,
+    Logger,
+    TensorBoardOutputFormat,
+)
 
 from sb3_ml3.atomic import jsonable
 from sb3_ml3.distributed.rl_shard import RLProblemSpec
 from sb3_ml3.distributed.trainer import DistributedMetaTrainer
 from sb3_ml3.meta_loss import MetaLoss
+from sb3_ml3.ml3.loss_files import finished_meta_loss
 
 
 def _logger(verbose: int, tensorboard_log: str | None) -> Logger:
@@ -157,8 +162,6 @@ def meta_train_on_tasks(env_id: str, seed: int, timesteps: int, settings: Mappin
     driver.meta_loss.metadata.update(meta_train_timesteps=used, meta_train_seed=int(seed),
                                      meta_train_tasks_per_step=int(tasks_per_step),
                                      skipped_meta_steps=int(result.skipped_steps), distributed=jsonable(report))
-    from sb3_ml3.experiments.meta_train import finished_meta_loss
-
     meta_loss = finished_meta_loss(driver, path)
     driver.env.close()
     return meta_loss, used, report

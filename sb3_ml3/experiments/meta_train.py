@@ -9,7 +9,6 @@ meta-train samples that the break-even needs.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -27,6 +26,7 @@ from sb3_ml3.experiments.settings import policy_kwargs_for, settings_for
 from sb3_ml3.experiments.store import RunLog, atomic_write_json, jsonable
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.ml3.callbacks import MetaValidationCallback
+from sb3_ml3.ml3.loss_files import finished_meta_loss
 
 
 class MetaTrainCheckpoint(BaseCallback):
@@ -229,17 +229,6 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
     return meta_loss, used
 
 
-def finished_meta_loss(model: Any, path: str | os.PathLike | None) -> MetaLoss:
-    """The meta-trained loss of ``model``: saved to ``path`` and read back (its metadata as the file has it), or
-    a copy with the meta-inputs it reads when there is no path."""
-    if path is not None:
-        model.save_meta_loss(path)
-        return MetaLoss.load(path)
-    meta_loss = copy.deepcopy(model.meta_loss)
-    meta_loss.metadata.update({"meta_inputs": list(model.meta_inputs)})
-    return meta_loss
-
-
 def _remove(*paths: str) -> None:
     for path in paths:
         if os.path.exists(path):
@@ -330,4 +319,4 @@ def losses_for_seeds(env_id: str, seeds: Sequence[int], settings: Mapping[str, A
     return losses, record
 
 
-__all__ = ["MetaTrainCheckpoint", "finished_meta_loss", "losses_for_seeds", "meta_train_fingerprint", "meta_train_loss"]
+__all__ = ["MetaTrainCheckpoint", "losses_for_seeds", "meta_train_fingerprint", "meta_train_loss"]

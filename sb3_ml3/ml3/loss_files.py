@@ -8,6 +8,7 @@ statistics it saw.
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Mapping
@@ -229,5 +230,16 @@ def save_meta_loss(model: "ML3", path: str | os.PathLike) -> None:
     model.meta_loss.save(path)
 
 
-__all__ = ["LOSS_SETTINGS", "build_meta_loss", "env_for_loss", "resolve_meta_loss", "save_meta_loss",
+def finished_meta_loss(model: "ML3", path: str | os.PathLike | None) -> MetaLoss:
+    """The meta-trained loss of ``model``: saved to ``path`` and read back (its metadata as the file has it), or
+    a copy with the meta-inputs it reads when there is no path."""
+    if path is not None:
+        model.save_meta_loss(path)
+        return MetaLoss.load(path)
+    meta_loss = copy.deepcopy(model.meta_loss)
+    meta_loss.metadata.update({"meta_inputs": list(model.meta_inputs)})
+    return meta_loss
+
+
+__all__ = ["LOSS_SETTINGS", "build_meta_loss", "finished_meta_loss", "env_for_loss", "resolve_meta_loss", "save_meta_loss",
            "settings_from_loss", "sync_observation_normalization"]
