@@ -153,11 +153,12 @@ def decayed_cumsum(x: torch.Tensor, beta: float, initial: torch.Tensor | None = 
 
 
 def traced_meta_gradient(learned_loss: LearnedLossFn, task_loss: TaskLossFn, trace: InnerTrace,
-                         meta_params: Params, query: Any) -> tuple[Params, torch.Tensor]:
+                         meta_params: Params, query: Any, chunk: int = 128) -> tuple[Params, torch.Tensor]:
     """grad_phi L_T(theta_K(phi)) and L_T(theta_K), first order through the traced update (module docstring).
 
     ``meta_params`` must be the phi the trace was recorded at (:meth:`InnerTrace.valid_for`); the minibatches
-    must share their shapes (they are stacked for ``vmap``).
+    must share their shapes (they are stacked for ``vmap``). ``chunk`` steps go through one ``vmap`` at a time,
+    which bounds the memory of the mixed second derivatives for long updates.
     """
     assert trace.final is not None and trace.points, "an empty or unfinished trace"
     names = list(trace.final)
@@ -182,8 +183,15 @@ def traced_meta_gradient(learned_loss: LearnedLossFn, task_loss: TaskLossFn, tra
         h = grad(learned_loss)(theta, phi, batch)
         return sum((h[n] * cotangent[n]).sum() for n in names)
 
-    def total(phi: Params) -> torch.Tensor:
-        return vmap(directional, in_dims=(0, 0, 0, None))(points, batches, w_stacked, phi).sum()
+    grads: Params | None = None
+    for start in range(0, len(trace.points), chunk):
+        part = slice(start, start + chunk)
+        args = tuple({k: v[part] for k, v in d.items()} for d in (points, batches, w_stacked))
 
-    grads = grad(total)(meta_params)
+        def total(phi: Params, args: tuple[Params, ...] = args) -> torch.Tensor:
+            return vmap(directional, in_dims=(0, 0, 0, None))(*args, phi).sum()
+
+        g = grad(total)(meta_params)
+        grads = g if grads is None else {k: grads[k] + g[k] for k in g}
+    assert grads is not None
     return grads, value.detach()
