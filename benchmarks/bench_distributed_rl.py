@@ -29,20 +29,13 @@ import torch
 
 import sb3_ml3  # noqa: F401  (registers the goal envs)
 from sb3_ml3.distributed.rl_trainer import meta_train_on_tasks
-from sb3_ml3.experiments import atomic_write_json, load_recipe
-
-FAMILY_INPUTS = ["obs", "action", "mean", "std", "goal", "advantage", "old_log_prob"]
-
+from sb3_ml3.experiments import atomic_write_json, ppo_family_meta_train
 
 def settings_for(env_id: str) -> tuple[dict, int]:
-    ppo = load_recipe(env_id)["ppo"]
-    meta_train = dict(n_steps=ppo["n_steps"], batch_size=ppo["batch_size"], n_epochs=ppo["n_epochs"],
-                      learning_rate=ppo["learning_rate"], inner_optimizer="adam", vf_coef=0.5, max_grad_norm=0.5,
-                      normalize_advantage="minibatch", meta_inputs=FAMILY_INPUTS, meta_lr=1e-3,
-                      policy_reset_interval=60, task_clip_range=0.2,
-                      meta_loss_kwargs={"surrogate": "ppo", "correction": "penalty", "hidden_sizes": [40, 40]})
-    settings = {"n_envs": ppo["n_envs"], "normalize": True, "meta_train_net_arch": [64, 64], "meta_train": meta_train}
-    return settings, ppo["n_envs"] * ppo["n_steps"]
+    """r7's meta-training setting (:func:`ppo_family_meta_train`) and the env steps of one rollout."""
+    meta_train, n_envs = ppo_family_meta_train(env_id)
+    settings = {"n_envs": n_envs, "normalize": True, "meta_train_net_arch": [64, 64], "meta_train": meta_train}
+    return settings, n_envs * meta_train["n_steps"]
 
 
 def main() -> None:

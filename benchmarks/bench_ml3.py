@@ -34,10 +34,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 import sb3_ml3  # noqa: F401  (registers the goal envs)
 from sb3_ml3 import ML3
-from sb3_ml3.experiments import atomic_write_json, load_recipe
-
-FAMILY_INPUTS = ("obs", "action", "mean", "std", "goal", "advantage", "old_log_prob")
-
+from sb3_ml3.experiments import atomic_write_json, load_recipe, ppo_family_meta_train
 
 def steps_per_second(make_model, timesteps: int) -> float:
     model = make_model()
@@ -64,10 +61,7 @@ def main() -> None:
     def env(split: str = "test") -> VecNormalize:
         return VecNormalize(make_vec_env(args.env, n_envs=ppo["n_envs"], seed=0, env_kwargs={"task_split": split}))
 
-    family = dict(rollout, meta_train=True, inner_optimizer="adam", learning_rate=ppo["learning_rate"],
-                  vf_coef=0.5, max_grad_norm=0.5, normalize_advantage="minibatch", meta_inputs=FAMILY_INPUTS,
-                  meta_lr=1e-3, policy_reset_interval=60, task_clip_range=0.2,
-                  meta_loss_kwargs={"surrogate": "ppo", "correction": "penalty", "hidden_sizes": [40, 40]})
+    family = dict(ppo_family_meta_train(args.env)[0], meta_train=True, seed=0, device="cpu")
 
     def meta_train(traced: bool) -> ML3:
         model = ML3("MlpPolicy", env("train"), **family)

@@ -30,13 +30,12 @@ import numpy as np
 
 from sb3_ml3 import MetaLoss
 from sb3_ml3.envs import sample_tasks
-from sb3_ml3.experiments import (TASK_SEED, atomic_write_json, evaluation_schedule, load_recipe, meta_train_loss,
-                                 run_one)
+from sb3_ml3.experiments import (PPO_FAMILY_INPUTS, TASK_SEED, atomic_write_json, evaluation_schedule, load_recipe,
+                                 meta_train_loss, ppo_family_meta_train, ppo_family_settings, run_one)
 from sb3_ml3.evaluation import evaluate_policy_on_goals
 from sb3_ml3.experiments.meta_train import meta_train_fingerprint
 from sb3_ml3.experiments.runs import EVAL_SEED, behaviour_summary
 
-INPUTS = ["obs", "action", "mean", "std", "goal", "advantage", "old_log_prob"]
 #: goals outside both splits' radii (inside the reach / arena): rings (r_min, r_max) inside and outside the annulus
 OUTSIDE_RINGS = {"ReacherGoal-v0": ((0.02, 0.05), (0.20, 0.21)), "PointmassGoal-v0": ((0.1, 0.5), (2.0, 2.4))}
 
@@ -51,34 +50,11 @@ def outside_goals(env_id: str, n: int, seed: int = TASK_SEED) -> np.ndarray:
     return np.concatenate([sample_goals(inner, n // 2, seed), sample_goals(outer, n - n // 2, seed + 1)])
 
 
-def inner_settings(env_id: str, update: str = "ppo") -> tuple[dict, int]:
-    """ML3's inner-step settings that equal the env's PPO recipe, and its number of envs.
-
-    ``update="ppo"``: PPO's joint update (critic in the same minibatch steps, one gradient clip, advantages
-    normalised per minibatch), with which the family at zero correction is SB3's PPO step for step
-    (tests/test_ppo_equivalence.py). ``"separate"``: the critic fitted after the actor, its own clip, advantages
-    normalised per rollout (the update of the runs before that option existed).
-    """
-    ppo = load_recipe(env_id)["ppo"]
-    settings = dict(n_steps=ppo["n_steps"], batch_size=ppo["batch_size"], n_epochs=ppo["n_epochs"],
-                    learning_rate=ppo["learning_rate"], gamma=ppo.get("gamma", 0.99), max_grad_norm=0.5,
-                    vf_learning_rate=ppo["learning_rate"], inner_optimizer="adam", meta_inputs=INPUTS)
-    if update == "ppo":
-        settings.update(vf_coef=0.5, normalize_advantage="minibatch")
-    elif update != "separate":
-        raise SystemExit(f"--update must be 'ppo' or 'separate', got {update!r}")
-    return settings, int(ppo["n_envs"])
-
-
 def meta_train(args: argparse.Namespace) -> None:
-    test, n_envs = inner_settings(args.env, args.update)
-    loss_kwargs = {"surrogate": "ppo", "hidden_sizes": [40, 40], "correction": args.correction}
-    if args.drift:
-        loss_kwargs["correction_fields"] = ["advantage"]
+    meta_train_kwargs, n_envs = ppo_family_meta_train(args.env, args.correction, args.meta_lr,
+                                                      args.policy_reset_interval, args.drift, args.update)
     settings = {
-        "n_envs": n_envs, "normalize": True, "meta_train_net_arch": [64, 64],
-        "meta_train": dict(test, meta_lr=args.meta_lr, policy_reset_interval=args.policy_reset_interval,
-                           task_clip_range=0.2, meta_loss_kwargs=loss_kwargs),
+        "n_envs": n_envs, "normalize": True, "meta_train_net_arch": [64, 64], "meta_train": meta_train_kwargs,
         "meta_validation": {"eval_freq": args.eval_freq, "eval_at_updates": args.eval_at_updates, "n_goals": 10,
                             "validate_at_start": True},
     }
@@ -99,7 +75,7 @@ def meta_train(args: argparse.Namespace) -> None:
 def meta_test(args: argparse.Namespace) -> None:
     if os.path.exists(args.out) and not args.force:
         raise SystemExit(f"{args.out} exists: pass --force to overwrite it.")
-    test, n_envs = inner_settings(args.env, args.update)
+    test, n_envs = ppo_family_settings(args.env, args.update)
     goals = np.asarray(sample_tasks(args.env, 10, "test", seed=TASK_SEED))
     dense = max(1, min(2_000, args.timesteps // 4))  # 2k steps, or finer for a smoke run
     schedule = evaluation_schedule(args.timesteps, 10_000, 20_000, dense)
@@ -146,7 +122,7 @@ def fresh_loss(env_id: str) -> MetaLoss:
             ("old_log_prob", 1)]
     return MetaLoss(spec, hidden_sizes=(40, 40), surrogate="ppo",
                     metadata={"obs_normalization": {"mean": [0.0] * obs_dim, "var": [1.0] * obs_dim, "count": 1e-4},
-                              "meta_inputs": INPUTS, "inner_optimizer": "adam"})
+                              "meta_inputs": list(PPO_FAMILY_INPUTS), "inner_optimizer": "adam"})
 
 
 def plot(args: argparse.Namespace) -> None:

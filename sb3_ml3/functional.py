@@ -41,6 +41,7 @@ __all__ = [
     "SGD",
     "Adam",
     "clip_factor",
+    "clip_factor_slope",
     "clip_grads",
     "global_norm",
     "meta_gradient",
@@ -219,6 +220,11 @@ def clip_factor(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
     """min(1, max_norm / (norm + 1e-6)): the factor :func:`clip_grads` (and ``torch.nn.utils.clip_grad_norm_``)
     rescales gradients of global norm ``norm`` by."""
     return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+
+
+def clip_factor_slope(norm: float, max_norm: float) -> float:
+    """d clip_factor / d norm at ``norm``: -max_norm / (norm + 1e-6)^2 where the clip is active, else 0."""
+    return -max_norm / (norm + 1e-6) ** 2 if max_norm / (norm + 1e-6) < 1.0 else 0.0
 
 
 def clip_grads(

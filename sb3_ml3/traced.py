@@ -65,7 +65,7 @@ class InnerTrace:
 
     def record(self, point: Params, batch: Mapping[str, torch.Tensor], raw_grad: Params, scale: float = 1.0,
                scale_slope: float = 0.0) -> None:
-        """Append one step (all tensors detached)."""
+        """Append one step (all tensors detached, not copied: pass a copy of parameters that change in place)."""
         self.points.append({k: v.detach() for k, v in point.items()})
         self.batches.append({k: v.detach() for k, v in batch.items() if isinstance(v, torch.Tensor)})
         self.raw_grads.append({k: v.detach() for k, v in raw_grad.items()})

@@ -9,7 +9,7 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from sb3_ml3 import ML3
-from sb3_ml3.functional import SGD, Adam, clip_factor, global_norm, meta_gradient, parameters_of
+from sb3_ml3.functional import SGD, Adam, clip_factor, clip_factor_slope, global_norm, meta_gradient, parameters_of
 from sb3_ml3.traced import InnerTrace, decayed_cumsum, rule_cotangents, traced_meta_gradient
 
 
@@ -96,7 +96,7 @@ def test_traced_meta_gradient_equals_the_unrolled_first_order_one(rule_name, cli
         elif clip is not None:
             norm = global_norm(list(h.values()))
             scale = float(clip_factor(norm, clip))
-            slope = -clip / (float(norm) + 1e-6) ** 2 if scale < 1 else 0.0
+            slope = clip_factor_slope(float(norm), clip)
         trace.record(point, batch, h, scale, slope)
         point, st = rule.step(point, {k: scale * g for k, g in h.items()}, lr, st)
     trace.final = point

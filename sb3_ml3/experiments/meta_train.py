@@ -180,9 +180,7 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
             path=path, checkpoint_path=checkpoint_path, checkpoint_every=every, env_kwargs=env_kwargs,
             fingerprint=fingerprint, verbose=int(progress_bar))
         if checkpoint_path is not None:
-            for suffix in ("", ".best.zip"):
-                if os.path.exists(os.fspath(checkpoint_path) + suffix):
-                    os.remove(os.fspath(checkpoint_path) + suffix)
+            _remove(os.fspath(checkpoint_path), os.fspath(checkpoint_path) + ".best.zip")
         return meta_loss, used
     if normalize is None:
         normalize = settings.get("normalize", False)

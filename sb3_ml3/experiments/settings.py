@@ -171,8 +171,48 @@ def policy_kwargs_for(net_arch: Sequence[int]) -> dict[str, Any]:
     return {"net_arch": {"pi": list(net_arch), "vf": list(VF_ARCH)}}
 
 
+#: the inputs of a meta-loss in PPO's family (``MetaLoss(surrogate="ppo")``): its surrogate reads the last two
+PPO_FAMILY_INPUTS = ("obs", "action", "mean", "std", "goal", "advantage", "old_log_prob")
+
+
+def ppo_family_settings(env_id: str, update: str = "ppo") -> tuple[dict[str, Any], int]:
+    """ML3's inner-step settings that equal the env's PPO recipe, and its number of envs.
+
+    ``update="ppo"``: PPO's joint update (critic in the same minibatch steps, one gradient clip, advantages
+    normalised per minibatch), with which the family at zero correction is SB3's PPO step for step
+    (tests/test_ppo_equivalence.py). ``"separate"``: the critic fitted after the actor, its own clip, advantages
+    normalised per rollout (the update of the runs before that option existed).
+    """
+    if update not in ("ppo", "separate"):
+        raise ValueError(f"update must be 'ppo' or 'separate', got {update!r}.")
+    ppo = load_recipe(env_id)["ppo"]
+    settings: dict[str, Any] = dict(
+        n_steps=ppo["n_steps"], batch_size=ppo["batch_size"], n_epochs=ppo["n_epochs"],
+        learning_rate=ppo["learning_rate"], gamma=ppo.get("gamma", 0.99), max_grad_norm=0.5,
+        vf_learning_rate=ppo["learning_rate"], inner_optimizer="adam", meta_inputs=list(PPO_FAMILY_INPUTS))
+    if update == "ppo":
+        settings.update(vf_coef=0.5, normalize_advantage="minibatch")
+    return settings, int(ppo["n_envs"])
+
+
+def ppo_family_meta_train(env_id: str, correction: str = "penalty", meta_lr: float = 1e-3,
+                          policy_reset_interval: int = 60, drift: bool = False,
+                          update: str = "ppo") -> tuple[dict[str, Any], int]:
+    """ML3's meta-training arguments for a loss in PPO's family (the r-series of BENCHMARKS.md): the inner step
+    of :func:`ppo_family_settings`, PPO's clipped REINFORCE task loss, Adam on phi at ``meta_lr``, a policy reset
+    every ``policy_reset_interval`` updates, and a [40, 40] ``correction`` (``drift``: of A and log r only)."""
+    settings, n_envs = ppo_family_settings(env_id, update)
+    loss_kwargs: dict[str, Any] = {"surrogate": "ppo", "hidden_sizes": [40, 40], "correction": correction}
+    if drift:
+        loss_kwargs["correction_fields"] = ["advantage"]
+    settings.update(meta_lr=meta_lr, policy_reset_interval=policy_reset_interval, task_clip_range=0.2,
+                    meta_loss_kwargs=loss_kwargs)
+    return settings, n_envs
+
+
 __all__ = [
     "ALGOS",
+    "PPO_FAMILY_INPUTS",
     "RECIPE_DIR",
     "VF_ARCH",
     "arch_key",
@@ -181,6 +221,8 @@ __all__ = [
     "normalize_kwargs",
     "parse_net_arch",
     "policy_kwargs_for",
+    "ppo_family_meta_train",
+    "ppo_family_settings",
     "recipe_env_ids",
     "settings_for",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sb3_ml3.functional import Adam, clip_factor
+from sb3_ml3.functional import Adam, clip_factor, clip_factor_slope
 from sb3_ml3.ml3.policies import gaussian_kl
 from sb3_ml3.traced import InnerTrace
 
@@ -55,25 +55,24 @@ class InnerStep:
                 self.skipped_inner_steps += 1
                 continue
             clip_norm = norm
-            point = None if trace is None else {name: p.detach().clone() for name, p in named.items()}
             raw = grads
             if critic:
                 if not fused:
                     critic_grads = list(torch.autograd.grad(value_loss, critic))
                 # PPO clips the whole policy's gradient at once
                 clip_norm = torch.linalg.vector_norm(torch.cat([actor_norms, torch.stack(torch._foreach_norm(critic_grads))]))
-            scale = slope = None
+            scale, slope = None, 0.0
             if self.max_grad_norm is not None:  # the rescaling functional.clip_grads applies
                 scale = clip_factor(clip_norm, self.max_grad_norm)
-                if not critic and float(scale) < 1.0:  # d scale / d norm: the actor's own norm depends on phi
-                    slope = -self.max_grad_norm / (float(norm) + 1e-6) ** 2
+                if not critic:  # d scale / d norm: the actor's own norm depends on phi
+                    slope = clip_factor_slope(float(norm), self.max_grad_norm)
                 grads = torch._foreach_mul(grads, scale)
                 if critic:
                     critic_grads = torch._foreach_mul(critic_grads, scale)
                     batch["clip_scale"] = scale.detach()
-            if trace is not None:
-                trace.record(point, batch, dict(zip(named, raw)), 1.0 if scale is None else float(scale),
-                             slope or 0.0)
+            if trace is not None:  # before the step: the point is the parameters it starts from
+                trace.record({name: p.detach().clone() for name, p in named.items()}, batch, dict(zip(named, raw)),
+                             1.0 if scale is None else float(scale), slope)
             for p, g in zip(actor, grads):
                 p.grad = g
             self.policy.optimizer.step()  # Eq. 2 (SGD) or its Adam variant

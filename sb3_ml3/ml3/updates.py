@@ -312,6 +312,7 @@ class LearnedLossUpdates(InnerStep):
         """
         return self.meta_train or any(name in self.meta_inputs for name in ("advantage", "return"))
 
+
 def _standardized(weights: torch.Tensor) -> torch.Tensor:
     """(w - mean) / (std + 1e-8) with the unbiased std, as SB3's PPO normalises advantages."""
     if weights.numel() < 2:
