@@ -50,9 +50,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--default-loss", action="store_true", help="also time meta-training a default meta-loss")
     parser.add_argument("--json", help="also write the figures to this JSON file (atomically)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = parser.parse_args()
     if args.timesteps < 1 or args.repeats < 1:
         raise SystemExit("--timesteps and --repeats must be positive")
+    if args.json and os.path.exists(args.json) and not args.force:
+        raise SystemExit(f"{args.json} exists: pass --force to replace it.")
     torch.set_num_threads(1)
     ppo = load_recipe(args.env)["ppo"]
     rollout = dict(n_steps=ppo["n_steps"], batch_size=ppo["batch_size"], n_epochs=ppo["n_epochs"], seed=0,

@@ -166,3 +166,29 @@ def test_a_changed_phi_falls_back_to_recomputing():
     data = model.prepare_rollout()
     grads, _ = model.outer_gradient(data, phi)
     assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_a_crafted_trace_in_a_model_file_is_refused_with_a_message(tmp_path):
+    import io
+    import zipfile
+
+    from sb3_ml3.ml3.persistence import ModelFileError
+
+    model = _ml3(False)
+    model.learn(2 * 128)
+    model.save(tmp_path / "m.zip")
+    with zipfile.ZipFile(tmp_path / "m.zip") as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    state_name = "state.pt"  # the model file's non-module state: counters, last observations, the pending update
+    state = torch.load(io.BytesIO(members[state_name]), weights_only=True)
+    assert "trace" in state["pending"]
+    del state["pending"]["trace"]["points"]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    members[state_name] = buffer.getvalue()
+    with zipfile.ZipFile(tmp_path / "crafted.zip", "w") as zf:
+        for name, blob in members.items():
+            zf.writestr(name, blob)
+    with pytest.raises(ModelFileError, match="trace is malformed"):
+        ML3.load(tmp_path / "crafted.zip", env=model.env)
+

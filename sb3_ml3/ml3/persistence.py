@@ -275,7 +275,11 @@ def load_model(cls: type["ML3"], path: str | os.PathLike, env: Any = None, devic
         model._pending = (pending["params"], pending["minibatches"], float(pending["inner_lr"]),
                           None if optimizer_state is None else tuple(optimizer_state))
         if "trace" in pending:
-            model._trace = InnerTrace.from_dict(pending["trace"])
+            try:
+                model._trace = InnerTrace.from_dict(pending["trace"])
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
+                raise ModelFileError(f"{path}: the pending update's trace is malformed ({error!r}); the file is "
+                                     "damaged or was not written by ML3.save.") from error
     return model
 
 
