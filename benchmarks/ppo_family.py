@@ -6,6 +6,7 @@
         --out docs/results/ppo_family/metatest_r3.json --loss docs/results/ppo_family/r3/meta_loss_seed0.zip
     python benchmarks/ppo_family.py meta-test ... --loss fresh     # the family at zero correction (PPO's update)
     python benchmarks/ppo_family.py meta-test ... --loss ppo       # SB3's PPO, the env's recipe
+    python benchmarks/ppo_family.py meta-test ... --split train --update auto   # choose among losses on train goals
     python benchmarks/ppo_family.py plot <result files> --out curves.png --reference -7.72 "best constant"
 
 The loss is M = L_PPO(r, A) + C_phi (``MetaLoss(surrogate="ppo")``): PPO's clipped surrogate of the ratio
@@ -76,10 +77,10 @@ def meta_test(args: argparse.Namespace) -> None:
     if os.path.exists(args.out) and not args.force:
         raise SystemExit(f"{args.out} exists: pass --force to overwrite it.")
     test, n_envs = ppo_family_settings(args.env, args.update)
-    goals = np.asarray(sample_tasks(args.env, 10, "test", seed=TASK_SEED))
+    goals = np.asarray(sample_tasks(args.env, 10, args.split, seed=TASK_SEED))
     dense = max(1, min(2_000, args.timesteps // 4))  # 2k steps, or finer for a smoke run
     schedule = evaluation_schedule(args.timesteps, 10_000, 20_000, dense)
-    results = {"env_id": args.env, "schedule": schedule, "runs": []}
+    results = {"env_id": args.env, "split": args.split, "schedule": schedule, "runs": []}
     extra = outside_goals(args.env, args.outside_goals) if args.outside_goals else None
     if extra is not None:
         results["outside_goals"] = extra.tolist()
@@ -88,12 +89,12 @@ def meta_test(args: argparse.Namespace) -> None:
             t0 = time.time()
             if name == "ppo":
                 record, model = run_one(args.env, "ppo", load_recipe(args.env)["ppo"], seed, args.net_arch, goals,
-                                        schedule, args.timesteps, keep_model=extra is not None)
+                                        schedule, args.timesteps, keep_model=extra is not None, split=args.split)
             else:
                 settings = {"n_envs": n_envs, "normalize": True, "meta_test": test}
                 loss = fresh_loss(args.env) if name == "fresh" else name.format(seed=seed)
                 record, model = run_one(args.env, "ml3", settings, seed, args.net_arch, goals, schedule,
-                                        args.timesteps, meta_loss=loss, keep_model=extra is not None)
+                                        args.timesteps, meta_loss=loss, keep_model=extra is not None, split=args.split)
             if extra is not None:  # the final policy on goals outside both splits' radii
                 record["behaviour_outside"] = behaviour_summary(evaluate_policy_on_goals(
                     model, args.env, extra, seed=EVAL_SEED, vec_normalize=model.get_vec_normalize_env()).to_dict())
@@ -173,8 +174,12 @@ def main() -> None:
     test.add_argument("--force", action="store_true")
     test.add_argument("--outside-goals", type=int, default=0,
                       help="also evaluate each final policy on this many goals outside both splits' radii")
-    test.add_argument("--update", choices=["ppo", "separate"], default="ppo",
-                      help="ML3's inner update: PPO's joint one (default) or the critic fitted separately")
+    test.add_argument("--update", choices=["ppo", "separate", "auto"], default="ppo",
+                      help="ML3's inner update: PPO's joint one (default), the critic fitted separately, or the one "
+                           "each loss file records ('auto')")
+    test.add_argument("--split", choices=["test", "train"], default="test",
+                      help="the goals trained and evaluated on: held-out (default) or train-split ones, to choose "
+                           "among candidate losses without looking at held-out goals")
     figure = sub.add_parser("plot")
     figure.add_argument("results", nargs="+", help="meta-test result files")
     figure.add_argument("--out", required=True, help="PNG")

@@ -83,3 +83,33 @@ def test_adam_meta_gradient_is_finite_where_a_gradient_is_zero():
     grads, _ = meta_gradient(learned, task, params, parameters_of(meta_loss), batches, query, 0.01,
                              optimizer=Adam(), first_order=False)
     assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize("rule", [SGD(), Adam(eps=1e-5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lean_live_step_equals_torch_optimizer_step(rule, dtype):
+    """``rule.apply_`` (the inner step's live step: torch's fused Adam kernel, one foreach SGD add) takes the steps
+    of ``optimizer.step()`` and leaves the state ``torch.optim`` keeps, so either can continue the other."""
+    torch.manual_seed(0)
+    shapes = [(16, 5), (16,), (2, 16), (2,)]
+    ours = [torch.randn(s, dtype=dtype) for s in shapes]
+    reference = [p.clone() for p in ours]
+    opt_ours, opt_ref = rule.torch_optimizer(ours, 3e-3), rule.torch_optimizer(reference, 3e-3)
+    for step in range(60):
+        grads = [torch.randn(s, dtype=dtype) * (1 + step % 5) for s in shapes]
+        rule.apply_(opt_ours, ours, grads)
+        for p, g in zip(reference, grads):
+            p.grad = g.clone()
+        opt_ref.step()
+        if step == 30:  # the torch optimizer carries on from the lean steps' state, and back
+            for p, g in zip(ours, grads):
+                p.grad = g.clone()
+            opt_ours.step()
+            rule.apply_(opt_ref, reference, grads)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    if isinstance(rule, Adam):
+        for p, q in zip(ours, reference):
+            assert int(opt_ours.state[p]["step"]) == int(opt_ref.state[q]["step"]) == 61
+            torch.testing.assert_close(opt_ours.state[p]["exp_avg_sq"], opt_ref.state[q]["exp_avg_sq"], rtol=tol, atol=tol)

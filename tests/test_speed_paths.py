@@ -207,3 +207,48 @@ def test_memory_flat_first_order_equals_differentiating_the_first_order_unroll()
             assert torch.allclose(grads[name], expected[name], rtol=1e-4, atol=1e-8), name
         for name in updated:
             assert torch.allclose(flat_updated[name], updated[name])
+
+
+def _ml3_ppo_family(**extra):
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sb3_ml3 import ML3
+
+    env = VecNormalize(make_vec_env("PointmassGoal-v0", n_envs=2, seed=0, env_kwargs={"task_split": "train"}))
+    return ML3("MlpPolicy", env, meta_train=True, seed=0, n_steps=64, batch_size=32, n_epochs=2,
+               policy_kwargs={"net_arch": [16, 16]}, inner_optimizer="adam", learning_rate=3e-4, vf_coef=0.5,
+               max_grad_norm=0.5, normalize_advantage="minibatch", policy_reset_interval=2,
+               meta_inputs=("obs", "action", "mean", "std", "goal", "advantage", "old_log_prob"),
+               meta_loss_kwargs={"surrogate": "ppo", "correction": "penalty", "hidden_sizes": [8, 8]}, **extra)
+
+
+@pytest.mark.parametrize("backend", ["counting", "failing"])
+def test_compiled_inner_step_trains_as_the_eager_one(backend, monkeypatch, tmp_path):
+    """``ML3(compile_inner_step=True)`` meta-trains to the same policy and meta-loss as the eager inner step, across
+    a policy reset and a second model without compiling again, and runs eagerly where compiling fails."""
+    counting = CountingBackend()
+    chosen = counting if backend == "counting" else failing_backend
+    original = compiled.CompiledOrEager.__init__
+    monkeypatch.setattr(compiled.CompiledOrEager, "__init__",
+                        lambda self, fn, backend="inductor", dynamic=False: original(self, fn, chosen, dynamic))
+    eager = _ml3_ppo_family()
+    eager.learn(4 * 128)
+    fast = _ml3_ppo_family(compile_inner_step=True)  # built after: the seed sets the global RNG the rollouts use
+    fast.learn(4 * 128)  # 4 updates with outer steps between them, a policy reset after 2 updates
+    wrapper = fast._compiled_minibatch_losses
+    assert fast.n_meta_updates == eager.n_meta_updates >= 2
+    for (name, a), b in zip(eager.policy.state_dict().items(), fast.policy.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    for a, b in zip(eager.meta_loss.parameters(), fast.meta_loss.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    if backend == "counting":
+        assert wrapper.is_compiled and wrapper.eager_calls == 0 and wrapper.compiled_calls == fast.n_policy_updates * 2 * 4 > 0
+        assert counting.compiles == 1  # one graph, kept across updates and the policy reset
+    else:
+        assert not wrapper.is_compiled and "simulated" in wrapper.fallback_reason
+    # the setting is saved with the model
+    fast.save(tmp_path / "m.zip")
+    from sb3_ml3 import ML3
+
+    assert ML3.load(tmp_path / "m.zip", env=fast.env).compile_inner_step is True

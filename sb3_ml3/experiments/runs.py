@@ -215,11 +215,12 @@ def run_one(env_id: str, algo: str, settings: Mapping[str, Any], seed: int, net_
             goals: np.ndarray, schedule: Sequence[int], total_timesteps: int, task: int | None = None,
             meta_loss: MetaLoss | str | os.PathLike | None = None, env_kwargs: dict[str, Any] | None = None,
             on_eval: Callable[[int, float], None] | None = None,
-            keep_model: bool = False) -> tuple[dict[str, Any], BaseAlgorithm | None]:
+            keep_model: bool = False, split: str = "test") -> tuple[dict[str, Any], BaseAlgorithm | None]:
     """Train ``algo`` once from the shared initial policy of ``seed``; returns ``(run record, model)``.
 
-    ``task`` is ``None`` for a goal-conditioned run on the test region evaluated on all ``goals``,
-    or the index of the one goal the env is pinned to. The record holds the curve (mean over its
+    ``task`` is ``None`` for a goal-conditioned run on the ``split`` region (``"test"``, or ``"train"`` to select
+    among candidates without touching held-out goals) evaluated on all ``goals``, or the index of the one goal
+    the env is pinned to. The record holds the curve (mean over its
     goals), the per-goal values, and the final policy's behaviour (METRICS.md): fraction of actions
     on the bounds, final distance, success rate. The model comes back only with ``keep_model``.
     """
@@ -228,7 +229,7 @@ def run_one(env_id: str, algo: str, settings: Mapping[str, Any], seed: int, net_
     t0 = time.time()
     run_goals = goals if task is None else goals[task:task + 1]
     env = make_train_env(env_id, int(settings.get("n_envs", 8)), seed, goal=None if task is None else goals[task],
-                         normalize=settings.get("normalize", False), gamma=algo_gamma(algo, settings),
+                         split=split, normalize=settings.get("normalize", False), gamma=algo_gamma(algo, settings),
                          env_kwargs=env_kwargs)
     try:
         init = initial_policy_state(env, seed, net_arch)

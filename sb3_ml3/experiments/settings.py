@@ -181,10 +181,11 @@ def ppo_family_settings(env_id: str, update: str = "ppo") -> tuple[dict[str, Any
     ``update="ppo"``: PPO's joint update (critic in the same minibatch steps, one gradient clip, advantages
     normalised per minibatch), with which the family at zero correction is SB3's PPO step for step
     (tests/test_ppo_equivalence.py). ``"separate"``: the critic fitted after the actor, its own clip, advantages
-    normalised per rollout (the update of the runs before that option existed).
+    normalised per rollout (the update of the runs before that option existed). ``"auto"``: the update a loss
+    file records (``ML3``'s ``"auto"``; a file that records none had the separate one).
     """
-    if update not in ("ppo", "separate"):
-        raise ValueError(f"update must be 'ppo' or 'separate', got {update!r}.")
+    if update not in ("ppo", "separate", "auto"):
+        raise ValueError(f"update must be 'ppo', 'separate' or 'auto', got {update!r}.")
     ppo = load_recipe(env_id)["ppo"]
     settings: dict[str, Any] = dict(
         n_steps=ppo["n_steps"], batch_size=ppo["batch_size"], n_epochs=ppo["n_epochs"],
@@ -192,6 +193,8 @@ def ppo_family_settings(env_id: str, update: str = "ppo") -> tuple[dict[str, Any
         vf_learning_rate=ppo["learning_rate"], inner_optimizer="adam", meta_inputs=list(PPO_FAMILY_INPUTS))
     if update == "ppo":
         settings.update(vf_coef=0.5, normalize_advantage="minibatch")
+    elif update == "separate":
+        settings.update(vf_coef=None, normalize_advantage=True)
     return settings, int(ppo["n_envs"])
 
 

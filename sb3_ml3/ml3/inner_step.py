@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from sb3_ml3.compiled import CompiledOrEager
 from sb3_ml3.functional import Adam, clip_factor, clip_factor_slope
 from sb3_ml3.ml3.policies import gaussian_kl
 from sb3_ml3.traced import InnerTrace
@@ -39,17 +40,19 @@ class InnerStep:
         fused = bool(critic) and not (self.policy.share_features_extractor
                                       and any(True for _ in self.policy.features_extractor.parameters()))
         losses, norms, value_losses = [], [], []
+        minibatch_losses = self._minibatch_losses_function()
         for batch in minibatches:
-            loss = self.learned_loss(None, None, batch)
-            if critic:
-                values = self.policy.predict_values(batch["observations"]).flatten()
-                value_loss = self.vf_coef * torch.nn.functional.mse_loss(values, batch["returns"])
+            loss, value_loss = minibatch_losses(batch)
             if fused:
                 both = torch.autograd.grad(loss + value_loss, actor + critic)
                 grads, critic_grads = list(both[:len(actor)]), list(both[len(actor):])
             else:
                 grads = list(torch.autograd.grad(loss, actor))
-            actor_norms = torch.stack(torch._foreach_norm(grads))  # one kernel for every tensor's norm
+            if fused:  # one kernel for every tensor's norm, actor's and critic's
+                all_norms = torch.stack(torch._foreach_norm(grads + critic_grads))
+                actor_norms = all_norms[:len(actor)]
+            else:
+                actor_norms = torch.stack(torch._foreach_norm(grads))
             norm = torch.linalg.vector_norm(actor_norms)
             if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
                 self.skipped_inner_steps += 1
@@ -57,10 +60,12 @@ class InnerStep:
             clip_norm = norm
             raw = grads
             if critic:
-                if not fused:
+                if fused:  # PPO clips the whole policy's gradient at once
+                    clip_norm = torch.linalg.vector_norm(all_norms)
+                else:
                     critic_grads = list(torch.autograd.grad(value_loss, critic))
-                # PPO clips the whole policy's gradient at once
-                clip_norm = torch.linalg.vector_norm(torch.cat([actor_norms, torch.stack(torch._foreach_norm(critic_grads))]))
+                    clip_norm = torch.linalg.vector_norm(
+                        torch.cat([actor_norms, torch.stack(torch._foreach_norm(critic_grads))]))
             scale, slope = None, 0.0
             if self.max_grad_norm is not None:  # the rescaling functional.clip_grads applies
                 scale = clip_factor(clip_norm, self.max_grad_norm)
@@ -73,13 +78,9 @@ class InnerStep:
             if trace is not None:  # before the step: the point is the parameters it starts from
                 trace.record({name: p.detach().clone() for name, p in named.items()}, batch, dict(zip(named, raw)),
                              1.0 if scale is None else float(scale), slope)
-            for p, g in zip(actor, grads):
-                p.grad = g
-            self.policy.optimizer.step()  # Eq. 2 (SGD) or its Adam variant
+            self.inner_rule.apply_(self.policy.optimizer, actor, grads)  # Eq. 2 (SGD) or its Adam variant
             if critic:
-                for p, g in zip(critic, critic_grads):
-                    p.grad = g
-                self.value_optimizer.step()
+                self.inner_rule.apply_(self.value_optimizer, critic, critic_grads)
                 value_losses.append(value_loss.detach() / self.vf_coef)
             losses.append(loss.detach())
             norms.append(norm)
@@ -90,6 +91,24 @@ class InnerStep:
         if value_losses:
             stats["value_loss"] = torch.stack(value_losses).mean().item()
         return stats
+
+    def minibatch_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What one inner step differentiates: the learned loss on ``batch`` and, with ``vf_coef`` (PPO's joint
+        update), ``vf_coef`` x the critic's MSE to the returns (``None`` without)."""
+        loss = self.learned_loss(None, None, batch)
+        if self.vf_coef is None:
+            return loss, None
+        values = self.policy.predict_values(batch["observations"]).flatten()
+        return loss, self.vf_coef * torch.nn.functional.mse_loss(values, batch["returns"])
+
+    def _minibatch_losses_function(self) -> Any:
+        """:meth:`minibatch_losses`, through ``torch.compile`` with ``compile_inner_step`` (one wrapper per model)."""
+        if not self.compile_inner_step:
+            return self.minibatch_losses
+        compiled = self.__dict__.get("_compiled_minibatch_losses")
+        if compiled is None:
+            compiled = self._compiled_minibatch_losses = CompiledOrEager(self.minibatch_losses)
+        return compiled
 
     def _restore_optimizer_state(self, state: Any, names: dict[torch.Tensor, str]) -> None:
         """Put back the inner optimizer's state from before a rejected update (Adam's moments; SGD has none)."""
