@@ -11,7 +11,10 @@ learning rate; ``sb3_ml3/experiments/recipes``) for every run:
 * ``ml3_meta_train_recompute``: the same with ``traced_outer_step = False`` (the outer step recomputes the
   inner update, as before the trace existed);
 * with ``--default-loss`` also ``ml3_meta_train_default``: a new default meta-loss (quadratic form, SGD inner
-  step, actor-only clip) under the same rollout and minibatch settings.
+  step, actor-only clip) under the same rollout and minibatch settings;
+* with ``--compiled`` also ``ml3_meta_test_compiled`` and ``ml3_meta_train_compiled``: the same runs with
+  ``compile_inner_step=True``; the one-off compile is paid in the warm-up and reported as ``compile_s`` (the
+  compiled warm-up's time over the eager one's).
 
 Each figure is the median of ``--repeats`` interleaved runs of ``learn(--timesteps)`` after a warm-up run; a
 meta-train run's first rollout has no outer step, so longer runs weigh it less.
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--default-loss", action="store_true", help="also time meta-training a default meta-loss")
+    parser.add_argument("--compiled", action="store_true", help="also time ML3 with compile_inner_step=True")
     parser.add_argument("--json", help="also write the figures to this JSON file (atomically)")
     parser.add_argument("--force", action="store_true", help="replace an existing --json file")
     args = parser.parse_args()
@@ -66,8 +70,8 @@ def main() -> None:
 
     family = dict(ppo_family_meta_train(args.env)[0], meta_train=True, seed=0, device="cpu")
 
-    def meta_train(traced: bool) -> ML3:
-        model = ML3("MlpPolicy", env("train"), **family)
+    def meta_train(traced: bool, compiled: bool = False) -> ML3:
+        model = ML3("MlpPolicy", env("train"), compile_inner_step=compiled, **family)
         model.traced_outer_step = traced
         return model
 
@@ -79,9 +83,16 @@ def main() -> None:
     }
     if args.default_loss:
         makers["ml3_meta_train_default"] = lambda: ML3("MlpPolicy", env("train"), meta_train=True, **rollout)
+    if args.compiled:
+        makers["ml3_meta_test_compiled"] = lambda: ML3("MlpPolicy", env(), seed=0, device="cpu",
+                                                       compile_inner_step=True)
+        makers["ml3_meta_train_compiled"] = lambda: meta_train(True, compiled=True)
     iteration_steps = ppo["n_envs"] * ppo["n_steps"]
-    for make in makers.values():  # warm-up (imports, first allocations)
+    warm_up_s = {}
+    for name, make in makers.items():  # warm-up (imports, first allocations, the one-off compile)
+        start = time.perf_counter()
         steps_per_second(make, 2 * iteration_steps)
+        warm_up_s[name] = time.perf_counter() - start
     samples: dict[str, list[float]] = {name: [] for name in makers}
     for _ in range(args.repeats):
         for name, make in makers.items():
@@ -90,6 +101,7 @@ def main() -> None:
     over_ppo = {name: rate[name] / rate["ppo"] for name in makers}
     results = {"env_steps_per_s": rate, "samples": samples, "over_ppo": over_ppo,
                "traced_over_recompute": rate["ml3_meta_train"] / rate["ml3_meta_train_recompute"],
+               "warm_up_s": warm_up_s,
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread",
                "settings": vars(args), "recipe": dict(ppo)}
     print(f"{args.env}: PPO recipe {ppo['n_envs']} envs x {ppo['n_steps']} steps, batch {ppo['batch_size']}, "
@@ -98,6 +110,12 @@ def main() -> None:
     for name in makers:
         print(f"{name:<26}{rate[name]:>12.0f}{iteration_steps / rate[name]:>15.3f}{over_ppo[name]:>9.2f}x")
     print(f"traced outer step over recomputing: {results['traced_over_recompute']:.2f}x env steps/s")
+    if args.compiled:
+        results["compile_s"] = {
+            "meta_test": warm_up_s["ml3_meta_test_compiled"] - warm_up_s["ml3_meta_test"],
+            "meta_train": warm_up_s["ml3_meta_train_compiled"] - warm_up_s["ml3_meta_train"]}
+        print(f"one-off compile (compiled warm-up over the eager one): {results['compile_s']['meta_test']:.1f} s at "
+              f"meta-test, {results['compile_s']['meta_train']:.1f} s at meta-train (its second graph)")
     if args.json:
         atomic_write_json(args.json, results)
 

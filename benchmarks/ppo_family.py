@@ -54,6 +54,7 @@ def outside_goals(env_id: str, n: int, seed: int = TASK_SEED) -> np.ndarray:
 def meta_train(args: argparse.Namespace) -> None:
     meta_train_kwargs, n_envs = ppo_family_meta_train(args.env, args.correction, args.meta_lr,
                                                       args.policy_reset_interval, args.drift, args.update)
+    meta_train_kwargs["compile_inner_step"] = args.compile
     settings = {
         "n_envs": n_envs, "normalize": True, "meta_train_net_arch": [64, 64], "meta_train": meta_train_kwargs,
         "meta_validation": {"eval_freq": args.eval_freq, "eval_at_updates": args.eval_at_updates, "n_goals": 10,
@@ -91,7 +92,7 @@ def meta_test(args: argparse.Namespace) -> None:
                 record, model = run_one(args.env, "ppo", load_recipe(args.env)["ppo"], seed, args.net_arch, goals,
                                         schedule, args.timesteps, keep_model=extra is not None, split=args.split)
             else:
-                settings = {"n_envs": n_envs, "normalize": True, "meta_test": test}
+                settings = {"n_envs": n_envs, "normalize": True, "meta_test": {**test, "compile_inner_step": args.compile}}
                 loss = fresh_loss(args.env) if name == "fresh" else name.format(seed=seed)
                 record, model = run_one(args.env, "ml3", settings, seed, args.net_arch, goals, schedule,
                                         args.timesteps, meta_loss=loss, keep_model=extra is not None, split=args.split)
@@ -180,6 +181,9 @@ def main() -> None:
     test.add_argument("--split", choices=["test", "train"], default="test",
                       help="the goals trained and evaluated on: held-out (default) or train-split ones, to choose "
                            "among candidate losses without looking at held-out goals")
+    for command in (train, test):
+        command.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                             help="ML3's compile_inner_step (default on: these runs are long enough to repay it)")
     figure = sub.add_parser("plot")
     figure.add_argument("results", nargs="+", help="meta-test result files")
     figure.add_argument("--out", required=True, help="PNG")

@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ppo_family.py"
 def test_meta_test_writes_both_rows_and_refuses_to_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "mt.json"
     cmd = [sys.executable, str(SCRIPT), "meta-test", "--env", "PointmassGoal-v0", "--timesteps", "2048",
-           "--seeds", "0", "--out", str(out), "--loss", "fresh", "ppo"]
+           "--seeds", "0", "--out", str(out), "--loss", "fresh", "ppo", "--no-compile"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     result = json.loads(out.read_text())
     assert [r["name"] for r in result["runs"]] == ["fresh", "ppo"]
@@ -23,6 +23,13 @@ def test_meta_test_writes_both_rows_and_refuses_to_overwrite(tmp_path: Path) -> 
     assert fresh["timesteps"] == ppo["timesteps"] == 2048
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode != 0 and "--force" in again.stderr
+    # choosing among losses on train-split goals: other goals, trained on the train region
+    train = tmp_path / "train.json"
+    subprocess.run(cmd[:-6] + ["--out", str(train), "--loss", "fresh", "--no-compile", "--split", "train",
+                               "--update", "auto"], check=True, capture_output=True, timeout=600)
+    chosen = json.loads(train.read_text())
+    assert chosen["split"] == "train" and result["split"] == "test"
+    assert chosen["runs"][0]["goals"] != fresh["goals"] and chosen["runs"][0]["timesteps"] == 2048
 
 
 def test_the_fresh_loss_is_the_surrogate_family_at_zero_correction() -> None:

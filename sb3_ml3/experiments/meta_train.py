@@ -234,9 +234,14 @@ def _remove(*paths: str) -> None:
 
 
 def meta_train_fingerprint(settings: Mapping[str, Any], meta_train_steps: int) -> Any:
-    """What makes a meta-trained loss: the ML3 settings other than meta-test's, and the budget."""
-    return jsonable({"meta_train": {k: v for k, v in settings.items() if k != "meta_test"},
-                     "meta_train_steps": meta_train_steps})
+    """What makes a meta-trained loss: the ML3 settings other than meta-test's, and the budget.
+
+    ``compile_inner_step`` is left out: it changes the speed, not the loss (up to float rounding), so a run may
+    resume with or without it."""
+    kept = {k: v for k, v in settings.items() if k != "meta_test"}
+    if isinstance(kept.get("meta_train"), Mapping):
+        kept["meta_train"] = {k: v for k, v in kept["meta_train"].items() if k != "compile_inner_step"}
+    return jsonable({"meta_train": kept, "meta_train_steps": meta_train_steps})
 
 
 def losses_for_seeds(env_id: str, seeds: Sequence[int], settings: Mapping[str, Any],
