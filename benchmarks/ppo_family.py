@@ -7,6 +7,7 @@
     python benchmarks/ppo_family.py meta-test ... --loss fresh     # the family at zero correction (PPO's update)
     python benchmarks/ppo_family.py meta-test ... --loss ppo       # SB3's PPO, the env's recipe
     python benchmarks/ppo_family.py meta-test ... --split train --update auto   # choose among losses on train goals
+    python benchmarks/ppo_family.py summary <result files>       # final, curve mean and behaviour per loss
     python benchmarks/ppo_family.py plot <result files> --out curves.png --reference -7.72 "best constant"
 
 The loss is M = L_PPO(r, A) + C_phi (``MetaLoss(surrogate="ppo")``): PPO's clipped surrogate of the ratio
@@ -143,6 +144,27 @@ def plot(args: argparse.Namespace) -> None:
                 args.title, hlines={name: float(value) for value, name in args.reference})
 
 
+def summary(args: argparse.Namespace) -> None:
+    """Per named run of the result files: the final metric (mean, s.d., per seed), the mean over the whole
+    evaluation curve (speed and final together), and the final policies' behaviour; best final first."""
+    rows: dict[str, list[dict]] = {}
+    for path in args.results:
+        with open(path) as f:
+            data = json.load(f)
+        for run in data["runs"]:  # runs of one name on one split's goals belong together
+            rows.setdefault(f"{os.path.basename(run['name'])} [{data.get('split', 'test')}]", []).append(run)
+    table = []
+    for name, runs in rows.items():
+        final = np.array([r["curve"][-1] for r in runs])
+        table.append((float(final.mean()), name, final, float(np.mean([np.mean(r["curve"]) for r in runs])),
+                      *(float(np.mean([r["behaviour"][k] for r in runs]))
+                        for k in ("final_distance", "success_rate", "saturation"))))
+    print(f"{'run':<60}{'final':>16}{'curve mean':>12}{'distance':>10}{'success':>9}{'bounds':>8}  per seed")
+    for mean, name, final, curve, distance, success, bounds in sorted(table, key=lambda row: -row[0]):
+        print(f"{name:<60}{mean:>9.2f} +- {final.std():<4.2f}{curve:>12.2f}{distance:>10.3f}"
+              f"{success:>9.2f}{bounds:>8.3f}  {', '.join(f'{v:.2f}' for v in final)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,13 +212,15 @@ def main() -> None:
     figure.add_argument("--title", default="")
     figure.add_argument("--label", type=json.loads, default={}, help='JSON {"run name": "legend label"}')
     figure.add_argument("--reference", nargs=2, action="append", default=[], metavar=("VALUE", "NAME"))
+    table = sub.add_parser("summary")
+    table.add_argument("results", nargs="+", help="meta-test result files")
     args = parser.parse_args()
     if min(getattr(args, "timesteps", 1), 1) < 1:
         raise SystemExit("--timesteps must be positive")
     if args.command == "meta-train" and (args.tasks_per_step < 1 or args.workers < 0
                                          or args.workers > args.tasks_per_step):
         raise SystemExit("Need --tasks-per-step >= 1 and 0 <= --workers <= --tasks-per-step.")
-    {"meta-train": meta_train, "meta-test": meta_test, "plot": plot}[args.command](args)
+    {"meta-train": meta_train, "meta-test": meta_test, "plot": plot, "summary": summary}[args.command](args)
 
 
 if __name__ == "__main__":
