@@ -252,3 +252,11 @@ def test_compiled_inner_step_trains_as_the_eager_one(backend, monkeypatch, tmp_p
     from sb3_ml3 import ML3
 
     assert ML3.load(tmp_path / "m.zip", env=fast.env).compile_inner_step is True
+
+
+def test_long_ml3_runs_compile_the_inner_step_unless_told_otherwise():
+    from sb3_ml3.experiments.settings import COMPILE_FROM_STEPS, compile_by_default
+
+    assert compile_by_default({"n_steps": 8}, COMPILE_FROM_STEPS) == {"n_steps": 8, "compile_inner_step": True}
+    assert "compile_inner_step" not in compile_by_default({}, COMPILE_FROM_STEPS - 1)  # short runs stay eager
+    assert compile_by_default({"compile_inner_step": False}, 10 * COMPILE_FROM_STEPS) == {"compile_inner_step": False}
