@@ -84,6 +84,7 @@ def meta_test(args: argparse.Namespace) -> None:
     schedule = evaluation_schedule(args.timesteps, 10_000, 20_000, dense)
     results = {"env_id": args.env, "split": args.split, "schedule": schedule, "runs": []}
     extra = outside_goals(args.env, args.outside_goals) if args.outside_goals else None
+    keep = extra is not None or args.clip_dir is not None
     if extra is not None:
         results["outside_goals"] = extra.tolist()
     for name in args.loss:
@@ -91,17 +92,26 @@ def meta_test(args: argparse.Namespace) -> None:
             t0 = time.time()
             if name == "ppo":
                 record, model = run_one(args.env, "ppo", load_recipe(args.env)["ppo"], seed, args.net_arch, goals,
-                                        schedule, args.timesteps, keep_model=extra is not None, split=args.split)
+                                        schedule, args.timesteps, keep_model=keep, split=args.split)
             else:
                 settings = {"n_envs": n_envs, "normalize": True, "meta_test": {**test, "compile_inner_step": args.compile}}
                 loss = fresh_loss(args.env) if name == "fresh" else name.format(seed=seed)
                 record, model = run_one(args.env, "ml3", settings, seed, args.net_arch, goals, schedule,
-                                        args.timesteps, meta_loss=loss, keep_model=extra is not None, split=args.split)
+                                        args.timesteps, meta_loss=loss, keep_model=keep, split=args.split)
             if extra is not None:  # the final policy on goals outside both splits' radii
                 record["behaviour_outside"] = behaviour_summary(evaluate_policy_on_goals(
                     model, args.env, extra, seed=EVAL_SEED, vec_normalize=model.get_vec_normalize_env()).to_dict())
             record["name"] = name
             record["update"] = args.update
+            if args.clip_dir is not None:  # look at the policy before believing its number
+                from sb3_ml3.experiments.clips import render_policy_clip
+
+                os.makedirs(args.clip_dir, exist_ok=True)
+                stem = os.path.splitext(os.path.basename(name))[0]
+                record["clip"] = render_policy_clip(
+                    model, args.env, goals[:3], os.path.join(args.clip_dir, f"clip_{stem}_seed{seed}.gif"),
+                    seed=EVAL_SEED, vec_normalize=model.get_vec_normalize_env(),
+                    title=f"{stem} seed {seed}, {model.num_timesteps // 1000}k")
             results["runs"].append(record)
             b = record["behaviour"]
             print(f"{name} seed {seed}: final {record['curve'][-1]:.2f}, distance {b['final_distance']:.3f}, "
@@ -200,6 +210,8 @@ def main() -> None:
     test.add_argument("--update", choices=["ppo", "separate", "auto"], default="ppo",
                       help="ML3's inner update: PPO's joint one (default), the critic fitted separately, or the one "
                            "each loss file records ('auto')")
+    test.add_argument("--clip-dir", default=None,
+                      help="also render each final policy on 3 of the goals into a GIF in this folder")
     test.add_argument("--split", choices=["test", "train"], default="test",
                       help="the goals trained and evaluated on: held-out (default) or train-split ones, to choose "
                            "among candidate losses without looking at held-out goals")
