@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from sb3_ml3.functional import Params
+from sb3_ml3.functional import Adam, Params
 from sb3_ml3.ml3.policies import gaussian_entropy, gaussian_log_prob
 
 if TYPE_CHECKING:
@@ -45,19 +45,30 @@ def clip_actions(actions: torch.Tensor, action_space: spaces.Box) -> torch.Tenso
 
 def fit_regression(predict: Any, inputs: tuple[torch.Tensor, ...], targets: torch.Tensor,
                    optimizer: torch.optim.Optimizer, epochs: int, batch_size: int) -> float:
-    """Mean squared error regression of ``predict(*inputs)`` on ``targets`` in shuffled minibatches; the mean loss."""
+    """Mean squared error regression of ``predict(*inputs)`` on ``targets`` in shuffled minibatches; the mean loss.
+
+    An Adam ``optimizer`` steps through :meth:`sb3_ml3.functional.Adam.apply_` (torch's fused kernel, the
+    same steps as ``optimizer.step()``), any other through ``step()``.
+    """
     losses = []
     size = targets.shape[0]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    lean = Adam() if type(optimizer) is torch.optim.Adam else None
     for _ in range(epochs):
         order = torch.as_tensor(np.random.permutation(size), device=targets.device)
         for start in range(0, size, batch_size):
             index = order[start:start + batch_size]
             loss = F.mse_loss(targets[index], predict(*(x[index] for x in inputs)).flatten())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-    return float(np.mean(losses))
+            if lean is not None:  # parameters the loss does not reach keep still, as step() leaves them
+                pairs = [(p, g) for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True))
+                         if g is not None]
+                lean.apply_(optimizer, [p for p, _ in pairs], [g for _, g in pairs])
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            losses.append(loss.detach())
+    return float(torch.stack(losses).mean()) if losses else float("nan")
 
 
 class TaskLoss:
