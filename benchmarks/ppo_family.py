@@ -171,8 +171,8 @@ def summary(args: argparse.Namespace) -> None:
                         for k in ("final_distance", "success_rate", "saturation"))))
     print(f"{'run':<60}{'final':>16}{'curve mean':>12}{'distance':>10}{'success':>9}{'bounds':>8}  per seed")
     for mean, name, final, curve, distance, success, bounds in sorted(table, key=lambda row: -row[0]):
-        print(f"{name:<60}{mean:>9.2f} +- {final.std():<4.2f}{curve:>12.2f}{distance:>10.3f}"
-              f"{success:>9.2f}{bounds:>8.3f}  {', '.join(f'{v:.2f}' for v in final)}")
+        print(f"{name:<60}{mean:>9.4g} +- {final.std():<6.2g}{curve:>10.4g}{distance:>10.3f}"
+              f"{success:>9.2f}{bounds:>8.3f}  {', '.join(f'{v:.4g}' for v in final)}")
 
 
 def main() -> None:

@@ -30,12 +30,13 @@ ZOO = os.path.join(os.path.dirname(__file__), os.pardir, "sb3_ml3", "zoo", "loss
 
 
 def summarise(paths: list[str], name: str | None = None) -> dict[str, Any]:
-    """Per-seed final numbers of the runs in meta-test result files (those called ``name``, if given)."""
+    """Per-seed final numbers of the runs in meta-test result files: those called ``name``, or with ``None``
+    every run that is not the PPO baseline (a result file often holds both)."""
     runs = []
     for path in paths:
         with open(path) as f:
             data = json.load(f)
-        runs += [r for r in data["runs"] if name is None or r["name"] == name]
+        runs += [r for r in data["runs"] if (r["name"] != "ppo" if name is None else r["name"] == name)]
     if not runs:
         raise SystemExit(f"No runs{'' if name is None else f' named {name!r}'} in {paths}.")
     final = np.array([r["curve"][-1] for r in runs])
