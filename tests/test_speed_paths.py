@@ -254,9 +254,18 @@ def test_compiled_inner_step_trains_as_the_eager_one(backend, monkeypatch, tmp_p
     assert ML3.load(tmp_path / "m.zip", env=fast.env).compile_inner_step is True
 
 
-def test_long_ml3_runs_compile_the_inner_step_unless_told_otherwise():
-    from sb3_ml3.experiments.settings import COMPILE_FROM_STEPS, compile_by_default
+def test_auto_compiles_the_inner_step_for_long_learn_calls_only():
+    """``compile_inner_step="auto"`` (the default) compiles for ``learn`` calls of COMPILE_FROM_STEPS or more."""
+    from sb3_ml3.ml3.inner_step import COMPILE_FROM_STEPS
 
-    assert compile_by_default({"n_steps": 8}, COMPILE_FROM_STEPS) == {"n_steps": 8, "compile_inner_step": True}
-    assert "compile_inner_step" not in compile_by_default({}, COMPILE_FROM_STEPS - 1)  # short runs stay eager
-    assert compile_by_default({"compile_inner_step": False}, 10 * COMPILE_FROM_STEPS) == {"compile_inner_step": False}
+    model = _ml3_ppo_family()
+    assert model.compile_inner_step == "auto"
+    model._setup_learn(COMPILE_FROM_STEPS - 1)
+    assert not model._compiling and model._minibatch_losses_function() == model.minibatch_losses
+    model._setup_learn(COMPILE_FROM_STEPS)
+    assert model._compiling and isinstance(model._minibatch_losses_function(), compiled.CompiledOrEager)
+    never = _ml3_ppo_family(compile_inner_step=False)
+    never._setup_learn(10 * COMPILE_FROM_STEPS)
+    assert not never._compiling
+    with pytest.raises(ValueError, match="compile_inner_step"):
+        _ml3_ppo_family(compile_inner_step="yes")

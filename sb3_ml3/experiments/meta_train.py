@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_ml3.atomic import atomic_path
 from sb3_ml3.experiments.runs import make_train_env
-from sb3_ml3.experiments.settings import compile_by_default, policy_kwargs_for, settings_for
+from sb3_ml3.experiments.settings import policy_kwargs_for, settings_for
 from sb3_ml3.experiments.store import RunLog, atomic_write_json, jsonable
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.ml3.callbacks import MetaValidationCallback
@@ -164,14 +164,11 @@ def meta_train_loss(env_id: str, seed: int, timesteps: int, settings: Mapping[st
     :func:`sb3_ml3.distributed.rl_trainer.meta_train_on_tasks`, with ``timesteps`` the budget over all tasks and
     its checkpoint at ``checkpoint_path``; the workers' report is in the loss's metadata (``distributed``).
     ``settings["meta_train_tasks_per_step"]`` sets ``tasks_per_step`` too (the larger of the two counts).
-    From ``COMPILE_FROM_STEPS`` steps ML3's inner step is compiled (``compile_inner_step=True``; eager where
-    compiling fails) unless ``settings["meta_train"]`` says otherwise.
     """
     from sb3_ml3.ml3 import ML3
 
     settings = dict(settings if settings is not None else settings_for("ml3", env_id))
     tasks_per_step = max(int(tasks_per_step), int(settings.pop("meta_train_tasks_per_step", 1)))
-    settings["meta_train"] = compile_by_default(settings["meta_train"], timesteps)
     if tasks_per_step > 1 or workers > 0:
         from sb3_ml3.distributed.rl_trainer import meta_train_on_tasks
 

@@ -26,7 +26,7 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_ml3.evaluation import evaluate_task_metric
-from sb3_ml3.experiments.settings import ALGOS, arch_key, compile_by_default, normalize_kwargs, policy_kwargs_for
+from sb3_ml3.experiments.settings import ALGOS, arch_key, normalize_kwargs, policy_kwargs_for
 from sb3_ml3.meta_loss import MetaLoss
 
 #: the held-out tasks are sample_tasks(env_id, n_tasks, "test", seed=TASK_SEED): the same for every seed
@@ -222,15 +222,12 @@ def run_one(env_id: str, algo: str, settings: Mapping[str, Any], seed: int, net_
     among candidates without touching held-out goals) evaluated on all ``goals``, or the index of the one goal
     the env is pinned to. The record holds the curve (mean over its
     goals), the per-goal values, and the final policy's behaviour (METRICS.md): fraction of actions
-    on the bounds, final distance, success rate. The model comes back only with ``keep_model``. ML3 runs of
-    ``COMPILE_FROM_STEPS`` steps or more compile the inner step unless ``settings["meta_test"]`` says otherwise.
+    on the bounds, final distance, success rate. The model comes back only with ``keep_model``.
     """
     from sb3_ml3.evaluation import evaluate_policy_on_goals
 
     t0 = time.time()
     run_goals = goals if task is None else goals[task:task + 1]
-    if algo == "ml3":
-        settings = {**settings, "meta_test": compile_by_default(settings.get("meta_test", {}), total_timesteps)}
     env = make_train_env(env_id, int(settings.get("n_envs", 8)), seed, goal=None if task is None else goals[task],
                          split=split, normalize=settings.get("normalize", False), gamma=algo_gamma(algo, settings),
                          env_kwargs=env_kwargs)

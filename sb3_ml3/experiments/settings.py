@@ -35,21 +35,6 @@ SECTIONS = (*ALGOS, "compare", "quick")
 VF_ARCH = (64, 64)
 
 
-#: ML3 runs (meta-training or meta-test) of at least this many env steps compile the inner step unless their
-#: settings say otherwise (``compile_inner_step``): its one-off ~15-30 s is then a few percent of the run, and
-#: the compiled inner step saves more
-COMPILE_FROM_STEPS = 200_000
-
-
-def compile_by_default(ml3_kwargs: Mapping[str, Any], timesteps: int) -> dict[str, Any]:
-    """``ml3_kwargs`` with ``compile_inner_step=True`` added for a run of ``COMPILE_FROM_STEPS`` steps or more,
-    unless they set it themselves."""
-    kwargs = dict(ml3_kwargs)
-    if timesteps >= COMPILE_FROM_STEPS and "compile_inner_step" not in kwargs:
-        kwargs["compile_inner_step"] = True
-    return kwargs
-
-
 def recipe_env_ids() -> tuple[str, ...]:
     """The env ids that have a recipe file, sorted."""
     return tuple(sorted(name[: -len(".yml")] for name in os.listdir(RECIPE_DIR) if name.endswith(".yml")))
@@ -230,8 +215,6 @@ def ppo_family_meta_train(env_id: str, correction: str = "penalty", meta_lr: flo
 
 __all__ = [
     "ALGOS",
-    "COMPILE_FROM_STEPS",
-    "compile_by_default",
     "PPO_FAMILY_INPUTS",
     "RECIPE_DIR",
     "VF_ARCH",

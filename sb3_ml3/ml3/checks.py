@@ -93,6 +93,8 @@ def check_arguments(model: "ML3") -> None:
     if model.vf_coef is not None and not (isinstance(model.vf_coef, (int, float)) and model.vf_coef > 0):
         raise ValueError(f"vf_coef must be None (a separate critic fit) or a positive number (PPO's joint update), "
                          f"got {model.vf_coef!r}.")
+    if model.compile_inner_step not in (True, False, "auto"):
+        raise ValueError(f"compile_inner_step must be True, False or 'auto', got {model.compile_inner_step!r}.")
     if model.batch_size < 1 or model.n_epochs < 1:
         raise ValueError(f"batch_size and n_epochs must be positive, got {model.batch_size} and {model.n_epochs}.")
     if model.max_policy_updates is not None and model.max_policy_updates < 0:

@@ -19,6 +19,11 @@ from sb3_ml3.ml3.policies import gaussian_kl
 from sb3_ml3.traced import InnerTrace
 
 
+#: ``ML3(compile_inner_step="auto")`` compiles the inner step for ``learn`` calls of at least this many steps:
+#: its one-off 15-20 s is then a few percent of the run, and the compiled step saves more than that
+COMPILE_FROM_STEPS = 200_000
+
+
 class InnerStep:
     """Mixin of :class:`~sb3_ml3.ml3.ML3`: the inner step on the learned loss and its bookkeeping."""
 
@@ -102,8 +107,9 @@ class InnerStep:
         return loss, self.vf_coef * torch.nn.functional.mse_loss(values, batch["returns"])
 
     def _minibatch_losses_function(self) -> Any:
-        """:meth:`minibatch_losses`, through ``torch.compile`` with ``compile_inner_step`` (one wrapper per model)."""
-        if not self.compile_inner_step:
+        """:meth:`minibatch_losses`, through ``torch.compile`` when ``compile_inner_step`` says so for this ``learn``
+        call (one wrapper per model)."""
+        if not self.__dict__.get("_compiling", False):
             return self.minibatch_losses
         compiled = self.__dict__.get("_compiled_minibatch_losses")
         if compiled is None:

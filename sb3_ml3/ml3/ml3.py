@@ -45,6 +45,7 @@ from sb3_ml3.ml3.buffers import ML3RolloutBuffer
 from sb3_ml3.ml3.loss_files import (build_meta_loss, env_for_loss, resolve_meta_loss, settings_from_loss, sync_observation_normalization)
 from sb3_ml3.ml3.checks import (UntrainedMetaLossWarning, check_arguments, made_space,
                                 refuse_dict_observations)
+from sb3_ml3.ml3.inner_step import COMPILE_FROM_STEPS
 from sb3_ml3.ml3.updates import LearnedLossUpdates
 from sb3_ml3.ml3.task_losses import ImitationTaskLoss, TaskCritic, TaskLoss, make_task_loss
 from sb3_ml3.ml3.meta_inputs import DEFAULT_META_INPUTS, OPTIONAL_META_INPUTS, MetaInputs
@@ -146,9 +147,9 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         a surrogate-family loss at zero correction, an update is SB3 PPO's, step for step. The outer step keeps
         each minibatch's clip factor as a constant (its dependence on phi through the norm is dropped).
     :param compile_inner_step: run each inner step's losses and their backward pass through ``torch.compile``
-        (fused kernels; silently eager where compiling fails). About 15 s of compiling on the first update of
-        a process, then roughly half the inner step's forward and backward time: worth it from a few hundred
-        updates on (meta-training, long meta-tests), not for short runs.
+        (fused kernels; silently eager where compiling fails). About 15-20 s of compiling on the first update of
+        a process (less from inductor's disk cache), then roughly half the inner step's forward and backward
+        time. ``"auto"``: for a ``learn`` call of ``COMPILE_FROM_STEPS`` (200k) steps or more, where it pays.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": ML3Policy}
@@ -187,7 +188,7 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         inner_optimizer: str | None = None,
         normalize_advantage: bool | str = "auto",
         vf_coef: float | str | None = "auto",
-        compile_inner_step: bool = False,
+        compile_inner_step: bool | str = "auto",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -261,7 +262,7 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         self.inner_optimizer = settings["inner_optimizer"]
         self.normalize_advantage = settings["normalize_advantage"]
         self.vf_coef = settings["vf_coef"]
-        self.compile_inner_step = bool(compile_inner_step)
+        self.compile_inner_step = compile_inner_step
         self._meta_loss_source = meta_loss
         self._meta_loss_config: dict[str, Any] | None = None
         self.goal_slice: slice | None = None
@@ -305,6 +306,7 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         #: reuse the live inner update's points and gradients in the (first-order) outer step; turned off, with a
         #: warning, if that ever fails, and then the update is recomputed as the exact path does
         self.traced_outer_step = True
+        self._compiling = self.compile_inner_step is True  # decided again by each learn() call
         # last: loading a saved expert builds (and randomly initialises) a PPO policy, which must not
         # shift the random initialisation of this model's own networks
         if self.expert is not None and self.meta_train and not isinstance(self.expert, _UnsavedExpert):
@@ -357,6 +359,12 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         if self.meta_train and self._pending is not None:
             stats.update(self.outer_step(data))
         self.inner_update(data, stats)
+
+    def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> tuple[int, Any]:
+        """SB3's set-up of a ``learn`` call (also the Ray workers'), deciding ``compile_inner_step="auto"`` for it."""
+        self._compiling = self.compile_inner_step is True or (
+            self.compile_inner_step == "auto" and total_timesteps >= COMPILE_FROM_STEPS)
+        return super()._setup_learn(total_timesteps, *args, **kwargs)
 
     def learn(
         self: SelfML3,
