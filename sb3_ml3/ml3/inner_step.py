@@ -51,12 +51,10 @@ class InnerStep:
             if fused:
                 both = torch.autograd.grad(loss + value_loss, actor + critic)
                 grads, critic_grads = list(both[:len(actor)]), list(both[len(actor):])
-            else:
-                grads = list(torch.autograd.grad(loss, actor))
-            if fused:  # one kernel for every tensor's norm, actor's and critic's
-                all_norms = torch.stack(torch._foreach_norm(grads + critic_grads))
+                all_norms = torch.stack(torch._foreach_norm(grads + critic_grads))  # one kernel for every norm
                 actor_norms = all_norms[:len(actor)]
             else:
+                grads = list(torch.autograd.grad(loss, actor))
                 actor_norms = torch.stack(torch._foreach_norm(grads))
             norm = torch.linalg.vector_norm(actor_norms)
             if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
