@@ -30,6 +30,14 @@ def test_meta_test_writes_both_rows_and_refuses_to_overwrite(tmp_path: Path) -> 
     chosen = json.loads(train.read_text())
     assert chosen["split"] == "train" and result["split"] == "test"
     assert chosen["runs"][0]["goals"] != fresh["goals"] and chosen["runs"][0]["timesteps"] == 2048
+    # the summary keeps a loss's runs on different splits apart, best final first
+    table = subprocess.run([sys.executable, str(SCRIPT), "summary", str(out), str(train)], check=True,
+                           capture_output=True, text=True, timeout=600).stdout.splitlines()
+    rows = {line.split()[0] + " " + line.split()[1]: float(line.split()[2]) for line in table[1:]}
+    assert set(rows) == {"fresh [test]", "ppo [test]", "fresh [train]"}
+    assert abs(rows["fresh [test]"] - fresh["curve"][-1]) <= 1e-3 * abs(fresh["curve"][-1])  # 4 significant digits
+    finals = [float(line.split()[2]) for line in table[1:]]
+    assert finals == sorted(finals, reverse=True)
 
 
 def test_the_fresh_loss_is_the_surrogate_family_at_zero_correction() -> None:
