@@ -189,3 +189,65 @@ def test_quick_run_shows_the_claimed_ordering():
     assert summary["ratio_to_task_model"] <= 1.0 / 3.0
     alphas = np.asarray(row["test"]["ml3"]["alpha"])
     assert (alphas > 0).all() and (alphas < config.alpha_max).all()
+
+
+def test_relative_target_pulls_towards_recorded_action_plus_change_and_round_trips(tmp_path):
+    """relative_target: M = sum_j w_j (a_j - (a~_j + d_j))^2, so at a = a~ the step follows the learned change d."""
+    meta = LossAndRate(6, 2, (8,), relative_target=True, generator=torch.Generator().manual_seed(0))
+    context, action = torch.randn(3, 4, 6), torch.randn(3, 4, 2)
+    q, target, weight = meta.loss_net.quadratic_form({"context": context, "action": action, "recorded": action})
+    change = target - action
+    loss, _ = meta(context, action, action)
+    assert torch.allclose(loss, (weight * change ** 2).sum(-1).mean(-1), atol=1e-6)
+    shifted, _ = meta(context, action + 1.0, action)  # the target moves with the recorded action, not the policy's
+    assert not torch.allclose(shifted, loss)
+    meta.save(tmp_path / "rel.zip")
+    loaded = LossAndRate.load(tmp_path / "rel.zip")
+    assert loaded.relative_target
+    for a, b in zip(meta(context, action, action), loaded(context, action, action)):
+        assert torch.equal(a, b)
+
+
+def test_pre_tanh_loss_keeps_a_gradient_where_actions_saturate():
+    """A loss on tanh(u) has no gradient at a saturated policy; the same loss on u keeps one (loss_on_pre_tanh)."""
+    policy = PolicyBatch(6, 2, (8,))
+    theta = policy.init(2, torch.Generator().manual_seed(0))
+    theta["b1"] = torch.full_like(theta["b1"], 20.0)  # every action at +1
+    context = torch.randn(2, 5, 6)
+    assert torch.allclose(policy(theta, context), torch.tanh(policy(theta, context, pre_tanh=True)))
+    assert policy(theta, context).abs().min() > 0.999  # saturated
+    meta = LossAndRate(6, 2, (8,), generator=torch.Generator().manual_seed(1))
+    phi = {k: v.detach() for k, v in meta.named_parameters()}
+    moves = []
+    for pre_tanh in (False, True):
+        recorded = policy(theta, context, pre_tanh=pre_tanh).detach()
+        updated = inner_update(make_learned_loss(policy, meta, pre_tanh), theta, phi, (context, recorded), 1.0)
+        moves.append(float((updated["w1"] - theta["w1"]).abs().max()))
+    assert moves[0] < 1e-6 < 1e-2 < moves[1]
+
+
+def test_random_amplitude_scales_each_episode():
+    goals = sample_tasks("ReacherGoal4D-v0", 6, "train", seed=0)
+    full = random_action_rollouts("ReacherGoal4D-v0", goals, 5, seed=1)
+    gentle = random_action_rollouts("ReacherGoal4D-v0", goals, 5, seed=1, amplitude_min=0.2)
+    ratio = np.abs(gentle.actions).max(axis=(1, 2)) / np.abs(full.actions).max(axis=(1, 2))
+    assert np.all(ratio <= 1.0 + 1e-6) and np.all(ratio >= 0.2 - 1e-6) and ratio.std() > 0
+    with pytest.raises(ValueError, match="amplitude_min"):
+        random_action_rollouts("ReacherGoal4D-v0", goals, 5, seed=1, amplitude_min=1.5)
+
+
+def test_meta_objective_options_and_persistent_policies(monkeypatch):
+    """task_loss_steps n: the mean distance over the last n states; policy_reset_every: policies live that many
+    iterations (fresh ones draw new goals); the defaults keep Algorithm 3 as written."""
+    config = MBRLConfig(horizon=6, n_outer=4, model_every=100, random_episodes=8, model_epochs=1, batch_goals=2,
+                        inner_steps=1, policy_reset_every=2, task_loss_steps=3, loss_on_pre_tanh=True,
+                        relative_target=True)
+    experiment = MBRLExperiment("PointmassGoal-v0", config, seed=0)
+    inits = []
+    original = experiment.policy.init
+    monkeypatch.setattr(experiment.policy, "init", lambda n, g=None: inits.append(n) or original(n, g))
+    log = experiment.meta_train()
+    assert len(inits) == 2 and len(log["task_loss"]) == 4 and np.isfinite(log["task_loss"]).all()
+    default = MBRLConfig()
+    assert (default.policy_reset_every, default.task_loss_steps, default.random_amplitude_min) == (1, 1, 1.0)
+    assert not default.loss_on_pre_tanh and not default.relative_target

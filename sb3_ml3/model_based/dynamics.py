@@ -205,14 +205,24 @@ class RealEnvs:
             env.close()
 
 
-def random_action_rollouts(env_id: str, goals: np.ndarray, horizon: int, seed: int, hold: int = 1) -> RealRollout:
+def random_action_rollouts(env_id: str, goals: np.ndarray, horizon: int, seed: int, hold: int = 1,
+                           amplitude_min: float = 1.0) -> RealRollout:
     """Uniform random actions, each held for ``hold`` steps (1: a fresh draw every step, the default; longer holds
-    drive the point mass into the walls, whose velocity resets the model then spends its capacity on)."""
+    drive the point mass into the walls, whose velocity resets the model then spends its capacity on).
+
+    Each episode's actions are scaled by its own amplitude u ~ U(``amplitude_min``, 1) (1: full-range torques, the
+    default). Full-range torques spin the reacher's elbow to ~25 rad/s, far from where policies go; gentler
+    episodes cover the slow states near a goal that a model must predict well there.
+    """
+    if not 0.0 <= amplitude_min <= 1.0:
+        raise ValueError(f"amplitude_min must lie in [0, 1], got {amplitude_min}.")
     rng = np.random.default_rng(seed)
     envs = RealEnvs(env_id, goals)
     n_blocks = -(-horizon // hold)
     action_dim = envs.envs[0].action_space.shape[0]
     table = rng.uniform(-1.0, 1.0, size=(len(goals), n_blocks, action_dim)).repeat(hold, axis=1)
+    if amplitude_min < 1.0:
+        table = table * rng.uniform(amplitude_min, 1.0, size=(len(goals), 1, 1))
     counter = iter(range(horizon))
 
     def act(obs: np.ndarray) -> np.ndarray:

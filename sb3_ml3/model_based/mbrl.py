@@ -55,6 +55,18 @@ class MBRLConfig:
     meta_max_grad_norm: float = 1.0
     model_every: int = 100  # outer iterations between real rollouts of the latest policies + model refits
     random_episodes: int = 200  # random-action episodes P is first fitted on
+    # each random episode's torques are scaled by u ~ U(random_amplitude_min, 1) (1.0: full-range torques only)
+    random_amplitude_min: float = 1.0
+    # outer iterations a batch of policies (and its goals) lives: 1 = fresh policies every iteration (Alg. 3 as
+    # written); n > 1 keeps updating them with M_phi for n iterations, so the loss also learns where it leads late
+    policy_reset_every: int = 1
+    relative_target: bool = False  # M's target: the recorded action plus a learned change (mbrl_nets.LossAndRate)
+    # M reads the policy's pre-tanh output: its gradient survives saturated actions (a loss on the action drives a
+    # tanh policy to +-1, where every gradient vanishes and the policy stays: the reacher's failure, REPORT.md)
+    loss_on_pre_tanh: bool = False
+    # meta-train's task loss: the mean distance over the unroll's last n states (1: the final distance, Alg. 3's;
+    # more is a denser, smoother signal; meta-test and every baseline are always scored by the final distance)
+    task_loss_steps: int = 1
     model_epochs: int = 60  # epochs of the first fit (a refit: a third of it)
     model_hidden: tuple[int, ...] = (64, 64)
     model_members: int = 3
@@ -88,20 +100,31 @@ def final_distance(env: MBRLEnv, states: torch.Tensor, goals: torch.Tensor) -> t
     return torch.linalg.vector_norm(env.position(states[:, -1]) - goals, dim=-1)
 
 
-def make_learned_loss(policy: PolicyBatch, meta_loss: LossAndRate) -> Callable[[Params, Params, Any], torch.Tensor]:
-    """``(theta, phi, (context, recorded actions)) -> sum_b alpha_b M_b``: its theta-gradient is alpha_b grad M_b per policy."""
+def make_learned_loss(policy: PolicyBatch, meta_loss: LossAndRate, pre_tanh: bool = False
+                      ) -> Callable[[Params, Params, Any], torch.Tensor]:
+    """``(theta, phi, (context, recorded actions)) -> sum_b alpha_b M_b``: its theta-gradient is alpha_b grad M_b per policy.
+
+    ``pre_tanh``: M reads the policy's pre-tanh output u in place of the action, and u's current value (no
+    gradient) in place of the recorded actions (equal to them up to the tanh: the same policy made them).
+    """
 
     def learned_loss(params: Params, phi: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         context, recorded = batch
-        loss, alpha = functional_call(meta_loss, phi, (context, policy(params, context), recorded))
+        if pre_tanh:
+            action = policy(params, context, pre_tanh=True)
+            recorded = action.detach()
+        else:
+            action = policy(params, context)
+        loss, alpha = functional_call(meta_loss, phi, (context, action, recorded))
         return (alpha * loss).sum()
 
     return learned_loss
 
 
-def rate_of(meta_loss: LossAndRate, policy: PolicyBatch, params: Params, context: torch.Tensor) -> torch.Tensor:
+def rate_of(meta_loss: LossAndRate, policy: PolicyBatch, params: Params, context: torch.Tensor,
+            pre_tanh: bool = False) -> torch.Tensor:
     with torch.no_grad():
-        actions = policy(params, context)
+        actions = policy(params, context, pre_tanh=pre_tanh)
         return meta_loss(context, actions, actions)[1]
 
 
@@ -117,11 +140,12 @@ class MBRLExperiment:
         self.meta_loss = LossAndRate(self.env.feature_dim, self.env.action_dim, config.meta_hidden, config.alpha_max,
                                      config.alpha_init, generator=self.generator,
                                      metadata={"env_id": env_id, "horizon": self.horizon, "seed": self.seed,
-                                               "policy_hidden": list(config.policy_hidden)})
+                                               "policy_hidden": list(config.policy_hidden)},
+                                     relative_target=config.relative_target)
         self.model = EnsembleDynamics(self.env.state_dim, self.env.action_dim, config.model_hidden,
                                       config.model_members, generator=self.generator)
         self.buffer = TransitionBuffer(self.env.state_dim, self.env.action_dim)
-        self.learned_loss = make_learned_loss(self.policy, self.meta_loss)
+        self.learned_loss = make_learned_loss(self.policy, self.meta_loss, config.loss_on_pre_tanh)
 
     # ------------------------------------------------------------------ data and model
     def _train_goals(self, n: int, offset: int) -> np.ndarray:
@@ -129,7 +153,8 @@ class MBRLExperiment:
 
     def collect_random(self) -> None:
         goals = self._train_goals(self.config.random_episodes, 1)
-        roll = random_action_rollouts(self.env.env_id, goals, self.horizon, seed=self.seed * 7919)
+        roll = random_action_rollouts(self.env.env_id, goals, self.horizon, seed=self.seed * 7919,
+                                      amplitude_min=self.config.random_amplitude_min)
         self.buffer.add_rollouts(roll.states, roll.actions)
 
     def collect_policy(self, params: Params, goals: np.ndarray, seed: int) -> float:
@@ -157,17 +182,22 @@ class MBRLExperiment:
     # ------------------------------------------------------------------ Algorithm 3
     def meta_objective(self, phi: Params, theta: Params, start: torch.Tensor, goals: torch.Tensor
                        ) -> tuple[torch.Tensor, tuple[Params, torch.Tensor]]:
-        """L_T = mean_k mean_b |position(s_H) - g| after each of the K inner steps, a function of phi."""
+        """L_T = mean_k mean_b |position(s_H) - g| after each of the K inner steps, a function of phi (with
+        ``task_loss_steps`` n > 1: the mean over the last n states s_H-n+1..s_H)."""
         losses, alphas = [], []
         for _ in range(self.config.inner_steps):
             with torch.no_grad():  # tau_k: the states are data, as they are at meta-test
                 states, recorded = unroll(self.model, self.policy, {k: v.detach() for k, v in theta.items()},
                                           self.env, start, goals, self.horizon)
             context = self.env.features(states[:, :-1], goals[:, None].expand(-1, self.horizon, -1))
-            alphas.append(functional_call(self.meta_loss, phi, (context, recorded, recorded))[1])
+            rate_input = (self.policy(theta, context, pre_tanh=True).detach() if self.config.loss_on_pre_tanh
+                          else recorded)
+            alphas.append(functional_call(self.meta_loss, phi, (context, rate_input, rate_input))[1])
             theta = inner_update(self.learned_loss, theta, phi, (context, recorded), inner_lr=1.0)
             states, _ = unroll(self.model, self.policy, theta, self.env, start, goals, self.horizon)
-            losses.append(final_distance(self.env, states, goals).mean())
+            n = min(self.config.task_loss_steps, self.horizon)
+            last = states[:, -n:]
+            losses.append(torch.linalg.vector_norm(self.env.position(last) - goals[:, None], dim=-1).mean())
         return torch.stack(losses).mean(), ({k: v.detach() for k, v in theta.items()}, torch.stack(alphas).detach())
 
     def meta_train(self, progress: Callable[[int, float], None] | None = None) -> dict[str, Any]:
@@ -185,18 +215,22 @@ class MBRLExperiment:
         objective = grad_and_value(self.meta_objective, has_aux=True)
         history, skipped, alpha_trace = [], 0, []
         reset_seed = self.seed * 31 + 5
+        theta: Params = {}
         for outer in range(1, cfg.n_outer + 1):
-            goals_np = self._train_goals(cfg.batch_goals, 10 + outer)
-            goals = torch.as_tensor(goals_np, dtype=torch.float32)
+            if (outer - 1) % cfg.policy_reset_every == 0 or not all(bool(v.isfinite().all()) for v in theta.values()):
+                goals_np = self._train_goals(cfg.batch_goals, 10 + outer)  # fresh goals and policies
+                goals = torch.as_tensor(goals_np, dtype=torch.float32)
+                theta = self.policy.init(cfg.batch_goals, self.generator)
             start = torch.as_tensor(self._start_states(goals_np, reset_seed + outer), dtype=torch.float32)
-            theta0 = self.policy.init(cfg.batch_goals, self.generator)
             phi = {k: v.detach() for k, v in self.meta_loss.named_parameters()}
-            grads, (value, (theta, alphas)) = objective(phi, theta0, start, goals)
+            grads, (value, (theta, alphas)) = objective(phi, theta, start, goals)
             result = apply_meta_gradient(optimizer, self.meta_loss, grads, value, cfg.meta_max_grad_norm)
             skipped += not result.applied
             history.append(result.task_loss)
             alpha_trace.append(float(alphas.mean()))
             if outer % cfg.model_every == 0 and outer < cfg.n_outer:
+                if not all(bool(v.isfinite().all()) for v in theta.values()):  # diverged: NaN states would poison P
+                    theta = self.policy.init(cfg.batch_goals, self.generator)
                 real_distance = self.collect_policy(theta, goals_np, reset_seed + outer)
                 for p in self.model.parameters():
                     p.requires_grad_(True)
@@ -232,7 +266,7 @@ class MBRLExperiment:
                 break
             states = torch.as_tensor(roll.states[:, :-1], dtype=torch.float32)
             context = self.env.features(states, goals[:, None].expand(-1, self.horizon, -1))
-            alphas.append(rate_of(self.meta_loss, self.policy, theta, context).tolist())
+            alphas.append(rate_of(self.meta_loss, self.policy, theta, context, self.config.loss_on_pre_tanh).tolist())
             recorded = torch.as_tensor(roll.actions, dtype=torch.float32)
             theta = inner_update(self.learned_loss, theta, phi, (context, recorded), 1.0)
             theta = {k: v.detach() for k, v in theta.items()}

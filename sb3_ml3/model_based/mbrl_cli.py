@@ -233,6 +233,16 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--meta-lr", type=positive_float, default=d.meta_lr, help="eta, the outer step (Adam)")
     p.add_argument("--alpha-max", type=positive_float, default=d.alpha_max, help="bound of the learned learning rate")
     p.add_argument("--horizon", type=positive_int, default=None, help="unroll/rollout length (default: the env's)")
+    p.add_argument("--policy-reset-every", type=positive_int, default=d.policy_reset_every,
+                   help="outer iterations each batch of meta-train policies lives (1: fresh every iteration)")
+    p.add_argument("--random-amplitude-min", type=float, default=d.random_amplitude_min,
+                   help="each random-action episode's torques scaled by U(this, 1) (1: full range)")
+    p.add_argument("--relative-target", action="store_true",
+                   help="the learned loss's target is the recorded action plus a learned change (default: absolute)")
+    p.add_argument("--loss-on-pre-tanh", action="store_true",
+                   help="the learned loss reads the policy's pre-tanh output (its gradient survives saturation)")
+    p.add_argument("--task-loss-steps", type=positive_int, default=d.task_loss_steps,
+                   help="meta-train task loss: mean distance over the unroll's last n states (1: final distance)")
     p.add_argument("--quick", action="store_true", help="a tiny version (about a minute): a smoke test")
     add_common(p, resumable=False)
 
@@ -246,8 +256,13 @@ def run(args: Any) -> dict[str, Any]:
             settings[name] = getattr(args, name)
     if args.alpha_max <= MBRLConfig.alpha_init:
         raise ValueError(f"--alpha-max must exceed the initial rate {MBRLConfig.alpha_init}, got {args.alpha_max}.")
+    if not 0.0 <= args.random_amplitude_min <= 1.0:
+        raise ValueError(f"--random-amplitude-min must lie in [0, 1], got {args.random_amplitude_min}.")
     config = MBRLConfig(horizon=args.horizon, inner_steps=args.inner_steps, meta_lr=args.meta_lr,
-                        alpha_max=args.alpha_max, **settings)
+                        alpha_max=args.alpha_max, policy_reset_every=args.policy_reset_every,
+                        random_amplitude_min=args.random_amplitude_min, relative_target=args.relative_target,
+                        loss_on_pre_tanh=args.loss_on_pre_tanh, task_loss_steps=args.task_loss_steps,
+                        **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)
     out = run_mbrl(args.envs, seeds, config, progress=not args.no_progress)

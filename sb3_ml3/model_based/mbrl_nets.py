@@ -52,8 +52,12 @@ class PolicyBatch:
             params[f"b{i}"] = (torch.rand(n, 1, fan_out, generator=generator) * 2 - 1) * bound
         return params
 
-    def __call__(self, params: Params, features: torch.Tensor) -> torch.Tensor:
-        """Actions of each policy on its own features: ``features`` has the policies' leading dimension."""
+    def __call__(self, params: Params, features: torch.Tensor, pre_tanh: bool = False) -> torch.Tensor:
+        """Actions of each policy on its own features: ``features`` has the policies' leading dimension.
+
+        ``pre_tanh``: the output layer's value u before the squashing tanh (the action is tanh(u)); a loss on u
+        keeps its gradient where the action saturates at +-1 (a loss on tanh(u) loses it there: stuck policies).
+        """
         n = params["w0"].shape[0]
         if features.shape[0] != n or features.shape[-1] != self.widths[0]:
             raise ValueError(f"PolicyBatch expects features ({n}, ..., {self.widths[0]}); got {tuple(features.shape)}.")
@@ -62,7 +66,8 @@ class PolicyBatch:
         layers = len(self.widths) - 1
         for i in range(layers):
             h = torch.baddbmm(params[f"b{i}"], h, params[f"w{i}"])
-            h = torch.tanh(h)  # hidden tanh, and tanh squashes the output into the action box
+            if i < layers - 1 or not pre_tanh:
+                h = torch.tanh(h)  # hidden tanh, and tanh squashes the output into the action box
         return h.reshape(n, *lead, self.widths[-1])
 
 
@@ -74,12 +79,14 @@ class LossAndRate(nn.Module):
         action_dim: width of the action.
         hidden_sizes: the loss net's and the rate net's hidden widths.
         alpha_max, alpha_init: the bound of the learned rate and its value before meta-training.
+        relative_target: the loss's target is the recorded action plus a learned change (module docstring);
+            that change's head starts at a tenth of the Xavier scale, so the first steps are small.
         metadata: JSON-able facts saved with the weights (env id, horizon, ...).
     """
 
     def __init__(self, feature_dim: int, action_dim: int, hidden_sizes: tuple[int, ...] = (64, 64),
                  alpha_max: float = 10.0, alpha_init: float = 1.0, metadata: dict[str, Any] | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, relative_target: bool = False) -> None:
         super().__init__()
         if not 0.0 < alpha_init < alpha_max or not math.isfinite(alpha_max):
             raise ValueError(f"need 0 < alpha_init < alpha_max < inf; got alpha_init={alpha_init}, alpha_max={alpha_max}.")
@@ -87,9 +94,14 @@ class LossAndRate(nn.Module):
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.alpha_max, self.alpha_init = float(alpha_max), float(alpha_init)
         self.metadata = dict(metadata or {})
-        self.loss_net = MetaLoss(f"context:{feature_dim}, action:{action_dim}", hidden_sizes=self.hidden_sizes,
-                                 activation="tanh", quadratic=["action"])
+        self.relative_target = bool(relative_target)
+        spec = f"context:{feature_dim}, action:{action_dim}" + (f", recorded:{action_dim}" if relative_target else "")
+        self.loss_net = MetaLoss(spec, hidden_sizes=self.hidden_sizes, activation="tanh", quadratic=["action"],
+                                 quadratic_reference={"action": "recorded"} if relative_target else None)
         self.loss_net.reset_parameters(generator)
+        if relative_target:
+            with torch.no_grad():
+                self.loss_net.net[-1].weight[:action_dim] *= 0.1  # the change d starts small
         layers: list[nn.Module] = []
         width = self.feature_dim + self.action_dim
         for hidden in self.hidden_sizes:
@@ -113,7 +125,10 @@ class LossAndRate(nn.Module):
         if context.shape[-1] != self.feature_dim or action.shape[-1] != self.action_dim or context.dim() != 3:
             raise ValueError(f"LossAndRate expects contexts (B, T, {self.feature_dim}) and actions (B, T, "
                              f"{self.action_dim}); got {tuple(context.shape)} and {tuple(action.shape)}.")
-        loss = self.loss_net(context=context, action=action).mean(-1)
+        fields = {"context": context, "action": action}
+        if self.relative_target:
+            fields["recorded"] = recorded_action.detach()
+        loss = self.loss_net(fields).mean(-1)
         logits = self.rate_net(torch.cat([context, recorded_action.detach()], -1)).squeeze(-1).mean(-1)
         return loss, self.alpha_max * torch.sigmoid(logits)
 
@@ -121,7 +136,7 @@ class LossAndRate(nn.Module):
     def config(self) -> dict[str, Any]:
         return {"format": FORMAT, "feature_dim": self.feature_dim, "action_dim": self.action_dim,
                 "hidden_sizes": list(self.hidden_sizes), "alpha_max": self.alpha_max, "alpha_init": self.alpha_init,
-                "loss_net": self.loss_net.config(), "metadata": self.metadata}
+                "relative_target": self.relative_target, "loss_net": self.loss_net.config(), "metadata": self.metadata}
 
     def save(self, path: str | os.PathLike) -> None:
         """One zip: ``spec.json`` (the architecture and metadata) and ``weights.pt`` (a tensor state dict), atomic."""
@@ -147,7 +162,7 @@ class LossAndRate(nn.Module):
         if config.get("format") != FORMAT:
             raise MetaLossSpecError(f"{path!r} has format {config.get('format')!r}, expected {FORMAT!r}.")
         module = cls(config["feature_dim"], config["action_dim"], tuple(config["hidden_sizes"]), config["alpha_max"],
-                     config["alpha_init"], config.get("metadata"))
+                     config["alpha_init"], config.get("metadata"), relative_target=config.get("relative_target", False))
         module.load_state_dict(state)
         return module
 
