@@ -251,3 +251,19 @@ def test_meta_objective_options_and_persistent_policies(monkeypatch):
     default = MBRLConfig()
     assert (default.policy_reset_every, default.task_loss_steps, default.random_amplitude_min) == (1, 1, 1.0)
     assert not default.loss_on_pre_tanh and not default.relative_target
+
+
+def test_final_speed_weight_adds_the_final_speed_to_the_task_loss():
+    values = []
+    for weight in (0.0, 2.0):
+        experiment = MBRLExperiment("PointmassGoal-v0", MBRLConfig(horizon=5, inner_steps=1, batch_goals=2,
+                                                                   final_speed_weight=weight), seed=0)
+        theta = experiment.policy.init(2, torch.Generator().manual_seed(3))
+        theta = {k: v * 20.0 for k, v in theta.items()}  # moving policies
+        phi = {k: v.detach() for k, v in experiment.meta_loss.named_parameters()}
+        start, goals = torch.zeros(2, 4), torch.tensor([[1.0, 0.0], [0.0, -1.0]])
+        value, (updated, _) = experiment.meta_objective(phi, theta, start, goals)
+        with torch.no_grad():
+            states, _ = unroll(experiment.model, experiment.policy, updated, experiment.env, start, goals, 5)
+        values.append((float(value.detach()), float(torch.linalg.vector_norm(states[:, -1, 2:4], dim=-1).mean())))
+    assert values[1][1] > 0 and values[1][0] == pytest.approx(values[0][0] + 2.0 * values[1][1], rel=1e-5)

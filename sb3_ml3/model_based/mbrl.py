@@ -67,6 +67,9 @@ class MBRLConfig:
     # meta-train's task loss: the mean distance over the unroll's last n states (1: the final distance, Alg. 3's;
     # more is a denser, smoother signal; meta-test and every baseline are always scored by the final distance)
     task_loss_steps: int = 1
+    # meta-train's task loss also adds this times |velocity at s_H| (state[2:4]: the point's, the joints' in rad/s);
+    # 0: none. Shapes meta-training away from the reacher's fold-and-spin optimum (REPORT.md); never scored
+    final_speed_weight: float = 0.0
     model_epochs: int = 60  # epochs of the first fit (a refit: a third of it)
     model_hidden: tuple[int, ...] = (64, 64)
     model_members: int = 3
@@ -183,7 +186,8 @@ class MBRLExperiment:
     def meta_objective(self, phi: Params, theta: Params, start: torch.Tensor, goals: torch.Tensor
                        ) -> tuple[torch.Tensor, tuple[Params, torch.Tensor]]:
         """L_T = mean_k mean_b |position(s_H) - g| after each of the K inner steps, a function of phi (with
-        ``task_loss_steps`` n > 1: the mean over the last n states s_H-n+1..s_H)."""
+        ``task_loss_steps`` n > 1: the mean over the last n states s_H-n+1..s_H; plus ``final_speed_weight`` times
+        the mean speed |v_H| of the last state)."""
         losses, alphas = [], []
         for _ in range(self.config.inner_steps):
             with torch.no_grad():  # tau_k: the states are data, as they are at meta-test
@@ -197,7 +201,11 @@ class MBRLExperiment:
             states, _ = unroll(self.model, self.policy, theta, self.env, start, goals, self.horizon)
             n = min(self.config.task_loss_steps, self.horizon)
             last = states[:, -n:]
-            losses.append(torch.linalg.vector_norm(self.env.position(last) - goals[:, None], dim=-1).mean())
+            loss = torch.linalg.vector_norm(self.env.position(last) - goals[:, None], dim=-1).mean()
+            if self.config.final_speed_weight:
+                speed = torch.linalg.vector_norm(states[:, -1, 2:4], dim=-1).mean()
+                loss = loss + self.config.final_speed_weight * speed
+            losses.append(loss)
         return torch.stack(losses).mean(), ({k: v.detach() for k, v in theta.items()}, torch.stack(alphas).detach())
 
     def meta_train(self, progress: Callable[[int, float], None] | None = None) -> dict[str, Any]:
