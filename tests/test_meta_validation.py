@@ -134,3 +134,27 @@ def test_validate_at_start_makes_the_initial_loss_a_candidate():
     first = MetaValidationCallback(ENV, eval_freq=64, eval_at_updates=(1,), n_goals=2)
     _model().learn(128, callback=first)
     assert [s for s, _ in first.history] == [64, 128]
+
+
+def test_validation_models_compile_when_meta_training_does(monkeypatch):
+    """A compiled meta-training validates with compiled testers (their short learn calls stay eager otherwise)."""
+    from sb3_ml3 import compiled
+
+    made = []
+    original = compiled.CompiledOrEager.__init__
+
+    def record(self, fn, backend="inductor", dynamic=False):
+        made.append(self)
+        original(self, fn, lambda graph, inputs: graph.forward, dynamic)  # run the captured graph as is
+
+    monkeypatch.setattr(compiled.CompiledOrEager, "__init__", record)
+    env = make_vec_env(ENV, n_envs=2, seed=0, env_kwargs={"task_split": "train"})
+    model = ML3("MlpPolicy", env, meta_train=True, seed=0, learning_rate=0.1, meta_lr=3e-2, compile_inner_step=True,
+                **SMALL)
+    model.learn(128, callback=MetaValidationCallback(ENV, eval_freq=64, eval_at_updates=(1,), n_goals=2))
+    assert len(made) == 3  # the meta-training model's, and one per validation (at 64 and at 128 steps)
+    assert all(w.compiled_calls > 0 and w.eager_calls == 0 for w in made)
+    eager = _model()
+    made.clear()
+    eager.learn(128, callback=MetaValidationCallback(ENV, eval_freq=64, eval_at_updates=(1,), n_goals=2))
+    assert made == []

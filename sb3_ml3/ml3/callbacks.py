@@ -170,9 +170,10 @@ class MetaValidationCallback(BaseCallback):
             policy_kwargs["net_arch"] = dict(pi=list(self.net_arch), vf=list(vf if vf is not None else [64, 64]))
         rng_state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         try:  # the validation seeds the global RNGs: meta-training must not notice
+            # compiled where meta-training compiles: its short learn calls would not decide so themselves
             tester = ML3(model.policy_class, self._val_env, meta_train=False,
-                         meta_loss=meta_loss, seed=self.seed,
-                         policy_kwargs=policy_kwargs, device=model.device, **settings)
+                         meta_loss=meta_loss, seed=self.seed, policy_kwargs=policy_kwargs, device=model.device,
+                         compile_inner_step=bool(getattr(model, "_compiling", False)), **settings)
             rollout = tester.n_steps * tester.n_envs
             values, done = [], 0
             for k in self.eval_at_updates:
