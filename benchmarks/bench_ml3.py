@@ -123,7 +123,7 @@ def main() -> None:
         print(f"{name:<26}{rate[name]:>12.0f}{iteration_steps / rate[name]:>15.3f}{over_ppo[name]:>9.2f}x")
     if results["traced_over_recompute"] is not None:
         print(f"traced outer step over recomputing: {results['traced_over_recompute']:.2f}x env steps/s")
-    if args.compiled and {"ml3_meta_test_compiled", "ml3_meta_train_compiled"} <= set(makers):
+    if {"ml3_meta_test", "ml3_meta_train", "ml3_meta_test_compiled", "ml3_meta_train_compiled"} <= set(makers):
         results["compile_s"] = {
             "meta_test": warm_up_s["ml3_meta_test_compiled"] - warm_up_s["ml3_meta_test"],
             "meta_train": warm_up_s["ml3_meta_train_compiled"] - warm_up_s["ml3_meta_train"]}

@@ -75,9 +75,19 @@ def meta_train(args: argparse.Namespace) -> None:
           f"validation history {history}")
 
 
+def clip_path(clip_dir: str, name: str, seed: int) -> str:
+    """Where ``--clip-dir`` puts the clip of loss (or ``ppo``/``fresh``) ``name`` trained with ``seed``."""
+    return os.path.join(clip_dir, f"clip_{os.path.splitext(os.path.basename(name))[0]}_seed{seed}.gif")
+
+
 def meta_test(args: argparse.Namespace) -> None:
     if os.path.exists(args.out) and not args.force:
         raise SystemExit(f"{args.out} exists: pass --force to overwrite it.")
+    if args.clip_dir is not None and not args.force:
+        taken = [path for name in args.loss for seed in args.seeds
+                 if os.path.exists(path := clip_path(args.clip_dir, name, seed))]
+        if taken:
+            raise SystemExit(f"{taken[0]} exists: pass --force to overwrite the clips in {args.clip_dir}.")
     test, n_envs = ppo_family_settings(args.env, args.update)
     goals = np.asarray(sample_tasks(args.env, 10, args.split, seed=TASK_SEED))
     dense = max(1, min(2_000, args.timesteps // 4))  # 2k steps, or finer for a smoke run
@@ -94,7 +104,8 @@ def meta_test(args: argparse.Namespace) -> None:
                 record, model = run_one(args.env, "ppo", load_recipe(args.env)["ppo"], seed, args.net_arch, goals,
                                         schedule, args.timesteps, keep_model=keep, split=args.split)
             else:
-                settings = {"n_envs": n_envs, "normalize": True, "meta_test": {**test, "compile_inner_step": args.compile}}
+                test_kwargs = {**test, "compile_inner_step": args.compile}
+                settings = {"n_envs": n_envs, "normalize": True, "meta_test": test_kwargs}
                 loss = fresh_loss(args.env) if name == "fresh" else name.format(seed=seed)
                 record, model = run_one(args.env, "ml3", settings, seed, args.net_arch, goals, schedule,
                                         args.timesteps, meta_loss=loss, keep_model=keep, split=args.split)
@@ -109,8 +120,8 @@ def meta_test(args: argparse.Namespace) -> None:
                 os.makedirs(args.clip_dir, exist_ok=True)
                 stem = os.path.splitext(os.path.basename(name))[0]
                 record["clip"] = render_policy_clip(
-                    model, args.env, goals[:3], os.path.join(args.clip_dir, f"clip_{stem}_seed{seed}.gif"),
-                    seed=EVAL_SEED, vec_normalize=model.get_vec_normalize_env(),
+                    model, args.env, goals[:3], clip_path(args.clip_dir, name, seed), seed=EVAL_SEED,
+                    vec_normalize=model.get_vec_normalize_env(),
                     title=f"{stem} seed {seed}, {model.num_timesteps // 1000}k")
             results["runs"].append(record)
             b = record["behaviour"]

@@ -47,3 +47,15 @@ def test_the_fresh_loss_is_the_surrogate_family_at_zero_correction() -> None:
     loss = module.fresh_loss("ReacherGoal-v0")
     assert loss.surrogate == "ppo" and all(float(p.abs().sum()) == 0 for p in loss.net[-1].parameters())
     assert loss.metadata["inner_optimizer"] == "adam"
+
+
+def test_meta_test_refuses_to_overwrite_earlier_clips(tmp_path: Path) -> None:
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    earlier = clips / "clip_ppo_seed0.gif"
+    earlier.write_bytes(b"a user's earlier clip")
+    cmd = [sys.executable, str(SCRIPT), "meta-test", "--env", "PointmassGoal-v0", "--timesteps", "2048", "--seeds", "0",
+           "--out", str(tmp_path / "mt.json"), "--loss", "ppo", "--clip-dir", str(clips)]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "--force" in refused.stderr
+    assert earlier.read_bytes() == b"a user's earlier clip" and not (tmp_path / "mt.json").exists()
