@@ -20,7 +20,7 @@ from sb3_ml3.traced import InnerTrace
 
 
 #: ``ML3(compile_inner_step="auto")`` compiles the inner step for ``learn`` calls of at least this many steps:
-#: its one-off 17-21 s (cold) is then a few percent of the run, and the compiled step saves more than that
+#: its one-off ~16 s (cold) is then a few percent of the run, and the compiled step saves more than that
 COMPILE_FROM_STEPS = 200_000
 
 

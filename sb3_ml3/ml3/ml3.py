@@ -147,7 +147,7 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         a surrogate-family loss at zero correction, an update is SB3 PPO's, step for step. The outer step keeps
         each minibatch's clip factor as a constant (its dependence on phi through the norm is dropped).
     :param compile_inner_step: run each inner step's losses and their backward pass through ``torch.compile``
-        (fused kernels; silently eager where compiling fails). About 17-21 s of compiling on the first update of
+        (fused kernels; silently eager where compiling fails). About 16 s of compiling on the first update of
         a process (less from inductor's disk cache), then roughly half the inner step's forward and backward
         time. ``"auto"``: for a ``learn`` call of ``COMPILE_FROM_STEPS`` (200k) steps or more, where it pays.
     """
