@@ -148,8 +148,8 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         each minibatch's clip factor as a constant (its dependence on phi through the norm is dropped).
     :param compile_inner_step: run each inner step's losses and their backward pass through ``torch.compile``
         (fused kernels; silently eager where compiling fails). About 16 s of compiling on the first update of
-        a process (less from inductor's disk cache), then a cheaper inner step (about 0.2 s per
-        ReacherGoal update; BENCHMARKS.md). ``"auto"``: for a ``learn`` call of ``COMPILE_FROM_STEPS`` (200k) steps or more, where it pays.
+        a process (less from inductor's disk cache), then a cheaper inner step (about 0.2 s per ReacherGoal
+        update; BENCHMARKS.md). ``"auto"``: for a ``learn`` call of ``COMPILE_FROM_STEPS`` (200k) steps or more.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": ML3Policy}
