@@ -13,8 +13,8 @@ from sb3_ml3.functional import inner_update, meta_gradient
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.model_based import reacher_experts
 from sb3_ml3.model_based.experts import ReacherIKPDExpert, collect_demonstrations
-from sb3_ml3.model_based.reacher_experts_core import (ReacherExpertsConfig, ReacherExpertsLearner, init_policies,
-                                                      make_meta_loss, scale_obs)
+from sb3_ml3.model_based.reacher_experts_core import (FEATURES, ReacherExpertsConfig, ReacherExpertsLearner,
+                                                      init_policies, make_meta_loss, observation_features, scale_obs)
 from sb3_ml3.model_based.reacher_experts_env import GoalRollouts, one_goal_per_sector
 
 
@@ -116,3 +116,58 @@ def test_quick_run_shows_the_ordering_and_writes_the_loss(tmp_path):
     with pytest.raises(ValueError, match="already holds results"):
         (out / "results.json").write_text("{}")
         reacher_experts.run(args)
+
+
+def test_arm_frame_features_are_invariant_to_rotating_arm_and_goal_together():
+    """Rotating the shoulder and the goal by the same angle changes neither the features nor the expert's torques."""
+    rng = np.random.default_rng(0)
+    q, dq = rng.uniform(-2.5, 2.5, (6, 2)), rng.uniform(-1, 1, (6, 2))
+    goals = rng.uniform(0.06, 0.18, (6, 1)) * np.stack([np.cos(g := rng.uniform(0, 6.3, 6)), np.sin(g)], 1)
+
+    def observation(q: np.ndarray, goals: np.ndarray) -> np.ndarray:
+        tip = 0.1 * np.stack([np.cos(q[:, 0]), np.sin(q[:, 0])], 1) + 0.11 * np.stack(
+            [np.cos(q[:, 0] + q[:, 1]), np.sin(q[:, 0] + q[:, 1])], 1)
+        return np.concatenate([np.cos(q), np.sin(q), goals, dq, tip - goals], 1)
+
+    angle = 1.234
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    obs, turned = observation(q, goals), observation(q + [angle, 0.0], goals @ rotation.T)
+    features = observation_features(obs, "arm-frame")
+    assert features.shape == (6, FEATURES["arm-frame"])
+    torch.testing.assert_close(observation_features(turned, "arm-frame"), features, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ReacherIKPDExpert().act(turned), ReacherIKPDExpert().act(obs), atol=1e-6)
+    assert not torch.allclose(observation_features(turned, "obs"), observation_features(obs, "obs"))
+    with pytest.raises(ValueError, match="features must be one of"):
+        ReacherExpertsConfig(features="polar")
+    with pytest.raises(ValueError, match="task_states must be one of"):
+        ReacherExpertsConfig(task_states="everywhere")
+
+
+def test_random_arm_demonstrations_cover_the_joint_space_and_still_reach():
+    goals = one_goal_per_sector("train", 2)
+    near = collect_demonstrations(goals, n_per_goal=6, seed=3)
+    spread = collect_demonstrations(goals, n_per_goal=6, seed=3, random_arm=True)
+    shoulder = lambda d: np.arctan2(d.states[:, :, 0, 2], d.states[:, :, 0, 0])  # noqa: E731
+    assert np.ptp(shoulder(near)) < 0.25 and np.ptp(shoulder(spread)) > 3.0  # ReacherGoal's reset: +-0.1 rad
+    assert spread.final_distance.max() <= 0.02  # the expert reaches from anywhere (measured: < 1e-4)
+    again = collect_demonstrations(goals, n_per_goal=6, seed=3, random_arm=True)
+    np.testing.assert_array_equal(again.states, spread.states)  # seeded
+
+
+def test_rollout_task_states_query_the_expert_on_the_visited_states():
+    """task_states="rollouts": the BC task loss reads the expert at every state of each meta-training rollout."""
+    calls = []
+
+    def expert(obs: np.ndarray) -> np.ndarray:
+        calls.append(obs.copy())
+        return ReacherIKPDExpert().act(obs)
+
+    config = ReacherExpertsConfig(n_outer=3, policy_hidden=(8,), meta_hidden=(8,), features="arm-frame",
+                                  task_states="rollouts")
+    learner = ReacherExpertsLearner(config, expert=expert)
+    demos = collect_demonstrations(one_goal_per_sector("train", 0), 1, seed=0)
+    meta_loss, history = learner.meta_train(demos, torch.Generator().manual_seed(0), seed=0)
+    assert len(calls) == 3 and all(c.shape == (4 * 50, 10) for c in calls)
+    assert not np.allclose(calls[0], calls[1])  # new rollouts each outer step
+    assert str(meta_loss.spec) == "obs:7, action:2" and meta_loss.metadata["features"] == "arm-frame"
+    assert len(history["task_loss"]) == 3 and np.all(np.isfinite(history["task_loss"]))

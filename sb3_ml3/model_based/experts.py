@@ -100,13 +100,17 @@ class Demonstrations:
 
 
 def collect_demonstrations(goals: np.ndarray | Sequence[Sequence[float]], n_per_goal: int, seed: int,
-                           expert: ReacherIKPDExpert | None = None) -> Demonstrations:
-    """``n_per_goal`` expert episodes on each goal (reset seeds ``seed, seed + 1, ...``: different initial arms)."""
+                           expert: ReacherIKPDExpert | None = None, random_arm: bool = False) -> Demonstrations:
+    """``n_per_goal`` expert episodes on each goal (reset seeds ``seed, seed + 1, ...``: different initial arms).
+
+    ``random_arm``: each episode starts from an arm drawn over the whole joint space
+    (:meth:`GoalRollouts.run`), not ReacherGoal's reset near the straight arm.
+    """
     if n_per_goal < 1:
         raise ValueError(f"n_per_goal must be at least 1, got {n_per_goal}.")
     expert = expert or ReacherIKPDExpert()
     rollouts = GoalRollouts(goals)
-    episodes = [rollouts.run(expert.act, [seed + d] * len(rollouts)) for d in range(n_per_goal)]
+    episodes = [rollouts.run(expert.act, [seed + d] * len(rollouts), random_arm=random_arm) for d in range(n_per_goal)]
     rollouts.close()
     return Demonstrations(
         goals=np.asarray(goals, dtype=np.float64),

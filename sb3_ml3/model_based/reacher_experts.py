@@ -23,7 +23,8 @@ from sb3_ml3.atomic import jsonable
 from sb3_ml3.envs.reacher import ReacherGoalEnv
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.model_based.experts import ReacherIKPDExpert, collect_demonstrations
-from sb3_ml3.model_based.reacher_experts_core import ReacherExpertsConfig, ReacherExpertsLearner
+from sb3_ml3.model_based.reacher_experts_core import (DEMO_STARTS, FEATURES, TASK_STATES, ReacherExpertsConfig,
+                                                      ReacherExpertsLearner)
 from sb3_ml3.model_based.reacher_experts_env import GoalRollouts, one_goal_per_sector
 
 ENV_ID = "ReacherGoal-v0"
@@ -60,7 +61,7 @@ def run_seed(config: ReacherExpertsConfig, seed: int, references: bool = True,
     generator = torch.Generator().manual_seed(seed)
     train_goals = one_goal_per_sector("train", seed)
     test_goals = ReacherGoalEnv.sample_tasks(cfg.n_test_goals, "test", seed)
-    demos = collect_demonstrations(train_goals, cfg.n_demos, seed=1000 * seed + 1)
+    demos = collect_demonstrations(train_goals, cfg.n_demos, seed=1000 * seed + 1, random_arm=cfg.demo_starts == "random")
     expert = ReacherIKPDExpert()
     expert_eval = {name: GoalRollouts(goals).run(expert.act, [EVAL_SEED + i for i in range(len(goals))])
                    for name, goals in (("train", train_goals), ("test", test_goals))}
@@ -80,6 +81,10 @@ def run_seed(config: ReacherExpertsConfig, seed: int, references: bool = True,
                    for name, e in expert_eval.items()},
         "meta_train_task_loss": history["task_loss"], "skipped_meta_steps": len(history["skipped"]),
         "meta_train_env_steps": cfg.n_outer * cfg.n_train_goals * 50,
+        # expert labels each method saw: BC and the "demos" task loss the demonstrations, the "rollouts" task
+        # loss also every state of its meta-training rollouts
+        "expert_labels": {"bc": int(demos.states[..., 0].size), "ml3": int(demos.states[..., 0].size) + (
+            cfg.n_outer * cfg.n_train_goals * 50 if cfg.task_states == "rollouts" else 0)},
         "ml3": {split: {k: v.tolist() for k, v in curves.items()} for split, curves in ml3.items()},
         "bc_steps": bc["steps"].tolist(),
         "bc": {split: {k: v.tolist() for k, v in bc[split].items()} for split in ("test", "train")},
@@ -191,6 +196,15 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--bc-lr", type=positive_float, default=d.bc_lr, help="the BC baseline's Adam step size")
     p.add_argument("--meta-form", choices=["quadratic", "mlp"], default=d.meta_form,
                    help="w(s)||a - t(s)||^2 with a learned target and weight (default) or an MLP of (s, a)")
+    p.add_argument("--features", choices=list(FEATURES), default=d.features,
+                   help="what policies and the meta-loss read: the scaled observation (default, the paper's) or "
+                        "arm-frame (the observation in the upper arm's frame: no shoulder angle, no goal bearing)")
+    p.add_argument("--demo-starts", choices=list(DEMO_STARTS), default=d.demo_starts,
+                   help="demonstrations from ReacherGoal's reset (default) or from random arms over the joint space")
+    p.add_argument("--task-states", choices=list(TASK_STATES), default=d.task_states,
+                   help="the BC task loss on the demonstrations (default) or on the meta-training rollouts' states, "
+                        "labelled by querying the expert (DAgger-style; the expert labels each method saw are recorded)")
+    p.add_argument("--n-demos", type=positive_int, default=None, help=f"expert episodes per training target ({d.n_demos})")
     p.add_argument("--no-references", action="store_true", help="skip the reference policies (tests)")
     p.add_argument("--quick", action="store_true", help="a tiny version (about a minute): a smoke test")
     add_common(p, resumable=False)
@@ -204,11 +218,12 @@ def run(args: Any) -> dict[str, Any]:
     from sb3_ml3.model_based.reacher_experts_report import format_table, plot_reacher_experts
 
     settings: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for name in ("n_outer", "test_updates", "bc_steps"):
+    for name in ("n_outer", "test_updates", "bc_steps", "n_demos"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     config = ReacherExpertsConfig(inner_lr=args.inner_lr, meta_lr=args.meta_lr, reset_every=args.reset_every,
-                                  bc_lr=args.bc_lr, meta_form=args.meta_form, **settings)
+                                  bc_lr=args.bc_lr, meta_form=args.meta_form, features=args.features,
+                                  demo_starts=args.demo_starts, task_states=args.task_states, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)
     results = run_reacher_experts(seeds, config, references=not args.no_references, progress=not args.no_progress)

@@ -15,7 +15,10 @@
   demonstrations, tested on the new targets.
 
 Policies and the meta-loss read the observation scaled by :data:`OBS_SCALE` (each feature about
-unit spread), recorded in the meta-loss file's metadata.
+unit spread), recorded in the meta-loss file's metadata; or, with ``features="arm-frame"``, the
+observation in the upper arm's frame (:func:`arm_frame`), which drops the shoulder angle and the
+goal's bearing: the planar arm's dynamics and the expert do not depend on them, so four targets
+teach what forty would.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ from sb3_ml3.model_based.reacher_experts_env import GoalRollouts, Trajectories
 #: observation scale: cos/sin x1, goal x5, joint velocities x0.2, fingertip - goal x10 (unit spread each)
 OBS_SCALE = (1.0, 1.0, 1.0, 1.0, 5.0, 5.0, 0.2, 0.2, 10.0, 10.0)
 META_FORMS = ("quadratic", "mlp")
+#: what policies and the meta-loss read, and its width
+FEATURES = {"obs": len(OBS_SCALE), "arm-frame": 7}
+#: where the task loss reads the expert: its demonstrations (the paper's) or the policy's own rollout states
+TASK_STATES = ("demos", "rollouts")
+DEMO_STARTS = ("env", "random")
 
 
 @dataclass
@@ -60,6 +68,9 @@ class ReacherExpertsConfig:
     meta_hidden: tuple[int, ...] = (40, 40)
     meta_form: str = "quadratic"  # M = w_phi(s) ||a - t_phi(s)||^2, or an MLP of (s, a) with softplus output
     success_threshold: float = 0.02  # ReacherGoal's: final fingertip-goal distance
+    features: str = "obs"  # what policies and M_phi read: the scaled observation, or the arm-frame features
+    demo_starts: str = "env"  # demonstrations from ReacherGoal's reset, or from random arms (whole joint space)
+    task_states: str = "demos"  # BC task loss on the demonstrations, or the expert queried on the rollout states
 
     def __post_init__(self) -> None:
         sizes = ("n_outer", "reset_every", "n_demos", "n_train_goals", "n_test_goals", "test_updates", "bc_steps",
@@ -73,17 +84,21 @@ class ReacherExpertsConfig:
                 raise ValueError(f"{name} must be a positive, finite number, got {value}.")
         if self.meta_form not in META_FORMS:
             raise ValueError(f"meta_form must be one of {META_FORMS}, got {self.meta_form!r}.")
+        for name, allowed in (("features", tuple(FEATURES)), ("demo_starts", DEMO_STARTS),
+                              ("task_states", TASK_STATES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.n_train_goals != 4:
             raise ValueError("the training targets are one per training sector: n_train_goals must be 4.")
 
 
 class ReacherPolicy(nn.Module):
-    """pi_theta(s): an MLP (tanh) from the scaled observation to the two torques (the env clips to [-1, 1])."""
+    """pi_theta(s): an MLP (tanh) from the features (``in_features`` wide) to the two torques (the env clips)."""
 
-    def __init__(self, hidden: Sequence[int] = (64, 64)) -> None:
+    def __init__(self, hidden: Sequence[int] = (64, 64), in_features: int = len(OBS_SCALE)) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        width = len(OBS_SCALE)
+        width = int(in_features)
         for h in hidden:
             layers += [nn.Linear(width, int(h)), nn.Tanh()]
             width = int(h)
@@ -94,12 +109,41 @@ class ReacherPolicy(nn.Module):
         return self.net(obs)
 
 
-def scale_obs(obs: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """The observation as the policy and the meta-loss read it (float32 tensor, :data:`OBS_SCALE` applied)."""
+def _obs_tensor(obs: np.ndarray | torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(obs, dtype=np.float32) if isinstance(obs, np.ndarray) else obs, dtype=torch.float32)
     if x.shape[-1] != len(OBS_SCALE):
         raise ValueError(f"expected ReacherGoal-v0 observations of width {len(OBS_SCALE)}, got {tuple(x.shape)}.")
-    return x * torch.tensor(OBS_SCALE)
+    return x
+
+
+def scale_obs(obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """The observation as the policy and the meta-loss read it (float32 tensor, :data:`OBS_SCALE` applied)."""
+    return _obs_tensor(obs) * torch.tensor(OBS_SCALE)
+
+
+def arm_frame(obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """ReacherGoal-v0's observation in the upper arm's frame, ``(..., 7)``, each feature about unit spread.
+
+    (cos, sin of the elbow; 5 |goal|; 0.2 x the two joint velocities; 10 x the fingertip-goal vector
+    rotated into the upper arm's frame). The shoulder angle and the goal's bearing are gone: rotating
+    the arm and the goal together about the base changes neither the dynamics nor the IK + PD expert's
+    torques, so a function of these features is the same on every target of a given radius.
+    """
+    x = _obs_tensor(obs)
+    c0, c1, s0, s1 = x[..., 0], x[..., 1], x[..., 2], x[..., 3]
+    dx, dy = x[..., 8], x[..., 9]
+    radius = torch.linalg.vector_norm(x[..., 4:6], dim=-1)
+    local = (c0 * dx + s0 * dy, -s0 * dx + c0 * dy)
+    return torch.stack([c1, s1, 5.0 * radius, 0.2 * x[..., 6], 0.2 * x[..., 7], 10.0 * local[0], 10.0 * local[1]], -1)
+
+
+def observation_features(obs: np.ndarray | torch.Tensor, kind: str = "obs") -> torch.Tensor:
+    """What policies and the meta-loss read: :func:`scale_obs` (``"obs"``) or :func:`arm_frame`."""
+    if kind == "obs":
+        return scale_obs(obs)
+    if kind == "arm-frame":
+        return arm_frame(obs)
+    raise ValueError(f"features must be one of {tuple(FEATURES)}, got {kind!r}.")
 
 
 def init_policies(policy: nn.Module, n: int, generator: torch.Generator) -> Params:
@@ -115,12 +159,13 @@ def init_policies(policy: nn.Module, n: int, generator: torch.Generator) -> Para
 def make_meta_loss(config: ReacherExpertsConfig, generator: torch.Generator, metadata: dict | None = None) -> MetaLoss:
     """M_phi(s, a): the quadratic form w_phi(s) ||a - t_phi(s)||^2 (bounded below, a learned target) or an MLP."""
     meta = {"experiment": "reacher-experts", "env_id": "ReacherGoal-v0", "obs_scale": list(OBS_SCALE),
-            "policy_hidden": list(config.policy_hidden), **(metadata or {})}
+            "features": config.features, "policy_hidden": list(config.policy_hidden), **(metadata or {})}
+    spec = f"obs:{FEATURES[config.features]}, action:2"
     if config.meta_form == "quadratic":
-        loss = MetaLoss("obs:10, action:2", hidden_sizes=config.meta_hidden, activation="tanh", quadratic=("action",),
+        loss = MetaLoss(spec, hidden_sizes=config.meta_hidden, activation="tanh", quadratic=("action",),
                         metadata=meta)
     else:
-        loss = MetaLoss("obs:10, action:2", hidden_sizes=config.meta_hidden, activation="tanh", output="softplus",
+        loss = MetaLoss(spec, hidden_sizes=config.meta_hidden, activation="tanh", output="softplus",
                         metadata=meta)
     loss.reset_parameters(generator)
     return loss
@@ -129,9 +174,11 @@ def make_meta_loss(config: ReacherExpertsConfig, generator: torch.Generator, met
 class ReacherExpertsLearner:
     """The pure functions of one setting (policy architecture, meta-loss) and the three procedures on them."""
 
-    def __init__(self, config: ReacherExpertsConfig) -> None:
+    def __init__(self, config: ReacherExpertsConfig, expert: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.config = config
-        self.policy = ReacherPolicy(config.policy_hidden)
+        self.policy = ReacherPolicy(config.policy_hidden, FEATURES[config.features])
+        #: queried at the rollout states when ``task_states="rollouts"`` (default: the IK + PD expert)
+        self.expert = expert
         self.template = make_meta_loss(config, torch.Generator().manual_seed(0))
 
         def act(params: Params, obs: torch.Tensor) -> torch.Tensor:
@@ -146,13 +193,17 @@ class ReacherExpertsLearner:
         self.act, self.learned_loss, self.bc_loss = act, learned_loss, bc_loss
         self.batched_act = vmap(act)
 
+    def features(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The observation as this setting's policies and meta-loss read it."""
+        return observation_features(obs, self.config.features)
+
     # ------------------------------------------------------------------ rollouts
     def policy_fn(self, params: Params) -> Callable[[np.ndarray], np.ndarray]:
         """The numpy policy of G stacked parameter sets, one per env of a :class:`GoalRollouts`."""
 
         def fn(obs: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return self.batched_act(params, scale_obs(obs)[:, None, :])[:, 0].numpy()
+                return self.batched_act(params, self.features(obs)[:, None, :])[:, 0].numpy()
 
         return fn
 
@@ -164,7 +215,12 @@ class ReacherExpertsLearner:
         meta_loss = make_meta_loss(cfg, generator, {"seed": seed})
         optimizer = make_meta_optimizer(meta_loss.parameters(), cfg.meta_lr)
         states, actions = demos.per_goal()
-        query = (scale_obs(states), torch.as_tensor(actions))
+        query = (self.features(states), torch.as_tensor(actions))
+        expert = self.expert
+        if cfg.task_states == "rollouts" and expert is None:
+            from sb3_ml3.model_based.experts import ReacherIKPDExpert
+
+            expert = ReacherIKPDExpert()
         rollouts = GoalRollouts(demos.goals)
         n = len(rollouts)
 
@@ -181,7 +237,11 @@ class ReacherExpertsLearner:
                 theta = init_policies(self.policy, n, generator)
             episode = rollouts.run(self.policy_fn(theta), [reset_seed + i * n + k for k in range(n)])
             phi = dict(meta_loss.named_parameters())
-            grads, values, updated = step(theta, phi, scale_obs(episode.states), query)
+            batch = self.features(episode.states)
+            if cfg.task_states == "rollouts":  # the expert labels the states the policy visits (DAgger-style)
+                labels = np.asarray(expert(episode.states.reshape(-1, episode.states.shape[-1])), dtype=np.float32)
+                query = (batch, torch.as_tensor(labels.reshape(*episode.states.shape[:2], -1)))
+            grads, values, updated = step(theta, phi, batch, query)
             result = apply_meta_gradient(optimizer, meta_loss, {k: g.mean(0) for k, g in grads.items()},
                                          values.mean(), cfg.meta_max_grad_norm)
             history["task_loss"].append(float(values.detach().mean()))
@@ -219,7 +279,7 @@ class ReacherExpertsLearner:
             if j == updates:
                 break
             episode = rollouts.run(self.policy_fn(theta), [eval_seed + 7_919 * (j + 1) + i for i in range(n)])
-            theta = {k: v.detach() for k, v in step(theta, scale_obs(episode.states)).items()}
+            theta = {k: v.detach() for k, v in step(theta, self.features(episode.states)).items()}
         rollouts.close()
         return {"final_distance": final, "metric": metric}
 
@@ -233,7 +293,7 @@ class ReacherExpertsLearner:
         """
         cfg = self.config
         states, actions = demos.pooled()
-        data = (scale_obs(states), torch.as_tensor(actions))
+        data = (self.features(states), torch.as_tensor(actions))
         params = {k: v[0].clone().requires_grad_(True) for k, v in init_policies(self.policy, 1, generator).items()}
         optimizer = torch.optim.Adam(params.values(), lr=cfg.bc_lr)
         rollouts = {name: GoalRollouts(g) for name, g in eval_goals.items()}
@@ -259,5 +319,5 @@ class ReacherExpertsLearner:
                    "metric": np.stack([-e.distances.sum(1) for e in c], axis=1)} for name, c in curves.items()}}
 
 
-__all__ = ["OBS_SCALE", "META_FORMS", "ReacherExpertsConfig", "ReacherPolicy", "ReacherExpertsLearner",
-           "scale_obs", "init_policies", "make_meta_loss"]
+__all__ = ["OBS_SCALE", "META_FORMS", "FEATURES", "TASK_STATES", "DEMO_STARTS", "ReacherExpertsConfig", "ReacherPolicy",
+           "ReacherExpertsLearner", "scale_obs", "arm_frame", "observation_features", "init_policies", "make_meta_loss"]

@@ -17,6 +17,10 @@ from sb3_ml3.envs.reacher import ReacherGoalEnv
 
 #: ReacherGoal-v0's episode length (its registration's max_episode_steps)
 EPISODE_STEPS = 50
+#: a random initial arm: shoulder uniform on the circle, elbow within its joint range (+-3 rad) less a margin,
+#: joint velocities uniform in +-RANDOM_ARM_SPEED rad/s
+RANDOM_ELBOW = 2.8
+RANDOM_ARM_SPEED = 1.0
 
 PolicyFn = Callable[[np.ndarray], np.ndarray]
 
@@ -56,10 +60,12 @@ class GoalRollouts:
     def __len__(self) -> int:
         return len(self.envs)
 
-    def run(self, policy: PolicyFn, seeds: Sequence[int]) -> Trajectories:
+    def run(self, policy: PolicyFn, seeds: Sequence[int], random_arm: bool = False) -> Trajectories:
         """One episode on every goal; env ``i`` is reset with ``seeds[i]`` (its initial joint noise).
 
-        ``policy`` maps the batch of observations ``(G, 10)`` to actions ``(G, 2)``.
+        ``policy`` maps the batch of observations ``(G, 10)`` to actions ``(G, 2)``. With ``random_arm`` the
+        episode starts from an arm drawn (from ``seeds[i]``) over the whole joint space instead of ReacherGoal's
+        reset near the straight arm: demonstrations that cover the states a learner may visit.
         """
         if len(seeds) != len(self.envs):
             raise ValueError(f"need one reset seed per goal ({len(self.envs)}), got {len(seeds)}.")
@@ -67,7 +73,7 @@ class GoalRollouts:
         states = np.empty((n, steps, 10), dtype=np.float32)
         actions = np.empty((n, steps, 2), dtype=np.float32)
         distances = np.empty((n, steps), dtype=np.float64)
-        obs = np.stack([env.reset(seed=int(s))[0] for env, s in zip(self.envs, seeds)])
+        obs = np.stack([self._reset(env, int(s), random_arm) for env, s in zip(self.envs, seeds)])
         for t in range(steps):
             action = np.asarray(policy(obs), dtype=np.float32)
             if action.shape != (n, 2):
@@ -81,6 +87,19 @@ class GoalRollouts:
                 obs[i] = o
                 distances[i, t] = info["distance"]
         return Trajectories(states, actions, distances)
+
+    @staticmethod
+    def _reset(env: ReacherGoalEnv, seed: int, random_arm: bool) -> np.ndarray:
+        obs, _ = env.reset(seed=seed)
+        if not random_arm:
+            return obs
+        rng = np.random.default_rng([seed, 1])
+        base = env.unwrapped
+        qpos, qvel = base.data.qpos.copy(), base.data.qvel.copy()
+        qpos[:2] = rng.uniform(-np.pi, np.pi), rng.uniform(-RANDOM_ELBOW, RANDOM_ELBOW)
+        qvel[:2] = rng.uniform(-RANDOM_ARM_SPEED, RANDOM_ARM_SPEED, size=2)
+        base.set_state(qpos, qvel)  # the goal's slide joints keep their values
+        return base._get_obs()
 
     def close(self) -> None:
         for env in self.envs:
