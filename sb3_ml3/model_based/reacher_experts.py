@@ -130,6 +130,7 @@ def summarise(per_seed: list[dict[str, Any]], config: ReacherExpertsConfig) -> d
     s["bc_mean_curve_best"] = float(bc_curve.min())
     s["bc_mean_curve_best_step"] = int(steps[int(np.argmin(bc_curve))])
     s["ml3_updates_to_bc_best"] = first_at_or_below(range(len(ml3_curve)), ml3_curve, float(bc_curve.min()))
+    s["bc_mean_curve_steps_to_threshold"] = first_at_or_below(steps, bc_curve, config.success_threshold)
     reached = s["ml3_mean_curve_updates_to_threshold"]
     s["goal_met"] = bool(reached is not None and reached < s["bc_mean_curve_best_step"])
     return s

@@ -64,7 +64,8 @@ def format_table(results: dict[str, Any]) -> str:
     d, sr, m = (_mean_se([r[k] for r in rows]) for k in ("bc_test_best_final_distance", "bc_test_best_success_rate",
                                                         "bc_test_best_metric"))
     line("behavioural cloning on the demonstrations, at its best step", f"{d[0]:.4f} +- {d[1]:.4f}", sr[0], m[0],
-         f"best at Adam step {s['bc_mean_curve_best_step']} (mean curve)")
+         f"best at Adam step {s['bc_mean_curve_best_step']} (mean curve); <= {threshold} at step "
+         f"{_fmt(s.get('bc_mean_curve_steps_to_threshold'), '.0f')}")
     d, sr, m = (_mean_se([r[k] for r in rows]) for k in ("ml3_test_final_distance", "ml3_test_success_rate",
                                                         "ml3_test_metric"))
     reached = s["ml3_mean_curve_updates_to_threshold"]
