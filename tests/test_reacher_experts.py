@@ -163,11 +163,13 @@ def test_rollout_task_states_query_the_expert_on_the_visited_states():
         return ReacherIKPDExpert().act(obs)
 
     config = ReacherExpertsConfig(n_outer=3, policy_hidden=(8,), meta_hidden=(8,), features="arm-frame",
-                                  task_states="rollouts")
+                                  task_states="rollouts", rollout_starts="random")
     learner = ReacherExpertsLearner(config, expert=expert)
     demos = collect_demonstrations(one_goal_per_sector("train", 0), 1, seed=0)
     meta_loss, history = learner.meta_train(demos, torch.Generator().manual_seed(0), seed=0)
     assert len(calls) == 3 and all(c.shape == (4 * 50, 10) for c in calls)
     assert not np.allclose(calls[0], calls[1])  # new rollouts each outer step
+    first = np.concatenate([c[::50] for c in calls])  # each episode's initial state: random arms
+    assert np.ptp(np.arctan2(first[:, 2], first[:, 0])) > 2.0
     assert str(meta_loss.spec) == "obs:7, action:2" and meta_loss.metadata["features"] == "arm-frame"
     assert len(history["task_loss"]) == 3 and np.all(np.isfinite(history["task_loss"]))

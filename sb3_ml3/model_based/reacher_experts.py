@@ -205,6 +205,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--task-states", choices=list(TASK_STATES), default=d.task_states,
                    help="the BC task loss on the demonstrations (default) or on the meta-training rollouts' states, "
                         "labelled by querying the expert (DAgger-style; the expert labels each method saw are recorded)")
+    p.add_argument("--rollout-starts", choices=list(DEMO_STARTS), default=d.rollout_starts,
+                   help="meta-training rollouts from ReacherGoal's reset (default) or from random arms; meta-test "
+                        "always starts from the reset")
     p.add_argument("--n-demos", type=positive_int, default=None, help=f"expert episodes per training target ({d.n_demos})")
     p.add_argument("--no-references", action="store_true", help="skip the reference policies (tests)")
     p.add_argument("--quick", action="store_true", help="a tiny version (about a minute): a smoke test")
@@ -224,7 +227,8 @@ def run(args: Any) -> dict[str, Any]:
             settings[name] = getattr(args, name)
     config = ReacherExpertsConfig(inner_lr=args.inner_lr, meta_lr=args.meta_lr, reset_every=args.reset_every,
                                   bc_lr=args.bc_lr, meta_form=args.meta_form, features=args.features,
-                                  demo_starts=args.demo_starts, task_states=args.task_states, **settings)
+                                  demo_starts=args.demo_starts, task_states=args.task_states,
+                                  rollout_starts=args.rollout_starts, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)
     results = run_reacher_experts(seeds, config, references=not args.no_references, progress=not args.no_progress)

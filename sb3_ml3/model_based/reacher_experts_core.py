@@ -71,6 +71,7 @@ class ReacherExpertsConfig:
     features: str = "obs"  # what policies and M_phi read: the scaled observation, or the arm-frame features
     demo_starts: str = "env"  # demonstrations from ReacherGoal's reset, or from random arms (whole joint space)
     task_states: str = "demos"  # BC task loss on the demonstrations, or the expert queried on the rollout states
+    rollout_starts: str = "env"  # meta-training rollouts from ReacherGoal's reset, or from random arms
 
     def __post_init__(self) -> None:
         sizes = ("n_outer", "reset_every", "n_demos", "n_train_goals", "n_test_goals", "test_updates", "bc_steps",
@@ -85,7 +86,7 @@ class ReacherExpertsConfig:
         if self.meta_form not in META_FORMS:
             raise ValueError(f"meta_form must be one of {META_FORMS}, got {self.meta_form!r}.")
         for name, allowed in (("features", tuple(FEATURES)), ("demo_starts", DEMO_STARTS),
-                              ("task_states", TASK_STATES)):
+                              ("task_states", TASK_STATES), ("rollout_starts", DEMO_STARTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.n_train_goals != 4:
@@ -235,7 +236,8 @@ class ReacherExpertsLearner:
         for i in range(cfg.n_outer):
             if i > 0 and i % cfg.reset_every == 0:
                 theta = init_policies(self.policy, n, generator)
-            episode = rollouts.run(self.policy_fn(theta), [reset_seed + i * n + k for k in range(n)])
+            episode = rollouts.run(self.policy_fn(theta), [reset_seed + i * n + k for k in range(n)],
+                                   random_arm=cfg.rollout_starts == "random")
             phi = dict(meta_loss.named_parameters())
             batch = self.features(episode.states)
             if cfg.task_states == "rollouts":  # the expert labels the states the policy visits (DAgger-style)

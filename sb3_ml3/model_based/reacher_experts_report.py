@@ -43,7 +43,8 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [f"ReacherGoal-v0, {len(rows)} seed(s) x {cfg['n_test_goals']} held-out targets; success: final distance "
              f"< {threshold}; metric: sum over the episode of -distance",
              f"setting: features {cfg.get('features', 'obs')}, demonstrations from {cfg.get('demo_starts', 'env')} "
-             f"starts ({cfg['n_demos']} per target), task loss on the {cfg.get('task_states', 'demos')} states; expert "
+             f"starts ({cfg['n_demos']} per target), meta-training rollouts from {cfg.get('rollout_starts', 'env')} starts, "
+             f"task loss on the {cfg.get('task_states', 'demos')} states; expert "
              f"labels seen: BC {rows[0].get('expert_labels', {}).get('bc', 'n/a')}, ML3 "
              f"{rows[0].get('expert_labels', {}).get('ml3', 'n/a')}",
              f"  {'policy':<62} {'final dist':>16} {'success':>8} {'metric':>8}  updates"]
