@@ -147,7 +147,10 @@ def test_random_arm_demonstrations_cover_the_joint_space_and_still_reach():
     goals = one_goal_per_sector("train", 2)
     near = collect_demonstrations(goals, n_per_goal=6, seed=3)
     spread = collect_demonstrations(goals, n_per_goal=6, seed=3, random_arm=True)
-    shoulder = lambda d: np.arctan2(d.states[:, :, 0, 2], d.states[:, :, 0, 0])  # noqa: E731
+
+    def shoulder(demos):  # each episode's initial shoulder angle
+        return np.arctan2(demos.states[:, :, 0, 2], demos.states[:, :, 0, 0])
+
     assert np.ptp(shoulder(near)) < 0.25 and np.ptp(shoulder(spread)) > 3.0  # ReacherGoal's reset: +-0.1 rad
     assert spread.final_distance.max() <= 0.02  # the expert reaches from anywhere (measured: < 1e-4)
     again = collect_demonstrations(goals, n_per_goal=6, seed=3, random_arm=True)
