@@ -176,3 +176,18 @@ def test_rollout_task_states_query_the_expert_on_the_visited_states():
     assert np.ptp(np.arctan2(first[:, 2], first[:, 0])) > 2.0
     assert str(meta_loss.spec) == "obs:7, action:2" and meta_loss.metadata["features"] == "arm-frame"
     assert len(history["task_loss"]) == 3 and np.all(np.isfinite(history["task_loss"]))
+
+
+def test_keep_best_returns_the_meta_loss_with_the_best_training_target_validation():
+    config = ReacherExpertsConfig(n_outer=4, policy_hidden=(8,), meta_hidden=(8,), features="arm-frame",
+                                  task_states="rollouts", val_every=2, val_updates=2, meta_lr=0.05)
+    learner = ReacherExpertsLearner(config)
+    demos = collect_demonstrations(one_goal_per_sector("train", 0), 1, seed=0)
+    meta_loss, history = learner.meta_train(demos, torch.Generator().manual_seed(0), seed=0)
+    assert history["validation_step"] == [0, 2, 4] and len(history["task_loss"]) == 4
+    scores = history["validation"]
+    assert history["kept_step"] == [history["validation_step"][int(np.argmin(scores))]]
+    # the returned loss is the kept one: validating it again gives the best score (the validation is seeded)
+    assert learner.validate(meta_loss, demos.goals, seed=0) == pytest.approx(min(scores), abs=1e-9)
+    with pytest.raises(ValueError, match="val_every"):
+        ReacherExpertsConfig(val_every=-1)

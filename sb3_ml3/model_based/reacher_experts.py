@@ -80,6 +80,8 @@ def run_seed(config: ReacherExpertsConfig, seed: int, references: bool = True,
                           "success_rate": float((e.final_distance < cfg.success_threshold).mean())}
                    for name, e in expert_eval.items()},
         "meta_train_task_loss": history["task_loss"], "skipped_meta_steps": len(history["skipped"]),
+        "validation": {"step": history["validation_step"], "train_final_distance": history["validation"],
+                       "kept_step": (history.get("kept_step") or [None])[0]},
         "meta_train_env_steps": cfg.n_outer * cfg.n_train_goals * 50,
         # expert labels each method saw: BC and the "demos" task loss the demonstrations, the "rollouts" task
         # loss also every state of its meta-training rollouts
@@ -208,6 +210,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--rollout-starts", choices=list(DEMO_STARTS), default=d.rollout_starts,
                    help="meta-training rollouts from ReacherGoal's reset (default) or from random arms; meta-test "
                         "always starts from the reset")
+    p.add_argument("--val-every", type=int, default=d.val_every,
+                   help="keep-best: meta-test on the training targets every this many outer steps and keep the best "
+                        "meta-loss (0: off, the final one is kept)")
     p.add_argument("--n-demos", type=positive_int, default=None, help=f"expert episodes per training target ({d.n_demos})")
     p.add_argument("--no-references", action="store_true", help="skip the reference policies (tests)")
     p.add_argument("--quick", action="store_true", help="a tiny version (about a minute): a smoke test")
@@ -228,7 +233,7 @@ def run(args: Any) -> dict[str, Any]:
     config = ReacherExpertsConfig(inner_lr=args.inner_lr, meta_lr=args.meta_lr, reset_every=args.reset_every,
                                   bc_lr=args.bc_lr, meta_form=args.meta_form, features=args.features,
                                   demo_starts=args.demo_starts, task_states=args.task_states,
-                                  rollout_starts=args.rollout_starts, **settings)
+                                  rollout_starts=args.rollout_starts, val_every=args.val_every, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)
     results = run_reacher_experts(seeds, config, references=not args.no_references, progress=not args.no_progress)

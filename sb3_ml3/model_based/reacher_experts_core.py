@@ -72,9 +72,13 @@ class ReacherExpertsConfig:
     demo_starts: str = "env"  # demonstrations from ReacherGoal's reset, or from random arms (whole joint space)
     task_states: str = "demos"  # BC task loss on the demonstrations, or the expert queried on the rollout states
     rollout_starts: str = "env"  # meta-training rollouts from ReacherGoal's reset, or from random arms
+    val_every: int = 0  # keep-best: every this many outer steps, meta-test on the training targets (0: off)
+    val_updates: int = 60  # updates of those validation meta-tests
 
     def __post_init__(self) -> None:
-        sizes = ("n_outer", "reset_every", "n_demos", "n_train_goals", "n_test_goals", "test_updates", "bc_steps",
+        if self.val_every < 0:
+            raise ValueError(f"val_every must be 0 (off) or a positive number of outer steps, got {self.val_every}.")
+        sizes = ("val_updates", "n_outer", "reset_every", "n_demos", "n_train_goals", "n_test_goals", "test_updates", "bc_steps",
                  "bc_eval_every")
         bad = [f"{k}={getattr(self, k)}" for k in sizes if int(getattr(self, k)) < 1]
         if bad:
@@ -230,10 +234,19 @@ class ReacherExpertsLearner:
                                  max_grad_norm=cfg.inner_max_grad_norm, return_updated=True)
 
         step = vmap(one_task, in_dims=(0, None, 0, 0))
-        history: dict[str, list[float]] = {"task_loss": [], "skipped": []}
+        history: dict[str, list[float]] = {"task_loss": [], "skipped": [], "validation": [], "validation_step": []}
+        best: tuple[float, dict[str, torch.Tensor]] | None = None
         theta = init_policies(self.policy, n, generator)
         reset_seed = 10_000 * (seed + 1)
-        for i in range(cfg.n_outer):
+        for i in range(cfg.n_outer + 1):
+            if cfg.val_every and i % cfg.val_every == 0:  # keep-best on the training targets (never held-out ones)
+                score = self.validate(meta_loss, demos.goals, seed)
+                history["validation"].append(score)
+                history["validation_step"].append(i)
+                if best is None or score < best[0]:
+                    best = (score, {k: v.detach().clone() for k, v in meta_loss.state_dict().items()})
+            if i == cfg.n_outer:
+                break
             if i > 0 and i % cfg.reset_every == 0:
                 theta = init_policies(self.policy, n, generator)
             episode = rollouts.run(self.policy_fn(theta), [reset_seed + i * n + k for k in range(n)],
@@ -253,7 +266,16 @@ class ReacherExpertsLearner:
             if progress is not None:
                 progress(i)
         rollouts.close()
+        if best is not None:
+            meta_loss.load_state_dict(best[1])
+            history["kept_step"] = [history["validation_step"][int(np.argmin(history["validation"]))]]
         return meta_loss, history
+
+    def validate(self, meta_loss: MetaLoss, goals: np.ndarray, seed: int) -> float:
+        """Mean final distance over the last 10 of ``val_updates`` meta-test updates on ``goals`` (fixed seeds)."""
+        updates = self.config.val_updates
+        result = self.meta_test(meta_loss, goals, torch.Generator().manual_seed(90_000 + seed), 50_000 + seed, updates)
+        return float(result["final_distance"][:, -min(10, updates + 1):].mean())
 
     # ------------------------------------------------------------------ meta-test
     def meta_test(self, meta_loss: MetaLoss, goals: np.ndarray, generator: torch.Generator, eval_seed: int,
