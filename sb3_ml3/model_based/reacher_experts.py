@@ -25,7 +25,7 @@ from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.model_based.experts import ReacherIKPDExpert, collect_demonstrations
 from sb3_ml3.model_based.reacher_experts_core import (DEMO_STARTS, FEATURES, TASK_STATES, ReacherExpertsConfig,
                                                       ReacherExpertsLearner)
-from sb3_ml3.model_based.reacher_experts_env import GoalRollouts, one_goal_per_sector
+from sb3_ml3.model_based.reacher_experts_env import EPISODE_STEPS, GoalRollouts, one_goal_per_sector
 
 ENV_ID = "ReacherGoal-v0"
 #: evaluation reset seeds are EVAL_SEED + i for goal i, as ``ml3 compare`` and the references use them
@@ -61,12 +61,15 @@ def run_seed(config: ReacherExpertsConfig, seed: int, references: bool = True,
     generator = torch.Generator().manual_seed(seed)
     train_goals = one_goal_per_sector("train", seed)
     test_goals = ReacherGoalEnv.sample_tasks(cfg.n_test_goals, "test", seed)
-    demos = collect_demonstrations(train_goals, cfg.n_demos, seed=1000 * seed + 1, random_arm=cfg.demo_starts == "random")
+    demos = collect_demonstrations(train_goals, cfg.n_demos, seed=1000 * seed + 1,
+                                   random_arm=cfg.demo_starts == "random")
     expert = ReacherIKPDExpert()
     expert_eval = {name: GoalRollouts(goals).run(expert.act, [EVAL_SEED + i for i in range(len(goals))])
                    for name, goals in (("train", train_goals), ("test", test_goals))}
     meta_loss, history = learner.meta_train(demos, generator, seed, progress)
     t_meta = time.time() - t0
+    meta_train_steps = cfg.n_outer * cfg.n_train_goals * EPISODE_STEPS
+    demo_labels = int(demos.states[..., 0].size)
     init_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     ml3 = {name: learner.meta_test(meta_loss, goals, torch.Generator().manual_seed(init_seed), EVAL_SEED)
            for name, goals in (("test", test_goals), ("train", train_goals))}
@@ -82,11 +85,11 @@ def run_seed(config: ReacherExpertsConfig, seed: int, references: bool = True,
         "meta_train_task_loss": history["task_loss"], "skipped_meta_steps": len(history["skipped"]),
         "validation": {"step": history["validation_step"], "train_final_distance": history["validation"],
                        "kept_step": (history.get("kept_step") or [None])[0]},
-        "meta_train_env_steps": cfg.n_outer * cfg.n_train_goals * 50,
+        "meta_train_env_steps": meta_train_steps,
         # expert labels each method saw: BC and the "demos" task loss the demonstrations, the "rollouts" task
         # loss also every state of its meta-training rollouts
-        "expert_labels": {"bc": int(demos.states[..., 0].size), "ml3": int(demos.states[..., 0].size) + (
-            cfg.n_outer * cfg.n_train_goals * 50 if cfg.task_states == "rollouts" else 0)},
+        "expert_labels": {"bc": demo_labels,
+                          "ml3": demo_labels + (meta_train_steps if cfg.task_states == "rollouts" else 0)},
         "ml3": {split: {k: v.tolist() for k, v in curves.items()} for split, curves in ml3.items()},
         "bc_steps": bc["steps"].tolist(),
         "bc": {split: {k: v.tolist() for k, v in bc[split].items()} for split in ("test", "train")},
@@ -206,14 +209,16 @@ def add_arguments(p: Any) -> None:
                    help="demonstrations from ReacherGoal's reset (default) or from random arms over the joint space")
     p.add_argument("--task-states", choices=list(TASK_STATES), default=d.task_states,
                    help="the BC task loss on the demonstrations (default) or on the meta-training rollouts' states, "
-                        "labelled by querying the expert (DAgger-style; the expert labels each method saw are recorded)")
+                        "labelled by querying the expert (DAgger-style; the expert labels each method saw are "
+                        "recorded)")
     p.add_argument("--rollout-starts", choices=list(DEMO_STARTS), default=d.rollout_starts,
                    help="meta-training rollouts from ReacherGoal's reset (default) or from random arms; meta-test "
                         "always starts from the reset")
     p.add_argument("--val-every", type=int, default=d.val_every,
                    help="keep-best: meta-test on the training targets every this many outer steps and keep the best "
                         "meta-loss (0: off, the final one is kept)")
-    p.add_argument("--n-demos", type=positive_int, default=None, help=f"expert episodes per training target ({d.n_demos})")
+    p.add_argument("--n-demos", type=positive_int, default=None,
+                   help=f"expert episodes per training target ({d.n_demos})")
     p.add_argument("--no-references", action="store_true", help="skip the reference policies (tests)")
     p.add_argument("--quick", action="store_true", help="a tiny version (about a minute): a smoke test")
     add_common(p, resumable=False)

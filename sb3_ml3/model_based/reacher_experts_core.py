@@ -34,7 +34,7 @@ from torch.func import functional_call, grad, vmap
 
 from sb3_ml3.functional import Params, apply_meta_gradient, inner_update, make_meta_optimizer, meta_gradient
 from sb3_ml3.meta_loss import MetaLoss
-from sb3_ml3.model_based.experts import Demonstrations
+from sb3_ml3.model_based.experts import Demonstrations, ReacherIKPDExpert
 from sb3_ml3.model_based.reacher_experts_env import GoalRollouts, Trajectories
 
 #: observation scale: cos/sin x1, goal x5, joint velocities x0.2, fingertip - goal x10 (unit spread each)
@@ -78,8 +78,8 @@ class ReacherExpertsConfig:
     def __post_init__(self) -> None:
         if self.val_every < 0:
             raise ValueError(f"val_every must be 0 (off) or a positive number of outer steps, got {self.val_every}.")
-        sizes = ("val_updates", "n_outer", "reset_every", "n_demos", "n_train_goals", "n_test_goals", "test_updates", "bc_steps",
-                 "bc_eval_every")
+        sizes = ("val_updates", "n_outer", "reset_every", "n_demos", "n_train_goals", "n_test_goals", "test_updates",
+                 "bc_steps", "bc_eval_every")
         bad = [f"{k}={getattr(self, k)}" for k in sizes if int(getattr(self, k)) < 1]
         if bad:
             raise ValueError(f"sizes must be positive integers; fix {bad}.")
@@ -183,7 +183,7 @@ class ReacherExpertsLearner:
         self.config = config
         self.policy = ReacherPolicy(config.policy_hidden, FEATURES[config.features])
         #: queried at the rollout states when ``task_states="rollouts"`` (default: the IK + PD expert)
-        self.expert = expert
+        self.expert = expert if expert is not None else ReacherIKPDExpert()
         self.template = make_meta_loss(config, torch.Generator().manual_seed(0))
 
         def act(params: Params, obs: torch.Tensor) -> torch.Tensor:
@@ -221,11 +221,6 @@ class ReacherExpertsLearner:
         optimizer = make_meta_optimizer(meta_loss.parameters(), cfg.meta_lr)
         states, actions = demos.per_goal()
         query = (self.features(states), torch.as_tensor(actions))
-        expert = self.expert
-        if cfg.task_states == "rollouts" and expert is None:
-            from sb3_ml3.model_based.experts import ReacherIKPDExpert
-
-            expert = ReacherIKPDExpert()
         rollouts = GoalRollouts(demos.goals)
         n = len(rollouts)
 
@@ -254,7 +249,7 @@ class ReacherExpertsLearner:
             phi = dict(meta_loss.named_parameters())
             batch = self.features(episode.states)
             if cfg.task_states == "rollouts":  # the expert labels the states the policy visits (DAgger-style)
-                labels = np.asarray(expert(episode.states.reshape(-1, episode.states.shape[-1])), dtype=np.float32)
+                labels = np.asarray(self.expert(episode.states.reshape(-1, episode.states.shape[-1])), dtype=np.float32)
                 query = (batch, torch.as_tensor(labels.reshape(*episode.states.shape[:2], -1)))
             grads, values, updated = step(theta, phi, batch, query)
             result = apply_meta_gradient(optimizer, meta_loss, {k: g.mean(0) for k, g in grads.items()},

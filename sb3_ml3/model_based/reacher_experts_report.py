@@ -40,13 +40,13 @@ def format_table(results: dict[str, Any]) -> str:
     """Held-out targets: final distance, success, metric per method (means +- s.e. over seeds), then per seed."""
     cfg, rows, s = results["config"], results["per_seed"], results["summary"]
     threshold = cfg["success_threshold"]
+    labels = rows[0].get("expert_labels", {})  # results written before these settings existed lack them
     lines = [f"ReacherGoal-v0, {len(rows)} seed(s) x {cfg['n_test_goals']} held-out targets; success: final distance "
              f"< {threshold}; metric: sum over the episode of -distance",
              f"setting: features {cfg.get('features', 'obs')}, demonstrations from {cfg.get('demo_starts', 'env')} "
-             f"starts ({cfg['n_demos']} per target), meta-training rollouts from {cfg.get('rollout_starts', 'env')} starts, "
-             f"task loss on the {cfg.get('task_states', 'demos')} states; expert "
-             f"labels seen: BC {rows[0].get('expert_labels', {}).get('bc', 'n/a')}, ML3 "
-             f"{rows[0].get('expert_labels', {}).get('ml3', 'n/a')}",
+             f"starts ({cfg['n_demos']} per target), meta-training rollouts from {cfg.get('rollout_starts', 'env')} "
+             f"starts, task loss on the {cfg.get('task_states', 'demos')} states; expert labels seen: BC "
+             f"{labels.get('bc', 'n/a')}, ML3 {labels.get('ml3', 'n/a')}",
              f"  {'policy':<62} {'final dist':>16} {'success':>8} {'metric':>8}  updates"]
 
     def line(name: str, dist: str, success: float, metric: float, note: str = "") -> None:
