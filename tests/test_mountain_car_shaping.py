@@ -158,3 +158,84 @@ def test_cli_refuses_nonsense_numbers(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "x", "--n-outer", "0"])
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_the_authors_protocol_deep_linear_policy_free_loss_frobenius_task_loss():
+    """The authors' MountainCar pieces: a clamped two-layer linear policy of (x, v) with PyTorch's default draw, an
+    unbounded MLP loss of (s_t, a_t, |s_T - g|) whose gradient runs through the unroll, the Frobenius task loss."""
+    from sb3_ml3.model_based.mountain_car import FREE_META_INPUTS, free_meta_inputs, initial_policies, policy_action
+
+    config = MountainCarConfig(**dict(SMALL, policy_hidden=50), policy="deep-linear", meta_form="free",
+                               task_state="state", task_norm="frobenius", policy_init="fixed", inner_max_grad_norm=None,
+                               inner_lr=1e-2)
+    params = init_policy(3, 50, torch.Generator().manual_seed(0), kind="deep-linear")
+    assert params["d0"].shape == (3, 2, 50) and params["d0"].abs().max() <= 2 ** -0.5
+    assert params["d1"].shape == (3, 50, 1) and params["d1"].abs().max() <= 50 ** -0.5
+    state = torch.tensor([[-0.5, 0.3], [0.2, -0.1], [-1.0, 1.0]])
+    raw = (state.unsqueeze(1) @ params["d0"] @ params["d1"]).view(3, 1)
+    goal_a, goal_b = torch.full((3, 1), 0.5), torch.full((3, 1), -0.3)
+    assert torch.equal(policy_action(params, state, goal_a), raw.clamp(-0.25, 0.25))
+    assert torch.equal(policy_action(params, state, goal_a), policy_action(params, state, goal_b))  # reads (x, v) only
+    # Frobenius: sqrt(sum of squared state errors) per segment, summed over the segments
+    states = torch.zeros(1, 9, 2)
+    target = state_targets(config, "shaped", 1)[0]
+    expected = float((states[0, 1:4] - target[:3]).norm() + (states[0, 4:] - target[3:]).norm())
+    assert task_loss_per_policy(config, "shaped", states).item() == pytest.approx(expected, rel=1e-6)
+    assert task_loss_per_policy(config, "unshaped", states).item() == pytest.approx(
+        float((states[0, 1:] - state_targets(config, "unshaped", 1)[0]).norm()), rel=1e-6)
+    # the free loss reads the states the actions were taken in and a detached distance of the last state
+    meta_loss = make_meta_loss(config, "shaped", torch.Generator().manual_seed(0)).double()
+    assert str(meta_loss.spec) == str(MetaLoss(FREE_META_INPUTS, hidden_sizes=(8,)).spec) and meta_loss.output == "identity"
+    fixed = {k: v[:1].double() for k, v in params.items()}
+    copies = initial_policies(config, 2, torch.Generator(), fixed)
+    assert all(torch.equal(copies[k][0], copies[k][1]) and torch.equal(copies[k][:1], fixed[k]) for k in fixed)
+    batch = (torch.tensor([[-0.55, 0.0], [-0.5, 0.0]], dtype=torch.float64), torch.full((2, 1), 0.5, dtype=torch.float64))
+    st, act = unroll(copies, *batch, config.horizon)
+    fields = free_meta_inputs(config, st, act, batch[1])
+    assert torch.equal(fields["state"], st[:, :-1]) and not fields["distance"].requires_grad
+    assert fields["distance"][:, 0, 0].tolist() == pytest.approx((st[:, -1] - torch.tensor([0.5, 1.0375])).norm(dim=-1).tolist())
+    model = MountainCarML3(config, meta_loss)
+    phi = {k: v.detach() for k, v in meta_loss.named_parameters()}
+    grads = torch.func.grad(model.learned_loss)(copies, phi, batch)
+
+    def frozen_distance_loss(p):  # the distance is a reward: the gradient treats it as a constant
+        states, actions = unroll(p, *batch, config.horizon)
+        inputs = dict(free_meta_inputs(config, states, actions, batch[1]), distance=fields["distance"])
+        return torch.func.functional_call(meta_loss, phi, (inputs,)).mean() * 2
+
+    fd = _central_difference(frozen_distance_loss, copies, "d0", 1)
+    assert grads["d0"].reshape(-1)[1].item() == pytest.approx(fd, rel=1e-4, abs=1e-9) and abs(fd) > 1e-9
+    meta_grads, _ = model.meta_gradient("shaped", phi, copies, batch)
+    fd = _central_difference(lambda p: model.meta_objective("shaped", p, copies, batch), phi, "net.0.weight", 3)
+    assert meta_grads["net.0.weight"].reshape(-1)[3].item() == pytest.approx(fd, rel=1e-4, abs=1e-9) and abs(fd) > 1e-9
+    # no clip: the inner step is plain SGD on the learned loss
+    stepped = model.inner_step(copies, phi, batch)
+    assert torch.allclose(stepped["d1"], copies["d1"] - config.inner_lr * grads["d1"])
+
+
+def test_fixed_policy_init_is_shared_by_meta_training_and_every_method(tmp_path):
+    """--policy-init fixed: the curves of every method start from the same policy on every start; 'none' means no clip."""
+    from sb3_ml3.cli import main
+
+    out = tmp_path / "authors"
+    main(["mountain-car", "--quick", "--out", str(out), "--no-progress", "--policy", "deep-linear", "--policy-hidden",
+          "20", "--meta-form", "free", "--meta-hidden", "16", "--meta-activation", "elu", "--task-state", "state",
+          "--task-norm", "frobenius", "--policy-init", "fixed", "--inner-lr", "1e-3", "--inner-max-grad-norm", "none",
+          "--gd-lrs", "1e-3", "--batch-tasks", "3"])
+    results = json.loads((out / "results.json").read_text())
+    row = results["per_seed"][0]
+    assert results["config"]["inner_max_grad_norm"] is None and results["config"]["policy_init"] == "fixed"
+    starts = {m: row[f"curve_train_{m}"][0] for m in ("ml3_shaped", "ml3_unshaped", "gd_unshaped")}
+    assert len(set(starts.values())) == 1  # one policy before any update
+    within = row["within_train_ml3_shaped"][0]
+    assert within == pytest.approx(min(r for r in row["curve_train_ml3_shaped"][1:]))
+    assert "goal_met_within" in results["summary"]
+    loss = MetaLoss.load(out / "meta_loss_shaped_seed0.zip", inputs="state:2, action:1, distance:1")
+    assert loss.hidden_sizes == (16,) and loss.activation == "elu"
+
+
+@pytest.mark.parametrize("bad, match", [(dict(task_norm="l1"), "task_norm"), (dict(policy_init="zero"), "policy_init"),
+                                        (dict(inner_max_grad_norm=float("inf")), "inner_max_grad_norm")])
+def test_config_refuses_unknown_protocol_options(bad, match):
+    with pytest.raises(ValueError, match=match):
+        MountainCarConfig(**bad)

@@ -42,12 +42,23 @@ from sb3_ml3.meta_loss import MetaLoss
 
 TASK_LOSSES = ("shaped", "unshaped")
 #: families of M_phi: a tracking cost of (s_{t+1}, a_t) with targets of (t, g); a feedback cost (a_t - c(s_t, t, g))^2
-#: pulling the action to a learned state-feedback target; a softplus MLP of every input
-META_FORMS = ("quadratic", "feedback", "mlp")
-#: the policy families: an MLP, or linear state feedback as in the authors' code
-POLICY_KINDS = ("mlp", "linear")
+#: pulling the action to a learned state-feedback target; a softplus MLP of every input; "free", the authors' form:
+#: an unbounded MLP of (s_t, a_t, |s_T - g|) whose gradient reaches theta through the actions and the unrolled states
+META_FORMS = ("quadratic", "feedback", "mlp", "free")
+#: the policy families: an MLP; linear state feedback; the authors' "deep-linear" policy (two bias-free linear
+#: layers of (x, v), PyTorch's default initialisation, the action clamped to the force bound)
+POLICY_KINDS = ("mlp", "linear", "deep-linear")
 #: the meta-loss's per-step inputs: time t / T and the goal (context), the state after the action and the action
 META_INPUTS = "time:1, goal:1, state:2, action:1"
+#: the inputs of the "free" form (the authors'): the state the action is taken in, the action, and the distance of
+#: the trajectory's last state to the goal (a reward, detached)
+FREE_META_INPUTS = "state:2, action:1, distance:1"
+#: how the per-step distances of a task loss are reduced: their mean, or the Frobenius norm of each segment's
+#: state errors summed over the segments (the authors' code)
+TASK_NORMS = ("mean", "frobenius")
+#: where meta-training's policies start: a fresh draw every outer step, or one draw per seed reused at every outer
+#: step and at meta-test (the authors' protocol)
+POLICY_INITS = ("fresh", "fixed")
 
 
 @dataclass
@@ -66,13 +77,16 @@ class MountainCarConfig:
     task_state: str = "position"  # "position": |x_t - target_t|; "state": ||s_t - (target, its velocity)|| (authors' code)
     goal_velocity: float = 1.0375  # with task_state="state": the velocity at the goal in the authors' code
     intermediate_velocity: float = -0.0055  # ... and at the intermediate goal
+    task_norm: str = "mean"  # "mean" of the per-step distances, or "frobenius" per segment (the authors' code)
+    policy_init: str = "fresh"  # "fresh" policies every outer step, or one "fixed" draw per seed (the authors')
     meta_hidden_sizes: tuple[int, ...] = (40, 40)
+    meta_activation: str = "tanh"  # hidden activation of M_phi (the authors' MountainCar loss: "elu", 400 x 400)
     meta_form: str = "quadratic"  # "quadratic": M = sum w(t, g) (q - c(t, g))^2 over q = (x, v, a); "mlp"
     n_outer: int = 60  # outer steps per meta-loss (sized to the shared 2-core machine: ~1.3 s each)
     batch_tasks: int = 16  # B policies (start states) per outer step, each freshly initialised (Alg. 3 line 4)
     inner_steps: int = 5  # K inner steps per outer step; the task loss of every theta_k (k = 1..K) is summed
     inner_lr: float = 0.5  # alpha, also the meta-test step on M_phi
-    inner_max_grad_norm: float = 1.0  # each policy's inner gradient clipped to this norm (see inner_step)
+    inner_max_grad_norm: float | None = 1.0  # each policy's inner gradient clipped to this norm; None: no clip
     meta_lr: float = 0.03  # eta (Adam; the meta-gradient is clipped to norm 1)
     test_updates: int = 5  # policy updates at meta-test (the paper's claim: the goal within 5)
     baseline_updates: int = 50  # updates (iterations) of the baselines: iLQR and GD on the unshaped task loss
@@ -88,11 +102,14 @@ class MountainCarConfig:
             raise ValueError(f"Need positive sizes and n_outer >= 0; fix {bad or f'n_outer={self.n_outer}'}.")
         if self.intermediate_steps >= self.horizon:
             raise ValueError(f"intermediate_steps ({self.intermediate_steps}) must be below the horizon ({self.horizon}).")
-        for name, allowed in (("meta_form", META_FORMS), ("policy", POLICY_KINDS), ("task_state", ("position", "state"))):
+        for name, allowed in (("meta_form", META_FORMS), ("policy", POLICY_KINDS), ("task_state", ("position", "state")),
+                              ("task_norm", TASK_NORMS), ("policy_init", POLICY_INITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         for name in ("inner_lr", "inner_max_grad_norm", "meta_lr", "success_threshold"):
-            if not getattr(self, name) > 0:
+            if name == "inner_max_grad_norm" and self.inner_max_grad_norm is None:
+                continue
+            if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
         if not self.gd_lrs or any(not lr > 0 for lr in self.gd_lrs) or self.ilqr_action_cost <= 0:
             raise ValueError("gd_lrs must be positive numbers and ilqr_action_cost positive.")
@@ -115,8 +132,10 @@ def init_policy(batch: int, hidden: int, generator: torch.Generator, output_gain
 
     The output layer is scaled by ``output_gain`` (SB3 initialises its policy heads with 0.01): every fresh
     policy starts near a = 0, so that what it does after a few updates is set by the loss, not by its draw.
-    ``kind="linear"``: one layer (``w`` (B, 3, 1), ``b``), the authors' policy class (their two bias-free linear
-    layers are one linear map), with the tanh bound instead of their clamp; ``hidden`` is unused.
+    ``kind="linear"``: one layer (``w`` (B, 3, 1), ``b``), the authors' policy class as one linear map, with the
+    tanh bound instead of their clamp; ``hidden`` is unused. ``kind="deep-linear"``: the authors' policy itself, two
+    bias-free linear layers of (x, v) (``d0`` (B, 2, hidden), ``d1`` (B, hidden, 1)) with PyTorch's default
+    initialisation U(-1/sqrt(fan_in), 1/sqrt(fan_in)); ``output_gain`` is unused (their draw is not shrunk).
     """
     if kind not in POLICY_KINDS:
         raise ValueError(f"Unknown policy kind {kind!r}; choose 'mlp' or 'linear'.")
@@ -127,13 +146,22 @@ def init_policy(batch: int, hidden: int, generator: torch.Generator, output_gain
 
     if kind == "linear":
         return {"w": xavier(3, 1, output_gain), "b": torch.zeros(batch, 1, 1)}
+    if kind == "deep-linear":
+        return {"d0": (torch.rand(batch, 2, hidden, generator=generator) * 2 - 1) / math.sqrt(2.0),
+                "d1": (torch.rand(batch, hidden, 1, generator=generator) * 2 - 1) / math.sqrt(hidden)}
     return {"w0": xavier(3, hidden), "b0": torch.zeros(batch, 1, hidden),
             "w1": xavier(hidden, hidden), "b1": torch.zeros(batch, 1, hidden),
             "w2": xavier(hidden, 1, output_gain), "b2": torch.zeros(batch, 1, 1)}
 
 
 def policy_action(params: Params, state: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-    """a = MAX_FORCE * tanh(MLP(x, v, g)) for B policies: ``state (B, 2)``, ``goal (B, 1)`` -> ``(B, 1)``."""
+    """a = MAX_FORCE * tanh(MLP(x, v, g)) for B policies: ``state (B, 2)``, ``goal (B, 1)`` -> ``(B, 1)``.
+
+    The deep-linear policy is the authors': a = clamp(s W0 W1, -F, F) of the state alone (their task has one goal).
+    """
+    if "d0" in params:
+        raw = torch.bmm(torch.bmm(state.unsqueeze(1), params["d0"]), params["d1"]).squeeze(1)
+        return torch.clamp(raw, -MAX_FORCE, MAX_FORCE)
     h = torch.cat([state, goal], dim=-1).unsqueeze(1)  # (B, 1, 3)
     if "w" in params:  # the linear policy
         return MAX_FORCE * torch.tanh(torch.baddbmm(params["b"], h, params["w"])).squeeze(1)
@@ -160,6 +188,19 @@ def at_rest(positions: torch.Tensor | Sequence[float]) -> torch.Tensor:
     return torch.stack([x, torch.zeros_like(x)], dim=-1)
 
 
+def initial_policies(config: MountainCarConfig, batch: int, generator: torch.Generator,
+                     fixed: Params | None = None) -> Params:
+    """B policies to start from: a fresh draw, or ``fixed`` (one policy, leading dimension 1) copied B times."""
+    if fixed is not None:
+        return {k: v.expand(batch, *v.shape[1:]).clone() for k, v in fixed.items()}
+    return init_policy(batch, config.policy_hidden, generator, kind=config.policy)
+
+
+def meta_input_spec(config: MountainCarConfig) -> str:
+    """The input spec of M_phi in this setting: :data:`FREE_META_INPUTS` for the free form, else :data:`META_INPUTS`."""
+    return FREE_META_INPUTS if config.meta_form == "free" else META_INPUTS
+
+
 # ---------------------------------------------------------------------------------------------- losses
 def targets(config: MountainCarConfig, variant: str, batch: int) -> torch.Tensor:
     """The target position of each step t = 1..T of a task loss, ``(B, T)``."""
@@ -182,10 +223,21 @@ def state_targets(config: MountainCarConfig, variant: str, batch: int) -> torch.
 
 def task_loss_per_policy(config: MountainCarConfig, variant: str, states: torch.Tensor) -> torch.Tensor:
     """L_T of each policy -> ``(B,)``: the mean over t = 1..T of |x_t - target_t| (``task_state="position"``)
-    or of the Euclidean distance of s_t = (x_t, v_t) to its target state (``"state"``)."""
+    or of the Euclidean distance of s_t = (x_t, v_t) to its target state (``"state"``).
+
+    ``task_norm="frobenius"`` (the authors' code): the root of the summed squared errors of each segment of steps
+    with one target (the intermediate goal's, then the goal's), summed over the segments.
+    """
     if config.task_state == "state":
-        return (states[:, 1:] - state_targets(config, variant, states.shape[0])).norm(dim=-1).mean(-1)
-    return (states[:, 1:, 0] - targets(config, variant, states.shape[0])).abs().mean(-1)
+        errors = states[:, 1:] - state_targets(config, variant, states.shape[0])
+    else:
+        errors = (states[:, 1:, 0] - targets(config, variant, states.shape[0])).unsqueeze(-1)
+    if config.task_norm == "mean":
+        return errors.norm(dim=-1).mean(-1)
+    split = config.intermediate_steps if variant == "shaped" else 0
+    squared = (errors ** 2).sum(-1)
+    first = squared[:, :split].sum(-1).clamp_min(1e-12).sqrt() if split else torch.zeros_like(squared[:, 0])
+    return first + squared[:, split:].sum(-1).clamp_min(1e-12).sqrt()
 
 
 def final_distance(states: torch.Tensor, goal: float) -> torch.Tensor:
@@ -201,15 +253,26 @@ def make_meta_loss(config: MountainCarConfig, variant: str, generator: torch.Gen
     so it can learn where the car should be when; ``"mlp"``: a softplus-output MLP of all inputs.
     """
     metadata = {"experiment": "mountain-car", "variant": variant, "config": jsonable(config.__dict__)}
+    if config.meta_form == "free":  # the authors' unbounded MLP; its weights start as PyTorch's default Linear draw
+        meta_loss = MetaLoss(FREE_META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation=config.meta_activation,
+                             output="identity", metadata=metadata)
+        with torch.no_grad():
+            for layer in (m for m in meta_loss.net if isinstance(m, torch.nn.Linear)):
+                bound = 1.0 / math.sqrt(layer.in_features)
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+        return meta_loss
     if config.meta_form in ("quadratic", "feedback"):
         quadratic = ("state", "action") if config.meta_form == "quadratic" else ("action",)
-        meta_loss = MetaLoss(META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation="tanh", output="identity",
+        meta_loss = MetaLoss(META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation=config.meta_activation,
+                             output="identity",
                              quadratic=quadratic, metadata=metadata)
         meta_loss.reset_parameters(generator)
         with torch.no_grad():
             meta_loss.net[-1].weight[: meta_loss.net[-1].out_features // 2].zero_()  # the target rows
     else:
-        meta_loss = MetaLoss(META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation="tanh", output="softplus",
+        meta_loss = MetaLoss(META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation=config.meta_activation,
+                             output="softplus",
                              metadata=metadata)
         meta_loss.reset_parameters(generator)
     return meta_loss
@@ -228,6 +291,20 @@ def meta_inputs(states: torch.Tensor, actions: torch.Tensor, goal: torch.Tensor,
     return {"time": time, "goal": goal.unsqueeze(1).expand(-1, horizon, -1), "state": state, "action": actions}
 
 
+def free_meta_inputs(config: MountainCarConfig, states: torch.Tensor, actions: torch.Tensor,
+                     goal: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The "free" form's per-step fields ``(B, T, .)``: s_t (the state the action is taken in), a_t, and the last
+    state's distance to the goal (of the task state: |x_T - g|, or ||s_T - (g, v_g)||), detached as a reward."""
+    horizon = actions.shape[1]
+    last = states[:, -1].detach()
+    if config.task_state == "state":
+        target = torch.cat([goal, torch.full_like(goal, float(config.goal_velocity))], dim=-1)
+        distance = (last - target).norm(dim=-1, keepdim=True)
+    else:
+        distance = (last[:, :1] - goal).abs()
+    return {"state": states[:, :-1], "action": actions, "distance": distance.unsqueeze(1).expand(-1, horizon, -1)}
+
+
 class MountainCarML3:
     """The pure functions of one setting: the learned loss of B policies, the task losses, and the updates."""
 
@@ -239,7 +316,10 @@ class MountainCarML3:
         """B * mean over policies and steps of M_phi(tau, g): each policy's inner step is its own (Eq. 2-3)."""
         start, goal = batch
         states, actions = unroll(params, start, goal, self.config.horizon)
-        fields = meta_inputs(states, actions, goal, pre_action_state=self.config.meta_form == "feedback")
+        if self.config.meta_form == "free":
+            fields = free_meta_inputs(self.config, states, actions, goal)
+        else:
+            fields = meta_inputs(states, actions, goal, pre_action_state=self.config.meta_form == "feedback")
         values = torch.func.functional_call(self.meta_template, phi, (fields,))
         return values.mean() * start.shape[0]
 
@@ -261,11 +341,13 @@ class MountainCarML3:
     def inner_step(self, params: Params, phi: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> Params:
         """theta' = theta - alpha clip(grad_theta M_phi) (Eq. 2), each policy's gradient clipped to its own norm.
 
-        The clip (``inner_max_grad_norm`` per policy, differentiable, :func:`sb3_ml3.functional.SGD` step)
+        The clip (``inner_max_grad_norm`` per policy, none when it is None, differentiable, :func:`sb3_ml3.functional.SGD` step)
         bounds how far one update can move a policy: an unbounded step drives the tanh output into
         saturation, where every gradient -- the learned loss's and the meta-gradient -- vanishes.
         """
         grads = grad(self.learned_loss)(params, phi, batch)
+        if self.config.inner_max_grad_norm is None:  # the authors' plain SGD step
+            return SGD().step(params, grads, self.config.inner_lr, None)[0]
         norms = torch.sqrt(sum((g.flatten(1) ** 2).sum(1) for g in grads.values()) + 1e-12)
         scale = torch.clamp(self.config.inner_max_grad_norm / norms, max=1.0)
         grads = {k: g * scale.view(-1, *([1] * (g.dim() - 1))) for k, g in grads.items()}
@@ -283,6 +365,7 @@ class MountainCarML3:
         return final_distance(states, self.config.goal)
 
 
-__all__ = ["MountainCarConfig", "MountainCarML3", "TASK_LOSSES", "META_INPUTS", "META_FORMS", "POLICY_KINDS",
+__all__ = ["MountainCarConfig", "MountainCarML3", "TASK_LOSSES", "META_INPUTS", "FREE_META_INPUTS", "META_FORMS",
+           "POLICY_KINDS", "TASK_NORMS", "POLICY_INITS", "free_meta_inputs", "meta_input_spec",
            "init_policy", "policy_action", "unroll", "at_rest", "targets", "state_targets", "task_loss_per_policy",
-           "final_distance", "make_meta_loss", "meta_inputs"]
+           "final_distance", "make_meta_loss", "meta_inputs", "initial_policies"]

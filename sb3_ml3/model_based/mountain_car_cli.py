@@ -16,7 +16,7 @@ import numpy as np
 
 from sb3_ml3.atomic import jsonable
 from sb3_ml3.envs.mountain_car import MAX_FORCE, numpy_step
-from sb3_ml3.model_based.mountain_car import META_FORMS, POLICY_KINDS, MountainCarConfig
+from sb3_ml3.model_based.mountain_car import META_FORMS, POLICY_INITS, POLICY_KINDS, TASK_NORMS, MountainCarConfig
 from sb3_ml3.model_based.mountain_car_experiment import METHODS, run_seed, summarise
 
 COMMAND = "mountain-car"
@@ -71,8 +71,31 @@ def add_arguments(p: Any) -> None:
                    help="policy class: a tanh MLP of (x, v, g), or linear state feedback (the authors' code)")
     p.add_argument("--task-state", choices=["position", "state"], default=d.task_state,
                    help="task loss on the position only, or on (x, v) with the authors' goal velocities")
+    p.add_argument("--task-norm", choices=list(TASK_NORMS), default=d.task_norm,
+                   help="reduce the per-step distances by their mean, or by each segment's Frobenius norm (authors')")
+    p.add_argument("--policy-init", choices=list(POLICY_INITS), default=d.policy_init,
+                   help="fresh policies every outer step, or one fixed draw per seed used at meta-train and meta-test "
+                        "(the authors' protocol)")
+    p.add_argument("--gd-lrs", type=positive_float, nargs="+", default=None,
+                   help=f"step sizes of GD on the unshaped loss, picked on train starts ({' '.join(map(str, d.gd_lrs))})")
+    p.add_argument("--policy-hidden", type=positive_int, default=None,
+                   help=f"hidden width of the mlp and deep-linear policies ({d.policy_hidden}; the authors': 200)")
+    p.add_argument("--batch-tasks", type=positive_int, default=None, help=f"B start states per outer step ({d.batch_tasks})")
+    p.add_argument("--meta-hidden", type=positive_int, nargs="+", default=None,
+                   help=f"hidden widths of M_phi ({' '.join(map(str, d.meta_hidden_sizes))}; the authors': 400 400)")
+    p.add_argument("--meta-activation", choices=["tanh", "relu", "elu"], default=d.meta_activation,
+                   help="hidden activation of M_phi (the authors': elu)")
+    p.add_argument("--inner-max-grad-norm", type=clip_norm, default=d.inner_max_grad_norm,
+                   help="each policy's inner gradient is clipped to this norm; 'none' for no clip (the authors')")
     p.add_argument("--quick", action="store_true", help="a tiny version (seconds): a smoke test of the installation")
     add_common(p, resumable=False)
+
+
+def clip_norm(text: str) -> float | None:
+    """An argparse type: a positive, finite gradient-norm bound, or ``none`` (no clip)."""
+    from sb3_ml3.cli_args import positive_float
+
+    return None if text.strip().lower() == "none" else positive_float(text)
 
 
 def run(args: Any) -> dict[str, Any]:
@@ -82,12 +105,18 @@ def run(args: Any) -> dict[str, Any]:
     from sb3_ml3.experiments.store import prepare_out_dir
 
     settings: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for name in ("n_outer", "inner_steps", "test_updates", "baseline_updates"):
+    for name in ("n_outer", "inner_steps", "test_updates", "baseline_updates", "batch_tasks", "policy_hidden"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
+    if args.gd_lrs is not None:
+        settings["gd_lrs"] = tuple(args.gd_lrs)
+    if args.meta_hidden is not None:
+        settings["meta_hidden_sizes"] = tuple(args.meta_hidden)
     config = MountainCarConfig(inner_lr=args.inner_lr, meta_lr=args.meta_lr, horizon=args.horizon,
-                               meta_form=args.meta_form, policy=args.policy,
-                               task_state=args.task_state, **settings)
+                               meta_form=args.meta_form, policy=args.policy, task_state=args.task_state,
+                               task_norm=args.task_norm, policy_init=args.policy_init,
+                               meta_activation=args.meta_activation, inner_max_grad_norm=args.inner_max_grad_norm,
+                               **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)
     torch.set_num_threads(args.threads)
