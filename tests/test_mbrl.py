@@ -267,3 +267,25 @@ def test_final_speed_weight_adds_the_final_speed_to_the_task_loss():
             states, _ = unroll(experiment.model, experiment.policy, updated, experiment.env, start, goals, 5)
         values.append((float(value.detach()), float(torch.linalg.vector_norm(states[:, -1, 2:4], dim=-1).mean())))
     assert values[1][1] > 0 and values[1][0] == pytest.approx(values[0][0] + 2.0 * values[1][1], rel=1e-5)
+
+
+def test_fixed_policy_init_starts_meta_training_baselines_and_meta_test_from_one_draw(monkeypatch):
+    """policy_init="fixed" (the authors' protocol): every batch of policies is a copy of one draw per seed."""
+    config = MBRLConfig(horizon=5, n_outer=2, model_every=100, random_episodes=8, model_epochs=1, batch_goals=3,
+                        inner_steps=1, policy_init="fixed")
+    experiment = MBRLExperiment("PointmassGoal-v0", config, seed=0)
+    again = MBRLExperiment("PointmassGoal-v0", config, seed=0).fixed_policy
+    assert all(torch.equal(experiment.fixed_policy[k], again[k]) for k in again)  # seeded: the same draw
+    batch = experiment.initial_policies(3, torch.Generator().manual_seed(9))
+    for k, v in batch.items():
+        assert v.shape[0] == 3 and all(torch.equal(v[i], experiment.fixed_policy[k][0]) for i in range(3))
+    seen = []
+    original = experiment.initial_policies
+    monkeypatch.setattr(experiment, "initial_policies", lambda n, g: seen.append(n) or original(n, g))
+    assert np.isfinite(experiment.meta_train()["task_loss"]).all() and seen == [3, 3]
+    fresh = MBRLExperiment("PointmassGoal-v0", MBRLConfig(horizon=5), seed=0)
+    assert fresh.fixed_policy is None
+    draw = fresh.initial_policies(2, torch.Generator().manual_seed(9))
+    assert not torch.equal(next(iter(draw.values()))[0], next(iter(draw.values()))[1])
+    with pytest.raises(ValueError, match="policy_init"):
+        MBRLExperiment("PointmassGoal-v0", MBRLConfig(horizon=5, policy_init="zeros"), seed=0)

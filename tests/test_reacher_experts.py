@@ -191,3 +191,18 @@ def test_keep_best_returns_the_meta_loss_with_the_best_training_target_validatio
     assert learner.validate(meta_loss, demos.goals, seed=0) == pytest.approx(min(scores), abs=1e-9)
     with pytest.raises(ValueError, match="val_every"):
         ReacherExpertsConfig(val_every=-1)
+
+
+def test_meta_test_can_return_the_trained_policies_for_a_look():
+    """return_policies hands back the last parameters: rolled out again they give the curve's last column."""
+    config = ReacherExpertsConfig(policy_hidden=(8,), meta_hidden=(8,), features="arm-frame")
+    learner = ReacherExpertsLearner(config)
+    meta_loss = make_meta_loss(config, torch.Generator().manual_seed(0))
+    goals = one_goal_per_sector("test", 3)[:2]
+    result = learner.meta_test(meta_loss, goals, torch.Generator().manual_seed(1), 500, updates=2, return_policies=True)
+    assert result["final_distance"].shape == (2, 3) and set(result["policies"]) == set(dict(learner.policy.named_parameters()))
+    rollouts = GoalRollouts(goals)
+    episode = rollouts.run(learner.policy_fn(result["policies"]), [500, 501])
+    rollouts.close()
+    assert episode.final_distance == pytest.approx(result["final_distance"][:, -1], abs=1e-9)
+    assert "policies" not in learner.meta_test(meta_loss, goals, torch.Generator().manual_seed(1), 500, updates=1)

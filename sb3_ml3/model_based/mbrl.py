@@ -70,6 +70,10 @@ class MBRLConfig:
     # meta-train's task loss also adds this times |velocity at s_H| (state[2:4]: the point's, the joints' in rad/s);
     # 0: none. Shapes meta-training away from the reacher's fold-and-spin optimum (REPORT.md); never scored
     final_speed_weight: float = 0.0
+    # "fresh": new policies every reset (above) and at meta-test; "fixed": one draw per seed that every meta-train
+    # batch, every baseline and every meta-test starts from (the authors' protocol: their policy.reset() reloads
+    # one saved initialisation)
+    policy_init: str = "fresh"
     model_epochs: int = 60  # epochs of the first fit (a refit: a third of it)
     model_hidden: tuple[int, ...] = (64, 64)
     model_members: int = 3
@@ -149,6 +153,16 @@ class MBRLExperiment:
                                       config.model_members, generator=self.generator)
         self.buffer = TransitionBuffer(self.env.state_dim, self.env.action_dim)
         self.learned_loss = make_learned_loss(self.policy, self.meta_loss, config.loss_on_pre_tanh)
+        if config.policy_init not in ("fresh", "fixed"):
+            raise ValueError(f"policy_init must be 'fresh' or 'fixed', got {config.policy_init!r}.")
+        self.fixed_policy = (self.policy.init(1, torch.Generator().manual_seed(self.seed * 7 + 3))
+                             if config.policy_init == "fixed" else None)
+
+    def initial_policies(self, n: int, generator: torch.Generator) -> Params:
+        """``n`` policies to start from: a fresh draw, or copies of the seed's fixed one (``policy_init="fixed"``)."""
+        if self.fixed_policy is not None:
+            return {k: v.expand(n, *v.shape[1:]).clone() for k, v in self.fixed_policy.items()}
+        return self.policy.init(n, generator)
 
     # ------------------------------------------------------------------ data and model
     def _train_goals(self, n: int, offset: int) -> np.ndarray:
@@ -228,7 +242,7 @@ class MBRLExperiment:
             if (outer - 1) % cfg.policy_reset_every == 0 or not all(bool(v.isfinite().all()) for v in theta.values()):
                 goals_np = self._train_goals(cfg.batch_goals, 10 + outer)  # fresh goals and policies
                 goals = torch.as_tensor(goals_np, dtype=torch.float32)
-                theta = self.policy.init(cfg.batch_goals, self.generator)
+                theta = self.initial_policies(cfg.batch_goals, self.generator)
             start = torch.as_tensor(self._start_states(goals_np, reset_seed + outer), dtype=torch.float32)
             phi = {k: v.detach() for k, v in self.meta_loss.named_parameters()}
             grads, (value, (theta, alphas)) = objective(phi, theta, start, goals)
@@ -238,7 +252,7 @@ class MBRLExperiment:
             alpha_trace.append(float(alphas.mean()))
             if outer % cfg.model_every == 0 and outer < cfg.n_outer:
                 if not all(bool(v.isfinite().all()) for v in theta.values()):  # diverged: NaN states would poison P
-                    theta = self.policy.init(cfg.batch_goals, self.generator)
+                    theta = self.initial_policies(cfg.batch_goals, self.generator)
                 real_distance = self.collect_policy(theta, goals_np, reset_seed + outer)
                 for p in self.model.parameters():
                     p.requires_grad_(True)
@@ -312,7 +326,7 @@ class MBRLExperiment:
         on train goals (never the held-out ones), from ``config.task_grid``."""
         goals = self._train_goals(self.config.n_test_goals, 2)
         envs = RealEnvs(self.env.env_id, goals)
-        theta = self.policy.init(len(goals), torch.Generator().manual_seed(self.seed + 77))
+        theta = self.initial_policies(len(goals), torch.Generator().manual_seed(self.seed + 77))
         scores: dict[str, float] = {}
         try:
             for optimizer, lr in self.config.task_grid:
@@ -340,7 +354,7 @@ class MBRLExperiment:
         for split in ("test", "train"):
             goals = sample_tasks(self.env.env_id, cfg.n_test_goals, split, seed=self.seed * 100_003 + 3)
             envs = RealEnvs(self.env.env_id, goals)
-            theta = self.policy.init(len(goals), torch.Generator().manual_seed(self.seed * 1000 + 9))
+            theta = self.initial_policies(len(goals), torch.Generator().manual_seed(self.seed * 1000 + 9))
             try:
                 result = {"goals": goals.tolist(), "ml3": self.meta_test_ml3(envs, theta, cfg.test_updates)}
                 if split == "test":

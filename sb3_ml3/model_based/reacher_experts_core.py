@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -274,13 +275,14 @@ class ReacherExpertsLearner:
 
     # ------------------------------------------------------------------ meta-test
     def meta_test(self, meta_loss: MetaLoss, goals: np.ndarray, generator: torch.Generator, eval_seed: int,
-                  updates: int | None = None) -> dict[str, np.ndarray]:
+                  updates: int | None = None, return_policies: bool = False) -> dict[str, Any]:
         """Fresh policies on ``goals`` updated by M_phi alone (Alg. 5).
 
         Returns ``"final_distance"`` and ``"metric"`` (sum over the episode of -distance, METRICS.md),
         each ``(G, updates + 1)``: column ``j`` is a deterministic evaluation episode (fixed reset seeds
         ``eval_seed + i``) after ``j`` updates; each update rolls the policy out once (a fresh initial
-        arm) and takes the inner step on that episode's states.
+        arm) and takes the inner step on that episode's states. ``return_policies``: also ``"policies"``, the
+        last parameters (stacked over the goals, for :meth:`policy_fn`), to look at what the loss trained.
         """
         cfg = self.config
         updates = cfg.test_updates if updates is None else updates
@@ -300,7 +302,10 @@ class ReacherExpertsLearner:
             episode = rollouts.run(self.policy_fn(theta), [eval_seed + 7_919 * (j + 1) + i for i in range(n)])
             theta = {k: v.detach() for k, v in step(theta, self.features(episode.states)).items()}
         rollouts.close()
-        return {"final_distance": final, "metric": metric}
+        out: dict[str, Any] = {"final_distance": final, "metric": metric}
+        if return_policies:
+            out["policies"] = theta
+        return out
 
     # ------------------------------------------------------------------ behavioural cloning
     def behavioural_cloning(self, demos: Demonstrations, eval_goals: dict[str, np.ndarray],

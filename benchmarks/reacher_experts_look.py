@@ -1,0 +1,119 @@
+"""Look at the policies a saved ``ml3 reacher-experts`` meta-loss trains (issue 16 part 3, Fig. 6c-d).
+
+The table of ``ml3 reacher-experts`` gives final distances; this script checks what the policies behind them
+do before the number is believed (BENCHMARKS.md's rule): it meta-tests fresh policies with each saved loss on
+that seed's held-out targets, then rolls the trained policies out once more and reports, per target, its
+radius from the arm's base, the final fingertip distance, and the share of actions on the bounds (|a| >= 0.99,
+ReacherGoal's actions lie in [-1, 1]); optionally it writes a clip of the first seed's policies.
+
+    python benchmarks/reacher_experts_look.py --run docs/results/reacher_experts/keepbest_random_mlr3e-3_a \
+        --out docs/results/reacher_experts/look_keepbest_a.json --clip docs/results/reacher_experts/look_keepbest_a.gif
+
+The meta-test draws its own initial policies (seeded by the seed), so its numbers differ a little from the
+run's table, which drew them after meta-training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from sb3_ml3.envs.reacher import ReacherGoalEnv
+from sb3_ml3.experiments.clips import MAX_GOALS, RenderUnavailable, render_policy_clip
+from sb3_ml3.experiments.store import atomic_write_json
+from sb3_ml3.meta_loss import MetaLoss
+from sb3_ml3.model_based.reacher_experts import EVAL_SEED
+from sb3_ml3.model_based.reacher_experts_core import ReacherExpertsConfig, ReacherExpertsLearner
+from sb3_ml3.model_based.reacher_experts_env import GoalRollouts
+
+SATURATED = 0.99  # |a| at or above this counts as on the bound
+
+
+class _PerGoalPolicy:
+    """SB3's ``predict`` for a clip: the trained policy of whichever held-out target the observation names."""
+
+    def __init__(self, learner: ReacherExpertsLearner, policies: dict[str, torch.Tensor], goals: np.ndarray) -> None:
+        self.learner, self.policies, self.goals = learner, policies, goals
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> tuple[np.ndarray, None]:
+        goal = np.asarray(obs)[0, 4:6]  # ReacherGoal's observation carries the goal at 4:6
+        i = int(np.argmin(np.linalg.norm(self.goals - goal, axis=1)))
+        theta = {k: v[i:i + 1] for k, v in self.policies.items()}
+        return self.learner.policy_fn(theta)(np.asarray(obs, dtype=np.float64)), None
+
+
+def look(run_dir: str, seeds: list[int] | None, updates: int | None, clip: str | None) -> dict[str, Any]:
+    """Meta-test each saved loss of ``run_dir`` and describe the policies it trained."""
+    results = json.loads(open(os.path.join(run_dir, "results.json")).read())
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in results["config"].items()}
+    config = ReacherExpertsConfig(**settings)
+    learner = ReacherExpertsLearner(config)
+    seeds = seeds if seeds is not None else [row["seed"] for row in results["per_seed"]]
+    out: dict[str, Any] = {"run": run_dir, "config": results["config"], "saturation_level": SATURATED, "per_seed": []}
+    for k, seed in enumerate(seeds):
+        t0 = time.time()
+        meta_loss = MetaLoss.load(os.path.join(run_dir, f"meta_loss_seed{seed}.zip"))
+        goals = ReacherGoalEnv.sample_tasks(config.n_test_goals, "test", seed)
+        tested = learner.meta_test(meta_loss, goals, torch.Generator().manual_seed(seed), EVAL_SEED, updates,
+                                   return_policies=True)
+        rollouts = GoalRollouts(goals)
+        episode = rollouts.run(learner.policy_fn(tested["policies"]), [EVAL_SEED + i for i in range(len(goals))])
+        rollouts.close()
+        on_bound = (np.abs(episode.actions) >= SATURATED).mean(axis=(1, 2))
+        row = {"seed": seed, "radius": np.linalg.norm(goals, axis=1).tolist(),
+               "final_distance": episode.final_distance.tolist(), "saturation": on_bound.tolist(),
+               "mean_final_distance": float(episode.final_distance.mean()),
+               "success_rate": float((episode.final_distance < config.success_threshold).mean()),
+               "mean_saturation": float(on_bound.mean()), "seconds": round(time.time() - t0, 1)}
+        out["per_seed"].append(row)
+        print(f"seed {seed}: final distance {row['mean_final_distance']:.4f}, success {row['success_rate']:.0%}, "
+              f"actions on the bounds {row['mean_saturation']:.1%} ({row['seconds']} s)", flush=True)
+        for r, d, s in zip(row["radius"], row["final_distance"], row["saturation"]):
+            print(f"    target radius {r:.3f}: final distance {d:.4f}, on the bounds {s:.0%}")
+        if clip and k == 0:
+            try:
+                out["clip"] = render_policy_clip(_PerGoalPolicy(learner, tested["policies"], goals), "ReacherGoal-v0",
+                                                 goals[:MAX_GOALS], clip, seed=EVAL_SEED,
+                                                 title=f"ML3 reacher-experts, seed {seed}, held-out targets")
+            except RenderUnavailable as err:
+                out["clip_error"] = str(err)
+                print(f"no clip: {err}")
+    rows = out["per_seed"]
+    radius = np.concatenate([r["radius"] for r in rows])
+    final = np.concatenate([r["final_distance"] for r in rows])
+    out["summary"] = {"mean_final_distance": float(final.mean()), "success_rate": float((final < config.success_threshold).mean()),
+                      "mean_saturation": float(np.mean([r["mean_saturation"] for r in rows])),
+                      "failures_radius": radius[final >= config.success_threshold].tolist(),
+                      "successes_radius": radius[final < config.success_threshold].tolist()}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="an `ml3 reacher-experts` output folder (results.json, meta_loss_seed*.zip)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to look at (default: all of the run)")
+    parser.add_argument("--updates", type=int, default=None, help="meta-test updates (default: the run's test_updates)")
+    parser.add_argument("--clip", default=None, help="a .gif of the first seed's trained policies on up to 6 targets")
+    parser.add_argument("--out", required=True, help="JSON file for the per-target numbers")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    args = parser.parse_args()
+    if os.path.exists(args.out) and not args.force:
+        parser.error(f"{args.out} exists; pass --force to overwrite it")
+    if args.updates is not None and args.updates < 1:
+        parser.error("--updates must be a positive integer")
+    torch.set_num_threads(1)
+    out = look(args.run, args.seeds, args.updates, args.clip)
+    s = out["summary"]
+    print(f"all: final distance {s['mean_final_distance']:.4f}, success {s['success_rate']:.0%}, actions on the bounds "
+          f"{s['mean_saturation']:.1%}; failed targets' radii {np.round(s['failures_radius'], 3).tolist()}")
+    atomic_write_json(args.out, out)
+
+
+if __name__ == "__main__":
+    main()
