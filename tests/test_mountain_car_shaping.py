@@ -229,6 +229,10 @@ def test_fixed_policy_init_is_shared_by_meta_training_and_every_method(tmp_path)
     assert len(set(starts.values())) == 1  # one policy before any update
     within = row["within_train_ml3_shaped"][0]
     assert within == pytest.approx(min(r for r in row["curve_train_ml3_shaped"][1:]))
+    # the best update's trajectory ends at the 'within' distance, and its figure is written
+    best = row["trajectory_best_train_ml3_shaped"][0]
+    assert len(best) == 36 and abs(best[-1] - 0.5) == pytest.approx(within, abs=1e-6)
+    assert 1 <= row["best_update_train_ml3_shaped"][0] <= 2 and os.path.exists(out / "mountain_car_trajectories_best.png")
     assert "goal_met_within" in results["summary"]
     loss = MetaLoss.load(out / "meta_loss_shaped_seed0.zip", inputs="state:2, action:1, distance:1")
     assert loss.hidden_sizes == (16,) and loss.activation == "elu"

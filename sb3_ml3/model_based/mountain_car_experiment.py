@@ -103,11 +103,15 @@ def evaluate(config: MountainCarConfig, meta_losses: dict[str, MetaLoss], starts
         model = MountainCarML3(config, meta_losses[variant])
         phi = {k: v.detach() for k, v in meta_losses[variant].named_parameters()}
         update = (lambda m, p: lambda q, b: m.inner_step(q, p, b))(model, phi)
-        out[f"ml3_{variant}"], trained = _optimise_and_keep(model, params, batch, config.test_updates, update)
+        out[f"ml3_{variant}"], trained, paths = _optimise_and_keep(model, params, batch, config.test_updates, update,
+                                                                  keep_paths=True)
         out[f"trajectory_ml3_{variant}"] = unroll(trained, *batch, config.horizon)[0][:, :, 0]
+        best = out[f"ml3_{variant}"][1:].argmin(0) + 1  # per start: the update (1..test_updates) closest to the goal
+        out[f"trajectory_best_ml3_{variant}"] = paths[best, torch.arange(n)]
+        out[f"best_update_ml3_{variant}"] = best
     model = MountainCarML3(config, meta_losses["unshaped"])
     update = clipped_sgd(config, lambda q, b: model.task_loss("unshaped", q, b) * n, gd_lr)
-    out["gd_unshaped"], trained = _optimise_and_keep(model, params, batch, config.baseline_updates, update)
+    out["gd_unshaped"], trained, _ = _optimise_and_keep(model, params, batch, config.baseline_updates, update)
     out["trajectory_gd_unshaped"] = unroll(trained, *batch, config.horizon)[0][:, :, 0]
     curves, paths = zip(*(ilqr_curve(config, s) for s in starts))
     out["ilqr"] = torch.tensor(curves).T
@@ -115,12 +119,23 @@ def evaluate(config: MountainCarConfig, meta_losses: dict[str, MetaLoss], starts
     return out
 
 
-def _optimise_and_keep(model: MountainCarML3, params: dict, batch: tuple, updates: int, update: Callable):
+def _optimise_and_keep(model: MountainCarML3, params: dict, batch: tuple, updates: int, update: Callable,
+                       keep_paths: bool = False):
+    """The final-distance curve ``(updates + 1, n)``, the last parameters and, with ``keep_paths``, x_t of every
+    update's policy ``(updates + 1, n, T + 1)`` (else None)."""
     curve = [model.final_distances(params, batch)]
+    paths = [_positions(model, params, batch)] if keep_paths else None
     for _ in range(updates):
         params = {k: v.detach() for k, v in update(params, batch).items()}
         curve.append(model.final_distances(params, batch))
-    return torch.stack(curve), params
+        if paths is not None:
+            paths.append(_positions(model, params, batch))
+    return torch.stack(curve), params, (torch.stack(paths) if paths is not None else None)
+
+
+def _positions(model: MountainCarML3, params: dict, batch: tuple) -> torch.Tensor:
+    with torch.no_grad():
+        return unroll(params, batch[0], batch[1], model.config.horizon)[0][:, :, 0]
 
 
 def pick_gd_lr(config: MountainCarConfig, generator: torch.Generator,
@@ -164,6 +179,9 @@ def run_seed(config: MountainCarConfig, seed: int, progress: Callable[[], None] 
             out[f"within_{split}_{method}"] = curve[1: config.test_updates + 1].min(0).values.tolist()  # best update
             out[f"last_{split}_{method}"] = curve[-1].tolist()  # after all of its updates
             out[f"trajectory_{split}_{method}"] = result[f"trajectory_{method}"].tolist()
+            if f"trajectory_best_{method}" in result:  # ML3: the policy at its best update within test_updates
+                out[f"trajectory_best_{split}_{method}"] = result[f"trajectory_best_{method}"].tolist()
+                out[f"best_update_{split}_{method}"] = result[f"best_update_{method}"].tolist()
     out["meta_test_seconds"] = time.perf_counter() - t1
     out["meta_losses"] = meta_losses
     return out

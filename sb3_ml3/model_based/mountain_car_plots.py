@@ -95,9 +95,37 @@ def write_clip(results: dict[str, Any], out_dir: str) -> str:
     return path
 
 
+def plot_best_trajectories(results: dict[str, Any], out_dir: str) -> str:
+    """x_t of ML3's policies at their best update within ``test_updates`` (per start), every seed: where the
+    shaped and the unshaped loss take the car when they are closest to the goal."""
+    labels, colors = _labels()
+    cfg, rows = results["config"], results["per_seed"]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.0), dpi=110, sharey=True)
+    for ax, split in zip(axes, ("train", "test")):
+        for method in ("ml3_shaped", "ml3_unshaped"):
+            first = True
+            for row in rows:
+                for path in row.get(f"trajectory_best_{split}_{method}", []):
+                    ax.plot(path, color=colors[method], linewidth=0.9, alpha=0.6, label=labels[method] if first else None)
+                    first = False
+        ax.axhline(cfg["goal"], color="k", linewidth=0.8)
+        ax.plot([0, cfg["intermediate_steps"]], [cfg["intermediate_goal"]] * 2, color="k", linestyle=":",
+                label="intermediate goal (meta-train only)")
+        ax.set_xlabel("time step")
+        ax.set_title(f"{'train' if split == 'train' else 'unseen'} starts, best of updates 1-{cfg['test_updates']}, "
+                     f"{len(rows)} seeds", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("car position x")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, os.path.join(out_dir, "mountain_car_trajectories_best.png"), plt)
+
+
 def plot_all(results: dict[str, Any], out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
-    return [plot_updates(results, out_dir), plot_trajectories(results, out_dir), write_clip(results, out_dir)]
+    return [plot_updates(results, out_dir), plot_trajectories(results, out_dir), plot_best_trajectories(results, out_dir),
+            write_clip(results, out_dir)]
 
 
 def _save(fig: Any, path: str, plt: Any) -> str:
