@@ -66,12 +66,15 @@ def plot_trajectories(results: dict[str, Any], out_dir: str) -> str:
 
 
 def write_clip(results: dict[str, Any], out_dir: str) -> str:
-    """A GIF of the car on the hill h(x) = 0.45 sin(3x), shaped ML3 vs iLQR, first seed, first train start."""
+    """A GIF of the car on the hill h(x) = 0.45 sin(3x), first seed, first train start: shaped and unshaped ML3 at
+    their best update within test_updates (after the last one in older results) and iLQR."""
     import imageio.v2 as imageio
 
     labels, colors = _labels()
     cfg, row = results["config"], results["per_seed"][0]
-    paths = {m: np.asarray(row[f"trajectory_train_{m}"][0]) for m in ("ml3_shaped", "ilqr")}
+    paths = {m: np.asarray(row.get(f"trajectory_best_train_{m}", row[f"trajectory_train_{m}"])[0])
+             for m in ("ml3_shaped", "ml3_unshaped")}
+    paths["ilqr"] = np.asarray(row["trajectory_train_ilqr"][0])
     plt = _pyplot()
     xs = np.linspace(-1.2, 0.5, 200)
     frames = []
