@@ -239,7 +239,8 @@ def test_fixed_policy_init_is_shared_by_meta_training_and_every_method(tmp_path)
 
 
 @pytest.mark.parametrize("bad, match", [(dict(task_norm="l1"), "task_norm"), (dict(policy_init="zero"), "policy_init"),
-                                        (dict(inner_max_grad_norm=float("inf")), "inner_max_grad_norm")])
+                                        (dict(inner_max_grad_norm=float("inf")), "inner_max_grad_norm"),
+                                        (dict(meta_activation="swish"), "meta_activation")])
 def test_config_refuses_unknown_protocol_options(bad, match):
     with pytest.raises(ValueError, match=match):
         MountainCarConfig(**bad)

@@ -38,7 +38,7 @@ from torch.func import grad, grad_and_value
 from sb3_ml3.atomic import jsonable
 from sb3_ml3.envs.mountain_car import MAX_FORCE, MAX_POSITION, MIN_POSITION, PAPER_GOAL, torch_step
 from sb3_ml3.functional import SGD, Params
-from sb3_ml3.meta_loss import MetaLoss
+from sb3_ml3.meta_loss import ACTIVATIONS, MetaLoss
 
 TASK_LOSSES = ("shaped", "unshaped")
 #: families of M_phi: a tracking cost of (s_{t+1}, a_t) with targets of (t, g); a feedback cost (a_t - c(s_t, t, g))^2
@@ -103,7 +103,8 @@ class MountainCarConfig:
         if self.intermediate_steps >= self.horizon:
             raise ValueError(f"intermediate_steps ({self.intermediate_steps}) must be below the horizon ({self.horizon}).")
         for name, allowed in (("meta_form", META_FORMS), ("policy", POLICY_KINDS), ("task_state", ("position", "state")),
-                              ("task_norm", TASK_NORMS), ("policy_init", POLICY_INITS)):
+                              ("task_norm", TASK_NORMS), ("policy_init", POLICY_INITS),
+                              ("meta_activation", tuple(sorted(ACTIVATIONS)))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         for name in ("inner_lr", "inner_max_grad_norm", "meta_lr", "success_threshold"):
@@ -138,7 +139,7 @@ def init_policy(batch: int, hidden: int, generator: torch.Generator, output_gain
     initialisation U(-1/sqrt(fan_in), 1/sqrt(fan_in)); ``output_gain`` is unused (their draw is not shrunk).
     """
     if kind not in POLICY_KINDS:
-        raise ValueError(f"Unknown policy kind {kind!r}; choose 'mlp' or 'linear'.")
+        raise ValueError(f"Unknown policy kind {kind!r}; choose one of {list(POLICY_KINDS)}.")
 
     def xavier(fan_in: int, fan_out: int, gain: float = 1.0) -> torch.Tensor:
         bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
@@ -254,8 +255,8 @@ def make_meta_loss(config: MountainCarConfig, variant: str, generator: torch.Gen
     """
     metadata = {"experiment": "mountain-car", "variant": variant, "config": jsonable(config.__dict__)}
     if config.meta_form == "free":  # the authors' unbounded MLP; its weights start as PyTorch's default Linear draw
-        meta_loss = MetaLoss(FREE_META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation=config.meta_activation,
-                             output="identity", metadata=metadata)
+        meta_loss = MetaLoss(meta_input_spec(config), hidden_sizes=config.meta_hidden_sizes,
+                             activation=config.meta_activation, output="identity", metadata=metadata)
         with torch.no_grad():
             for layer in (m for m in meta_loss.net if isinstance(m, torch.nn.Linear)):
                 bound = 1.0 / math.sqrt(layer.in_features)
@@ -264,15 +265,15 @@ def make_meta_loss(config: MountainCarConfig, variant: str, generator: torch.Gen
         return meta_loss
     if config.meta_form in ("quadratic", "feedback"):
         quadratic = ("state", "action") if config.meta_form == "quadratic" else ("action",)
-        meta_loss = MetaLoss(META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation=config.meta_activation,
-                             output="identity",
+        meta_loss = MetaLoss(meta_input_spec(config), hidden_sizes=config.meta_hidden_sizes,
+                             activation=config.meta_activation, output="identity",
                              quadratic=quadratic, metadata=metadata)
         meta_loss.reset_parameters(generator)
         with torch.no_grad():
             meta_loss.net[-1].weight[: meta_loss.net[-1].out_features // 2].zero_()  # the target rows
     else:
-        meta_loss = MetaLoss(META_INPUTS, hidden_sizes=config.meta_hidden_sizes, activation=config.meta_activation,
-                             output="softplus",
+        meta_loss = MetaLoss(meta_input_spec(config), hidden_sizes=config.meta_hidden_sizes,
+                             activation=config.meta_activation, output="softplus",
                              metadata=metadata)
         meta_loss.reset_parameters(generator)
     return meta_loss
