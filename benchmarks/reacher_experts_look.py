@@ -11,6 +11,11 @@ ReacherGoal's actions lie in [-1, 1]); optionally it writes a clip of the first 
 
 The meta-test draws its own initial policies (seeded by the seed), so its numbers differ a little from the
 run's table, which drew them after meta-training.
+
+``--goal-seed-offset N`` draws the held-out targets with seed + N instead of the seed: a run's own held-out targets
+share the random stream of its training targets (the first four have the training radii), so an offset gives
+targets at radii never trained on. ``--bc`` also fits the run's BC baseline (the same demonstrations, features and
+steps) and scores it on those targets, for the goal's comparison.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from sb3_ml3.experiments.store import atomic_write_json
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.model_based.reacher_experts import EVAL_SEED
 from sb3_ml3.model_based.reacher_experts_core import ReacherExpertsConfig, ReacherExpertsLearner
-from sb3_ml3.model_based.reacher_experts_env import GoalRollouts
+from sb3_ml3.model_based.experts import collect_demonstrations
+from sb3_ml3.model_based.reacher_experts_env import GoalRollouts, one_goal_per_sector
 
 SATURATED = 0.99  # |a| at or above this counts as on the bound
 
@@ -48,18 +54,28 @@ class _PerGoalPolicy:
         return self.learner.policy_fn(theta)(np.asarray(obs, dtype=np.float64)), None
 
 
-def look(run_dir: str, seeds: list[int] | None, updates: int | None, clip: str | None) -> dict[str, Any]:
-    """Meta-test each saved loss of ``run_dir`` and describe the policies it trained."""
+def first_at_or_below(curve: np.ndarray, level: float, x: list[int] | None = None) -> int | None:
+    """The first x (default: the index) where ``curve`` is at or below ``level``; None if never."""
+    hits = np.flatnonzero(np.asarray(curve) <= level)
+    return None if hits.size == 0 else int((x or list(range(len(curve))))[hits[0]])
+
+
+def look(run_dir: str, seeds: list[int] | None, updates: int | None, clip: str | None, goal_seed_offset: int = 0,
+         bc: bool = False) -> dict[str, Any]:
+    """Meta-test each saved loss of ``run_dir`` and describe the policies it trained (and BC's, with ``bc``)."""
     results = json.loads(open(os.path.join(run_dir, "results.json")).read())
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in results["config"].items()}
     config = ReacherExpertsConfig(**settings)
     learner = ReacherExpertsLearner(config)
     seeds = seeds if seeds is not None else [row["seed"] for row in results["per_seed"]]
-    out: dict[str, Any] = {"run": run_dir, "config": results["config"], "saturation_level": SATURATED, "per_seed": []}
+    out: dict[str, Any] = {"run": run_dir, "config": results["config"], "saturation_level": SATURATED,
+                           "goal_seed_offset": goal_seed_offset, "per_seed": []}
+    curves, bc_curves, bc_steps = [], [], None
     for k, seed in enumerate(seeds):
         t0 = time.time()
         meta_loss = MetaLoss.load(os.path.join(run_dir, f"meta_loss_seed{seed}.zip"))
-        goals = ReacherGoalEnv.sample_tasks(config.n_test_goals, "test", seed)
+        goals = ReacherGoalEnv.sample_tasks(config.n_test_goals, "test", seed + goal_seed_offset)
+        train_radius = np.linalg.norm(one_goal_per_sector("train", seed), axis=1)
         tested = learner.meta_test(meta_loss, goals, torch.Generator().manual_seed(seed), EVAL_SEED, updates,
                                    return_policies=True)
         rollouts = GoalRollouts(goals)
@@ -70,7 +86,18 @@ def look(run_dir: str, seeds: list[int] | None, updates: int | None, clip: str |
                "final_distance": episode.final_distance.tolist(), "saturation": on_bound.tolist(),
                "mean_final_distance": float(episode.final_distance.mean()),
                "success_rate": float((episode.final_distance < config.success_threshold).mean()),
-               "mean_saturation": float(on_bound.mean()), "seconds": round(time.time() - t0, 1)}
+               "mean_saturation": float(on_bound.mean()), "ml3_curve": tested["final_distance"].mean(0).tolist(),
+               "shares_a_training_radius": [bool(np.min(np.abs(train_radius - r)) < 1e-9)
+                                            for r in np.linalg.norm(goals, axis=1)]}
+        curves.append(tested["final_distance"])
+        if bc:
+            demos = collect_demonstrations(one_goal_per_sector("train", seed), config.n_demos, seed=1000 * seed + 1,
+                                           random_arm=config.demo_starts == "random")
+            fitted = learner.behavioural_cloning(demos, {"test": goals}, torch.Generator().manual_seed(seed), EVAL_SEED)
+            bc_steps = fitted["steps"].tolist()
+            bc_curves.append(fitted["test"]["final_distance"])
+            row["bc_curve"] = fitted["test"]["final_distance"].mean(0).tolist()
+        row["seconds"] = round(time.time() - t0, 1)
         out["per_seed"].append(row)
         print(f"seed {seed}: final distance {row['mean_final_distance']:.4f}, success {row['success_rate']:.0%}, "
               f"actions on the bounds {row['mean_saturation']:.1%} ({row['seconds']} s)", flush=True)
@@ -87,10 +114,21 @@ def look(run_dir: str, seeds: list[int] | None, updates: int | None, clip: str |
     rows = out["per_seed"]
     radius = np.concatenate([r["radius"] for r in rows])
     final = np.concatenate([r["final_distance"] for r in rows])
-    out["summary"] = {"mean_final_distance": float(final.mean()), "success_rate": float((final < config.success_threshold).mean()),
+    level = config.success_threshold
+    mean_curve = np.concatenate(curves).mean(0)
+    out["summary"] = {"mean_final_distance": float(final.mean()), "success_rate": float((final < level).mean()),
                       "mean_saturation": float(np.mean([r["mean_saturation"] for r in rows])),
-                      "failures_radius": radius[final >= config.success_threshold].tolist(),
-                      "successes_radius": radius[final < config.success_threshold].tolist()}
+                      "failures_radius": radius[final >= level].tolist(),
+                      "successes_radius": radius[final < level].tolist(),
+                      "targets_sharing_a_training_radius": int(sum(sum(r["shares_a_training_radius"]) for r in rows)),
+                      "ml3_mean_curve_final": float(mean_curve[-1]),
+                      "ml3_updates_to_threshold": first_at_or_below(mean_curve, level)}
+    if bc:
+        bc_mean = np.concatenate(bc_curves).mean(0)
+        best = int(np.argmin(bc_mean))
+        out["summary"].update({"bc_best_final_distance": float(bc_mean[best]), "bc_best_step": int(bc_steps[best]),
+                               "bc_steps_to_threshold": first_at_or_below(bc_mean, level, bc_steps),
+                               "bc_final_distance": float(bc_mean[-1])})
     return out
 
 
@@ -100,6 +138,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to look at (default: all of the run)")
     parser.add_argument("--updates", type=int, default=None, help="meta-test updates (default: the run's test_updates)")
     parser.add_argument("--clip", default=None, help="a .gif of the first seed's trained policies on up to 6 targets")
+    parser.add_argument("--goal-seed-offset", type=int, default=0,
+                        help="draw the held-out targets with seed + this (0: the run's own targets)")
+    parser.add_argument("--bc", action="store_true", help="also fit and score the run's BC baseline on those targets")
     parser.add_argument("--out", required=True, help="JSON file for the per-target numbers")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
     args = parser.parse_args()
@@ -108,10 +149,15 @@ def main() -> None:
     if args.updates is not None and args.updates < 1:
         parser.error("--updates must be a positive integer")
     torch.set_num_threads(1)
-    out = look(args.run, args.seeds, args.updates, args.clip)
+    out = look(args.run, args.seeds, args.updates, args.clip, args.goal_seed_offset, args.bc)
     s = out["summary"]
     print(f"all: final distance {s['mean_final_distance']:.4f}, success {s['success_rate']:.0%}, actions on the bounds "
-          f"{s['mean_saturation']:.1%}; failed targets' radii {np.round(s['failures_radius'], 3).tolist()}")
+          f"{s['mean_saturation']:.1%}; failed targets' radii {np.round(s['failures_radius'], 3).tolist()}; "
+          f"{s['targets_sharing_a_training_radius']} targets share a training radius; ML3 mean curve at "
+          f"{s['ml3_mean_curve_final']:.4f}, at the threshold from update {s['ml3_updates_to_threshold']}")
+    if args.bc:
+        print(f"BC: best {s['bc_best_final_distance']:.4f} at step {s['bc_best_step']}, at the threshold from step "
+              f"{s['bc_steps_to_threshold']}, {s['bc_final_distance']:.4f} after its last step")
     atomic_write_json(args.out, out)
 
 
