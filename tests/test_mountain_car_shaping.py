@@ -221,7 +221,7 @@ def test_fixed_policy_init_is_shared_by_meta_training_and_every_method(tmp_path)
     main(["mountain-car", "--quick", "--out", str(out), "--no-progress", "--policy", "deep-linear", "--policy-hidden",
           "20", "--meta-form", "free", "--meta-hidden", "16", "--meta-activation", "elu", "--task-state", "state",
           "--task-norm", "frobenius", "--policy-init", "fixed", "--inner-lr", "1e-3", "--inner-max-grad-norm", "none",
-          "--gd-lrs", "1e-3", "--batch-tasks", "3"])
+          "--gd-lrs", "1e-3", "--batch-tasks", "3", "--meta-restarts", "2"])
     results = json.loads((out / "results.json").read_text())
     row = results["per_seed"][0]
     assert results["config"]["inner_max_grad_norm"] is None and results["config"]["policy_init"] == "fixed"
@@ -234,6 +234,10 @@ def test_fixed_policy_init_is_shared_by_meta_training_and_every_method(tmp_path)
     assert len(best) == 36 and abs(best[-1] - 0.5) == pytest.approx(within, abs=1e-6)
     assert 1 <= row["best_update_train_ml3_shaped"][0] <= 2 and os.path.exists(out / "mountain_car_trajectories_best.png")
     assert "goal_met_within" in results["summary"]
+    scores = row["meta_restart_scores_shaped"]  # two meta-trainings; the lower final meta-train task loss is kept
+    assert len(scores) == 2 and scores[0] != scores[1] and row["meta_restart_kept_shaped"] == scores.index(min(scores))
+    assert sum(row["meta_train_task_loss_shaped"][-50:]) / len(row["meta_train_task_loss_shaped"][-50:]) == pytest.approx(
+        min(scores), rel=1e-5)
     loss = MetaLoss.load(out / "meta_loss_shaped_seed0.zip", inputs="state:2, action:1, distance:1")
     assert loss.hidden_sizes == (16,) and loss.activation == "elu"
 

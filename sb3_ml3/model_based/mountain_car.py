@@ -83,6 +83,7 @@ class MountainCarConfig:
     meta_activation: str = "tanh"  # hidden activation of M_phi (the authors' MountainCar loss: "elu", 400 x 400)
     meta_form: str = "quadratic"  # "quadratic": M = sum w(t, g) (q - c(t, g))^2 over q = (x, v, a); "mlp"
     n_outer: int = 60  # outer steps per meta-loss (sized to the shared 2-core machine: ~1.3 s each)
+    meta_restarts: int = 1  # independent meta-trainings per loss; the lowest final meta-train task loss is kept
     batch_tasks: int = 16  # B policies (start states) per outer step, each freshly initialised (Alg. 3 line 4)
     inner_steps: int = 5  # K inner steps per outer step; the task loss of every theta_k (k = 1..K) is summed
     inner_lr: float = 0.5  # alpha, also the meta-test step on M_phi
@@ -96,7 +97,7 @@ class MountainCarConfig:
 
     def __post_init__(self) -> None:
         sizes = ("horizon", "intermediate_steps", "policy_hidden", "batch_tasks", "inner_steps", "test_updates",
-                 "baseline_updates")
+                 "baseline_updates", "meta_restarts")
         bad = [f"{k}={getattr(self, k)}" for k in sizes if int(getattr(self, k)) < 1]
         if bad or self.n_outer < 0:
             raise ValueError(f"Need positive sizes and n_outer >= 0; fix {bad or f'n_outer={self.n_outer}'}.")

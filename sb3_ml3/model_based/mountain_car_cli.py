@@ -80,6 +80,9 @@ def add_arguments(p: Any) -> None:
                    help=f"step sizes of GD on the unshaped loss, picked on train starts ({' '.join(map(str, d.gd_lrs))})")
     p.add_argument("--policy-hidden", type=positive_int, default=None,
                    help=f"hidden width of the mlp and deep-linear policies ({d.policy_hidden}; the authors': 200)")
+    p.add_argument("--meta-restarts", type=positive_int, default=None,
+                   help="independent meta-trainings per loss; the one with the lowest final meta-train task loss is "
+                        f"kept ({d.meta_restarts})")
     p.add_argument("--batch-tasks", type=positive_int, default=None, help=f"B start states per outer step ({d.batch_tasks})")
     p.add_argument("--meta-hidden", type=positive_int, nargs="+", default=None,
                    help=f"hidden widths of M_phi ({' '.join(map(str, d.meta_hidden_sizes))}; the authors': 400 400)")
@@ -105,7 +108,8 @@ def run(args: Any) -> dict[str, Any]:
     from sb3_ml3.experiments.store import prepare_out_dir
 
     settings: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for name in ("n_outer", "inner_steps", "test_updates", "baseline_updates", "batch_tasks", "policy_hidden"):
+    for name in ("n_outer", "inner_steps", "test_updates", "baseline_updates", "batch_tasks", "policy_hidden",
+                 "meta_restarts"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.gd_lrs is not None:
@@ -120,7 +124,7 @@ def run(args: Any) -> dict[str, Any]:
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)
     torch.set_num_threads(args.threads)
-    total, done, t0 = 2 * config.n_outer * len(seeds), [0], time.perf_counter()
+    total, done, t0 = 2 * config.n_outer * config.meta_restarts * len(seeds), [0], time.perf_counter()
 
     def tick() -> None:
         done[0] += 1

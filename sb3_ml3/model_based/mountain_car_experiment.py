@@ -163,8 +163,14 @@ def run_seed(config: MountainCarConfig, seed: int, progress: Callable[[], None] 
     if config.policy_init == "fixed":  # one draw per seed: both losses meta-train from it and every method starts at it
         fixed = init_policy(1, config.policy_hidden, generator, kind=config.policy)
     for variant in TASK_LOSSES:
-        meta_losses[variant], out[f"meta_train_task_loss_{variant}"] = meta_train(config, variant, generator, progress,
-                                                                                fixed)
+        # meta_restarts > 1: independent meta-trainings, the one with the lowest meta-train task loss (mean of its
+        # last 50 outer steps, a training-only number) kept
+        runs = [meta_train(config, variant, generator, progress, fixed) for _ in range(config.meta_restarts)]
+        scores = [float(torch.tensor(curve[-50:]).mean()) for _, curve in runs]
+        kept = min(range(len(runs)), key=scores.__getitem__)
+        meta_losses[variant], out[f"meta_train_task_loss_{variant}"] = runs[kept]
+        if config.meta_restarts > 1:
+            out[f"meta_restart_scores_{variant}"], out[f"meta_restart_kept_{variant}"] = scores, kept
     out["meta_train_seconds"] = time.perf_counter() - t0
     eval_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     gd_lr, out["gd_lr_scores"] = pick_gd_lr(config, torch.Generator().manual_seed(eval_seed + 1), fixed)
