@@ -33,9 +33,9 @@ from sb3_ml3.envs.reacher import ReacherGoalEnv
 from sb3_ml3.experiments.clips import MAX_GOALS, RenderUnavailable, render_policy_clip
 from sb3_ml3.experiments.store import atomic_write_json
 from sb3_ml3.meta_loss import MetaLoss
-from sb3_ml3.model_based.reacher_experts import EVAL_SEED
-from sb3_ml3.model_based.reacher_experts_core import ReacherExpertsConfig, ReacherExpertsLearner
 from sb3_ml3.model_based.experts import collect_demonstrations
+from sb3_ml3.model_based.reacher_experts import EVAL_SEED, first_at_or_below
+from sb3_ml3.model_based.reacher_experts_core import ReacherExpertsConfig, ReacherExpertsLearner
 from sb3_ml3.model_based.reacher_experts_env import GoalRollouts, one_goal_per_sector
 
 SATURATED = 0.99  # |a| at or above this counts as on the bound
@@ -54,16 +54,17 @@ class _PerGoalPolicy:
         return self.learner.policy_fn(theta)(np.asarray(obs, dtype=np.float64)), None
 
 
-def first_at_or_below(curve: np.ndarray, level: float, x: list[int] | None = None) -> int | None:
-    """The first x (default: the index) where ``curve`` is at or below ``level``; None if never."""
-    hits = np.flatnonzero(np.asarray(curve) <= level)
-    return None if hits.size == 0 else int((x or list(range(len(curve))))[hits[0]])
+def _first_at_or_below(x: list[int], curve: np.ndarray, level: float) -> int | None:
+    """:func:`first_at_or_below` of ``ml3 reacher-experts``, as an int (an update or step count) or None."""
+    hit = first_at_or_below(x, curve, level)
+    return None if hit is None else int(hit)
 
 
 def look(run_dir: str, seeds: list[int] | None, updates: int | None, clip: str | None, goal_seed_offset: int = 0,
          bc: bool = False) -> dict[str, Any]:
     """Meta-test each saved loss of ``run_dir`` and describe the policies it trained (and BC's, with ``bc``)."""
-    results = json.loads(open(os.path.join(run_dir, "results.json")).read())
+    with open(os.path.join(run_dir, "results.json")) as f:
+        results = json.load(f)
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in results["config"].items()}
     config = ReacherExpertsConfig(**settings)
     learner = ReacherExpertsLearner(config)
@@ -82,13 +83,14 @@ def look(run_dir: str, seeds: list[int] | None, updates: int | None, clip: str |
         episode = rollouts.run(learner.policy_fn(tested["policies"]), [EVAL_SEED + i for i in range(len(goals))])
         rollouts.close()
         on_bound = (np.abs(episode.actions) >= SATURATED).mean(axis=(1, 2))
-        row = {"seed": seed, "radius": np.linalg.norm(goals, axis=1).tolist(),
+        radius = np.linalg.norm(goals, axis=1)
+        row = {"seed": seed, "radius": radius.tolist(),
                "final_distance": episode.final_distance.tolist(), "saturation": on_bound.tolist(),
                "mean_final_distance": float(episode.final_distance.mean()),
                "success_rate": float((episode.final_distance < config.success_threshold).mean()),
                "mean_saturation": float(on_bound.mean()), "ml3_curve": tested["final_distance"].mean(0).tolist(),
                "shares_a_training_radius": [bool(np.min(np.abs(train_radius - r)) < 1e-9)
-                                            for r in np.linalg.norm(goals, axis=1)]}
+                                            for r in radius]}
         curves.append(tested["final_distance"])
         if bc:
             demos = collect_demonstrations(one_goal_per_sector("train", seed), config.n_demos, seed=1000 * seed + 1,
@@ -122,12 +124,12 @@ def look(run_dir: str, seeds: list[int] | None, updates: int | None, clip: str |
                       "successes_radius": radius[final < level].tolist(),
                       "targets_sharing_a_training_radius": int(sum(sum(r["shares_a_training_radius"]) for r in rows)),
                       "ml3_mean_curve_final": float(mean_curve[-1]),
-                      "ml3_updates_to_threshold": first_at_or_below(mean_curve, level)}
+                      "ml3_updates_to_threshold": _first_at_or_below(list(range(len(mean_curve))), mean_curve, level)}
     if bc:
         bc_mean = np.concatenate(bc_curves).mean(0)
         best = int(np.argmin(bc_mean))
         out["summary"].update({"bc_best_final_distance": float(bc_mean[best]), "bc_best_step": int(bc_steps[best]),
-                               "bc_steps_to_threshold": first_at_or_below(bc_mean, level, bc_steps),
+                               "bc_steps_to_threshold": _first_at_or_below(bc_steps, bc_mean, level),
                                "bc_final_distance": float(bc_mean[-1])})
     return out
 

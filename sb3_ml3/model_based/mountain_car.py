@@ -307,6 +307,16 @@ def free_meta_inputs(config: MountainCarConfig, states: torch.Tensor, actions: t
     return {"state": states[:, :-1], "action": actions, "distance": distance.unsqueeze(1).expand(-1, horizon, -1)}
 
 
+def clip_scales(grads: Params, max_norm: float | None) -> dict[str, torch.Tensor] | None:
+    """Per-policy clip factors min(1, max_norm / ||g_b||) over all of policy b's gradients (leading dimension B),
+    shaped to multiply each gradient; None when ``max_norm`` is None (no clip). Differentiable."""
+    if max_norm is None:
+        return None
+    norms = torch.sqrt(sum((g.flatten(1) ** 2).sum(1) for g in grads.values()) + 1e-12)
+    scale = torch.clamp(max_norm / norms, max=1.0)
+    return {k: scale.view(-1, *([1] * (g.dim() - 1))) for k, g in grads.items()}
+
+
 class MountainCarML3:
     """The pure functions of one setting: the learned loss of B policies, the task losses, and the updates."""
 
@@ -348,11 +358,9 @@ class MountainCarML3:
         saturation, where every gradient -- the learned loss's and the meta-gradient -- vanishes.
         """
         grads = grad(self.learned_loss)(params, phi, batch)
-        if self.config.inner_max_grad_norm is None:  # the authors' plain SGD step
-            return SGD().step(params, grads, self.config.inner_lr, None)[0]
-        norms = torch.sqrt(sum((g.flatten(1) ** 2).sum(1) for g in grads.values()) + 1e-12)
-        scale = torch.clamp(self.config.inner_max_grad_norm / norms, max=1.0)
-        grads = {k: g * scale.view(-1, *([1] * (g.dim() - 1))) for k, g in grads.items()}
+        scales = clip_scales(grads, self.config.inner_max_grad_norm)
+        if scales is not None:  # None: the authors' plain SGD step
+            grads = {k: g * scales[k] for k, g in grads.items()}
         return SGD().step(params, grads, self.config.inner_lr, None)[0]
 
     def meta_gradient(self, variant: str, phi: Params, params: Params,
@@ -368,6 +376,6 @@ class MountainCarML3:
 
 
 __all__ = ["MountainCarConfig", "MountainCarML3", "TASK_LOSSES", "META_INPUTS", "FREE_META_INPUTS", "META_FORMS",
-           "POLICY_KINDS", "TASK_NORMS", "POLICY_INITS", "free_meta_inputs", "meta_input_spec",
+           "POLICY_KINDS", "TASK_NORMS", "POLICY_INITS", "free_meta_inputs", "meta_input_spec", "clip_scales",
            "init_policy", "policy_action", "unroll", "at_rest", "targets", "state_targets", "task_loss_per_policy",
            "final_distance", "make_meta_loss", "meta_inputs", "initial_policies"]

@@ -29,6 +29,7 @@ from sb3_ml3.model_based.mountain_car import (
     MountainCarConfig,
     MountainCarML3,
     at_rest,
+    clip_scales,
     init_policy,
     initial_policies,
     make_meta_loss,
@@ -69,12 +70,10 @@ def clipped_sgd(config: MountainCarConfig, loss: Callable, lr: float) -> Callabl
 
     def update(params: dict[str, torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         grads = step(params, batch)
-        if config.inner_max_grad_norm is None:
+        scales = clip_scales(grads, config.inner_max_grad_norm)
+        if scales is None:
             return {k: params[k] - lr * torch.nan_to_num(g) for k, g in grads.items()}
-        norms = torch.sqrt(sum((g.flatten(1) ** 2).sum(1) for g in grads.values()) + 1e-12)
-        scale = torch.clamp(config.inner_max_grad_norm / norms, max=1.0)
-        return {k: params[k] - lr * torch.nan_to_num(g) * scale.view(-1, *([1] * (g.dim() - 1)))
-                for k, g in grads.items()}
+        return {k: params[k] - lr * torch.nan_to_num(g) * scales[k] for k, g in grads.items()}
 
     return update
 
@@ -105,7 +104,7 @@ def evaluate(config: MountainCarConfig, meta_losses: dict[str, MetaLoss], starts
         update = (lambda m, p: lambda q, b: m.inner_step(q, p, b))(model, phi)
         out[f"ml3_{variant}"], trained, paths = _optimise_and_keep(model, params, batch, config.test_updates, update,
                                                                   keep_paths=True)
-        out[f"trajectory_ml3_{variant}"] = unroll(trained, *batch, config.horizon)[0][:, :, 0]
+        out[f"trajectory_ml3_{variant}"] = paths[-1]  # the last update's policy
         best = out[f"ml3_{variant}"][1:].argmin(0) + 1  # per start: the update (1..test_updates) closest to the goal
         out[f"trajectory_best_ml3_{variant}"] = paths[best, torch.arange(n)]
         out[f"best_update_ml3_{variant}"] = best
@@ -123,19 +122,20 @@ def _optimise_and_keep(model: MountainCarML3, params: dict, batch: tuple, update
                        keep_paths: bool = False):
     """The final-distance curve ``(updates + 1, n)``, the last parameters and, with ``keep_paths``, x_t of every
     update's policy ``(updates + 1, n, T + 1)`` (else None)."""
-    curve = [model.final_distances(params, batch)]
-    paths = [_positions(model, params, batch)] if keep_paths else None
+    paths: list[torch.Tensor] = []
+
+    def score(policy: dict) -> torch.Tensor:  # |x_T - g| per start, from the kept trajectory when there is one
+        if not keep_paths:
+            return model.final_distances(policy, batch)
+        with torch.no_grad():
+            paths.append(unroll(policy, batch[0], batch[1], model.config.horizon)[0][:, :, 0])
+        return (paths[-1][:, -1] - model.config.goal).abs()
+
+    curve = [score(params)]
     for _ in range(updates):
         params = {k: v.detach() for k, v in update(params, batch).items()}
-        curve.append(model.final_distances(params, batch))
-        if paths is not None:
-            paths.append(_positions(model, params, batch))
-    return torch.stack(curve), params, (torch.stack(paths) if paths is not None else None)
-
-
-def _positions(model: MountainCarML3, params: dict, batch: tuple) -> torch.Tensor:
-    with torch.no_grad():
-        return unroll(params, batch[0], batch[1], model.config.horizon)[0][:, :, 0]
+        curve.append(score(params))
+    return torch.stack(curve), params, (torch.stack(paths) if keep_paths else None)
 
 
 def pick_gd_lr(config: MountainCarConfig, generator: torch.Generator,
