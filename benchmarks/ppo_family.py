@@ -56,6 +56,8 @@ def meta_train(args: argparse.Namespace) -> None:
     meta_train_kwargs, n_envs = ppo_family_meta_train(args.env, args.correction, args.meta_lr,
                                                       args.policy_reset_interval, args.drift, args.update)
     meta_train_kwargs["compile_inner_step"] = args.compile
+    meta_train_kwargs["meta_epochs"] = args.meta_epochs
+    meta_train_kwargs.update(args.ml3_kwargs)
     settings = {
         "n_envs": n_envs, "normalize": True, "meta_train_net_arch": [64, 64], "meta_train": meta_train_kwargs,
         "meta_validation": {"eval_freq": args.eval_freq, "eval_at_updates": args.eval_at_updates, "n_goals": 10,
@@ -194,10 +196,14 @@ def main() -> None:
     train.add_argument("--out", required=True)
     train.add_argument("--timesteps", type=int, default=300_000)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--correction", choices=["free", "penalty"], default="free")
+    train.add_argument("--correction", choices=["free", "penalty", "target"], default="free")
     train.add_argument("--drift", action="store_true", help="the correction reads only A and log r")
     train.add_argument("--meta-lr", type=float, default=1e-3)
     train.add_argument("--policy-reset-interval", type=int, default=60)
+    train.add_argument("--meta-epochs", type=int, default=1,
+                       help="outer steps per rollout, each on PPO's clipped surrogate of the task loss")
+    train.add_argument("--ml3-kwargs", type=json.loads, default={},
+                       help='JSON of further ML3 arguments, e.g. \'{"task_objective": "q_value", "task_critic": true}\'')
     train.add_argument("--eval-freq", type=int, default=100_000)
     train.add_argument("--eval-at-updates", type=int, nargs="+", default=[6, 12, 24])
     train.add_argument("--update", choices=["ppo", "separate"], default="ppo",

@@ -35,7 +35,8 @@ from torch import nn
 
 from sb3_ml3.atomic import atomic_path
 from sb3_ml3.input_spec import InputSpec, MetaLossSpecError
-from sb3_ml3.surrogates import CORRECTIONS, PENALTY_BIAS, PPO_SURROGATE_FIELDS, SURROGATES, ppo_surrogate
+from sb3_ml3.surrogates import (CORRECTIONS, PENALTY_BIAS, POLICY_FIELDS, PPO_SURROGATE_FIELDS, SURROGATES,
+                                TARGET_CONTEXT, TARGET_WEIGHT_BIAS, ppo_surrogate, target_pull)
 
 FORMAT_VERSION = 1
 _SPEC_FILE = "meta_loss.json"
@@ -115,6 +116,15 @@ class MetaLoss(nn.Module):
             raise MetaLossSpecError(f"Unknown correction {correction!r}; choose one of {list(CORRECTIONS)}.")
         self.correction = correction
         self.correction_fields = None if correction_fields is None else tuple(correction_fields)
+        if correction == "target":
+            self.correction_fields = self.correction_fields or tuple(f for f in TARGET_CONTEXT if f in self.spec.names)
+            reads = [f for f in self.correction_fields if f in POLICY_FIELDS]
+            if surrogate is None or reads or not self.correction_fields:
+                raise MetaLossSpecError(
+                    f"correction='target' pulls the policy mean towards a target of the context; it needs a surrogate "
+                    f"family and context fields that do not depend on the policy (not {list(POLICY_FIELDS)}), got "
+                    f"correction_fields {list(self.correction_fields)}."
+                )
         if self.correction_fields is not None:
             unknown = [f for f in self.correction_fields if f not in self.spec.names]
             if surrogate is None or unknown or len(set(self.correction_fields)) != len(self.correction_fields):
@@ -159,11 +169,14 @@ class MetaLoss(nn.Module):
         width = self.spec.dim - self._quadratic_dim
         if self.correction_fields is not None:
             width = sum(dict(self.spec.fields)[f] for f in self.correction_fields)
-        width += 1 if surrogate else 0  # the surrogate's correction also reads log r
+        width += 1 if surrogate and correction != "target" else 0  # a surrogate's correction also reads log r
         for hidden in self.hidden_sizes:
             layers += [nn.Linear(width, hidden, bias=self.bias), ACTIVATIONS[activation]()]
             width = hidden
-        layers.append(nn.Linear(width, 2 * self._quadratic_dim if self.quadratic else 1, bias=self.bias))
+        n_out = 2 * self._quadratic_dim if self.quadratic else 1
+        if correction == "target":
+            n_out = 1 + widths["mean"]  # the weight and the target action
+        layers.append(nn.Linear(width, n_out, bias=self.bias))
         self.net = nn.Sequential(*layers)
         self.reset_parameters()
 
@@ -186,6 +199,8 @@ class MetaLoss(nn.Module):
                 linears[-1].weight.zero_()
                 if self.correction == "penalty" and linears[-1].bias is not None:
                     linears[-1].bias.fill_(PENALTY_BIAS)
+                if self.correction == "target" and linears[-1].bias is not None:
+                    linears[-1].bias[0] = TARGET_WEIGHT_BIAS
 
     # ------------------------------------------------------------------ evaluation
     def _fields(self, args: tuple, kwargs: dict) -> Mapping[str, torch.Tensor]:
@@ -230,12 +245,27 @@ class MetaLoss(nn.Module):
         x = self.spec.concat(fields).to(self.net[0].weight.dtype)
         if self.correction_fields is not None:
             x = torch.cat([x[..., self._columns[f]] for f in self.correction_fields], dim=-1)
+        if self.correction == "target":
+            correction = target_pull(self.net(x), fields["mean"])[0]
+            return torch.stack([base.to(correction.dtype), correction])
         out = self.net(torch.cat([x, log_ratio.unsqueeze(-1).to(x.dtype)], -1)).squeeze(-1)
         if self.correction == "penalty":
             correction = log_ratio.to(out.dtype) ** 2 * nn.functional.softplus(out)
         else:
             correction = OUTPUTS[self.output](out)
         return torch.stack([base.to(correction.dtype), correction])
+
+    def pull_target(self, *args: Any, **kwargs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t(c), w(c)) of a ``correction="target"`` loss: the action it pulls the policy mean to, and how hard.
+
+        Reads only the context fields (``correction_fields``), so it can be evaluated as a policy of its own.
+        """
+        if self.correction != "target":
+            raise MetaLossSpecError("pull_target needs a surrogate-family loss with correction='target'.")
+        fields = self._fields(args, kwargs)
+        x = torch.cat([fields[f].to(self.net[0].weight.dtype) for f in self.correction_fields], dim=-1)
+        out = self.net(x)
+        return out[..., 1:], nn.functional.softplus(out[..., 0])
 
     def quadratic_form(self, *args: Any, **kwargs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, t(c), w(c)) of a quadratic meta-loss M = sum_j w_j(c) (q_j - t_j(c))^2, each ``(..., width)``.

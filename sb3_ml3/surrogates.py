@@ -15,11 +15,21 @@ import torch
 SURROGATES = ("ppo",)
 #: forms of the surrogate family's correction C_phi: ``"free"`` is the MLP's output (zero at initialisation);
 #: ``"penalty"`` is (log r)^2 softplus(MLP), a learned per-sample trust region: non-negative, zero with zero
-#: slope at r = 1, so it can slow the policy's change on some samples but never push it away from pi_old
-CORRECTIONS = ("free", "penalty")
+#: slope at r = 1, so it can slow the policy's change on some samples but never push it away from pi_old;
+#: ``"target"`` is w(c) ||mean - t(c)||^2, a learned pull of the policy mean towards a target action t(c) of the
+#: context c (by default the observation and the goal), so that the loss can carry what it learned about the
+#: task family (where to move for a goal) into a new policy while PPO's surrogate keeps learning from rewards
+CORRECTIONS = ("free", "penalty", "target")
 #: the penalty's initial weight softplus(PENALTY_BIAS) ~ 0.0067: the loss starts within 3e-4 of PPO's
 #: surrogate inside the clip range, and the penalty's parameters get a gradient from the first outer step
 PENALTY_BIAS = -5.0
+#: the target correction's initial weight softplus(TARGET_WEIGHT_BIAS) ~ 0.049 (its target starts at zero action):
+#: a weak pull next to the surrogate, whose target and weight both get a gradient from the first outer step
+TARGET_WEIGHT_BIAS = -3.0
+#: the context the target correction reads by default
+TARGET_CONTEXT = ("obs", "goal")
+#: inputs a target may not read: they depend on the policy being trained, so a target of them would move with it
+POLICY_FIELDS = ("mean", "std", "action", "old_log_prob", "advantage")
 #: the inputs the ``"ppo"`` family computes its surrogate from
 PPO_SURROGATE_FIELDS = ("action", "mean", "std", "old_log_prob", "advantage")
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -40,3 +50,14 @@ def ppo_surrogate(fields: Mapping[str, torch.Tensor], clip_range: float) -> tupl
     ratio = torch.exp(log_ratio)
     clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     return -torch.min(ratio * advantage, clipped * advantage), log_ratio
+
+
+def target_pull(out: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The target correction's (per-sample value, target t, weight w) from the correction net's output.
+
+    ``out[..., 0]`` is the weight's pre-activation (w = softplus of it) and ``out[..., 1:]`` the target action t;
+    the value is w ||mean - t||^2 summed over the action's dimensions.
+    """
+    weight = torch.nn.functional.softplus(out[..., 0])
+    target = out[..., 1:]
+    return weight * ((mean.to(out.dtype) - target) ** 2).sum(-1), target, weight

@@ -144,3 +144,40 @@ def test_a_penalty_correction_is_a_learned_trust_region():
     assert torch.allclose(loss.surrogate_parts(at_one)[1], torch.zeros(len(f["obs"])), atol=1e-10)
     with pytest.raises(MetaLossSpecError, match="Unknown correction"):
         MetaLoss(SPEC, surrogate="ppo", correction="bonus")
+
+
+def test_a_target_correction_pulls_the_mean_to_a_learned_action_of_the_state_and_goal(tmp_path):
+    """w(c) ||mean - t(c)||^2 with c = (obs, goal): starts as a weak pull to the zero action, and its target
+    reads the context only, so it can be evaluated as a policy and is blind to the policy's own outputs."""
+    loss = MetaLoss(SPEC, hidden_sizes=(8,), surrogate="ppo", correction="target")
+    assert loss.correction_fields == ("obs", "goal") and loss.net[0].in_features == 5
+    f = _fields()
+    _, correction = loss.surrogate_parts(f)
+    target, weight = loss.pull_target(f)
+    assert torch.equal(target, torch.zeros(64, 2)) and torch.allclose(weight, torch.full((64,), 0.0486), atol=1e-4)
+    assert torch.allclose(correction, weight * (f["mean"] ** 2).sum(-1))
+    with torch.no_grad():
+        for p in loss.net.parameters():
+            p.normal_()
+    target, weight = loss.pull_target(f)
+    assert torch.allclose(loss.surrogate_parts(f)[1], weight * ((f["mean"] - target) ** 2).sum(-1))
+    assert torch.allclose(loss.surrogate_parts(dict(f, mean=target.detach()))[1], torch.zeros(64), atol=1e-6)
+    # the gradient of the loss in the mean is the surrogate's plus 2 w (mean - t): finite differences agree
+    mean = f["mean"].double().requires_grad_()
+    loss = loss.double()
+    fd = {k: v.double() for k, v in f.items()}
+    (grad,) = torch.autograd.grad(loss.loss(dict(fd, mean=mean)), mean)
+    i, j, h = 3, 1, 1e-6
+    bumped = [mean.detach().clone() for _ in range(2)]
+    bumped[0][i, j] += h
+    bumped[1][i, j] -= h
+    numeric = (loss.loss(dict(fd, mean=bumped[0])) - loss.loss(dict(fd, mean=bumped[1]))) / (2 * h)
+    assert abs(float(grad[i, j]) - float(numeric)) < 1e-6
+    loss.save(tmp_path / "target.zip")
+    back = MetaLoss.load(tmp_path / "target.zip")
+    assert back.correction == "target" and torch.allclose(back(fd), loss(fd))
+    for bad in (("obs", "mean"), ("advantage",)):
+        with pytest.raises(MetaLossSpecError, match="does not depend on the policy|do not depend on the policy"):
+            MetaLoss(SPEC, surrogate="ppo", correction="target", correction_fields=bad)
+    with pytest.raises(MetaLossSpecError, match="correction='target'"):
+        MetaLoss("obs:3, mean:2, goal:2", correction="target")
