@@ -35,8 +35,7 @@ from torch import nn
 
 from sb3_ml3.atomic import atomic_path
 from sb3_ml3.input_spec import InputSpec, MetaLossSpecError
-from sb3_ml3.surrogates import (CORRECTIONS, PENALTY_BIAS, POLICY_FIELDS, PPO_SURROGATE_FIELDS, SURROGATES,
-                                TARGET_CONTEXT, TARGET_WEIGHT_BIAS, ppo_surrogate, target_pull)
+from sb3_ml3.surrogates import PENALTY_BIAS, TARGET_WEIGHT_BIAS, check_family, ppo_surrogate, target_pull
 
 FORMAT_VERSION = 1
 _SPEC_FILE = "meta_loss.json"
@@ -99,39 +98,9 @@ class MetaLoss(nn.Module):
         self.spec = InputSpec.parse(inputs)
         self.surrogate = surrogate
         self.clip_range = float(clip_range)
-        if surrogate is not None:
-            if surrogate not in SURROGATES:
-                raise MetaLossSpecError(f"Unknown surrogate {surrogate!r}; choose one of {list(SURROGATES)} or None.")
-            missing = [f for f in PPO_SURROGATE_FIELDS if f not in self.spec.names]
-            if missing:
-                raise MetaLossSpecError(
-                    f"surrogate='ppo' computes PPO's clipped surrogate from the inputs {list(PPO_SURROGATE_FIELDS)}; "
-                    f"[{self.spec}] lacks {missing}."
-                )
-            if quadratic:
-                raise MetaLossSpecError("A meta-loss is either a quadratic form or a surrogate family, not both.")
-            if not 0.0 < self.clip_range < 1.0:
-                raise MetaLossSpecError(f"clip_range must lie in (0, 1), got {clip_range}.")
-        if correction not in CORRECTIONS:
-            raise MetaLossSpecError(f"Unknown correction {correction!r}; choose one of {list(CORRECTIONS)}.")
         self.correction = correction
-        self.correction_fields = None if correction_fields is None else tuple(correction_fields)
-        if correction == "target":
-            self.correction_fields = self.correction_fields or tuple(f for f in TARGET_CONTEXT if f in self.spec.names)
-            reads = [f for f in self.correction_fields if f in POLICY_FIELDS]
-            if surrogate is None or reads or not self.correction_fields:
-                raise MetaLossSpecError(
-                    f"correction='target' pulls the policy mean towards a target of the context; it needs a surrogate "
-                    f"family and context fields that do not depend on the policy (not {list(POLICY_FIELDS)}), got "
-                    f"correction_fields {list(self.correction_fields)}."
-                )
-        if self.correction_fields is not None:
-            unknown = [f for f in self.correction_fields if f not in self.spec.names]
-            if surrogate is None or unknown or len(set(self.correction_fields)) != len(self.correction_fields):
-                raise MetaLossSpecError(
-                    f"correction_fields {list(self.correction_fields)} must be distinct inputs of [{self.spec}] of a "
-                    "surrogate-family loss (the correction always reads log r as well)."
-                )
+        self.correction_fields = check_family(self.spec, surrogate, self.clip_range, correction, correction_fields,
+                                              bool(quadratic))
         if activation not in ACTIVATIONS:
             raise MetaLossSpecError(f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
         if output not in OUTPUTS:

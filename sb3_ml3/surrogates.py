@@ -7,9 +7,11 @@ correction C_phi, so that ML3 starts at PPO's update and meta-training only has 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
+
+from sb3_ml3.input_spec import InputSpec, MetaLossSpecError
 
 #: Loss families with a fixed, known part: ``"ppo"`` is PPO's clipped surrogate plus a learned correction.
 SURROGATES = ("ppo",)
@@ -61,3 +63,44 @@ def target_pull(out: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, to
     weight = torch.nn.functional.softplus(out[..., 0])
     target = out[..., 1:]
     return weight * ((mean.to(out.dtype) - target) ** 2).sum(-1), target, weight
+
+
+def check_family(spec: InputSpec, surrogate: str | None, clip_range: float, correction: str,
+                 correction_fields: Sequence[str] | None, quadratic: bool) -> tuple[str, ...] | None:
+    """Check a meta-loss's family settings against its inputs; return the fields its correction reads.
+
+    None means every input (and log r); a ``"target"`` correction defaults to :data:`TARGET_CONTEXT`.
+    Raises :class:`MetaLossSpecError` with what to change.
+    """
+    if surrogate is not None:
+        if surrogate not in SURROGATES:
+            raise MetaLossSpecError(f"Unknown surrogate {surrogate!r}; choose one of {list(SURROGATES)} or None.")
+        missing = [f for f in PPO_SURROGATE_FIELDS if f not in spec.names]
+        if missing:
+            raise MetaLossSpecError(
+                f"surrogate='ppo' computes PPO's clipped surrogate from the inputs {list(PPO_SURROGATE_FIELDS)}; "
+                f"[{spec}] lacks {missing}."
+            )
+        if quadratic:
+            raise MetaLossSpecError("A meta-loss is either a quadratic form or a surrogate family, not both.")
+        if not 0.0 < clip_range < 1.0:
+            raise MetaLossSpecError(f"clip_range must lie in (0, 1), got {clip_range}.")
+    if correction not in CORRECTIONS:
+        raise MetaLossSpecError(f"Unknown correction {correction!r}; choose one of {list(CORRECTIONS)}.")
+    fields = None if correction_fields is None else tuple(correction_fields)
+    if correction == "target":
+        fields = fields or tuple(f for f in TARGET_CONTEXT if f in spec.names)
+        if surrogate is None or not fields or any(f in POLICY_FIELDS for f in fields):
+            raise MetaLossSpecError(
+                f"correction='target' pulls the policy mean towards a target of the context; it needs a surrogate "
+                f"family and context fields that do not depend on the policy (not {list(POLICY_FIELDS)}), got "
+                f"correction_fields {list(fields)}."
+            )
+    if fields is not None:
+        unknown = [f for f in fields if f not in spec.names]
+        if surrogate is None or unknown or len(set(fields)) != len(fields):
+            raise MetaLossSpecError(
+                f"correction_fields {list(fields)} must be distinct inputs of [{spec}] of a "
+                "surrogate-family loss (the correction always reads log r as well)."
+            )
+    return fields

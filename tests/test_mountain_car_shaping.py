@@ -248,3 +248,19 @@ def test_fixed_policy_init_is_shared_by_meta_training_and_every_method(tmp_path)
 def test_config_refuses_unknown_protocol_options(bad, match):
     with pytest.raises(ValueError, match=match):
         MountainCarConfig(**bad)
+
+
+def test_start_states_are_options_and_unseen_ones_must_stay_outside_the_train_range(tmp_path, capsys):
+    from sb3_ml3.cli import main
+
+    out = tmp_path / "wide"
+    main(["mountain-car", "--quick", "--out", str(out), "--no-progress", "--train-start-range", "-0.72", "-0.38",
+          "--train-eval-starts", "-0.7", "-0.4", "--test-starts", "-0.85", "-0.3", "-0.25"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["train_start_range"] == [-0.72, -0.38] and results["config"]["test_starts"] == [-0.85, -0.3, -0.25]
+    row = results["per_seed"][0]
+    assert len(row["final_train_ml3_shaped"]) == 2 and len(row["final_test_ilqr"]) == 3
+    assert len(results["references"]["test"]["zero action"]) == 3
+    with pytest.raises(SystemExit):
+        main(["mountain-car", "--quick", "--out", str(tmp_path / "bad"), "--no-progress", "--test-starts", "-0.55"])
+    assert "must lie outside train_start_range" in capsys.readouterr().err

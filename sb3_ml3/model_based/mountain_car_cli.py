@@ -90,6 +90,12 @@ def add_arguments(p: Any) -> None:
                    help="hidden activation of M_phi (the authors': elu)")
     p.add_argument("--inner-max-grad-norm", type=clip_norm, default=d.inner_max_grad_norm,
                    help="each policy's inner gradient is clipped to this norm; 'none' for no clip (the authors')")
+    p.add_argument("--train-start-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help=f"meta-train starts x_0 ~ U[LOW, HIGH] at rest ({d.train_start_range[0]} {d.train_start_range[1]})")
+    p.add_argument("--train-eval-starts", type=float, nargs="+", default=None,
+                   help=f"meta-test starts inside that range ({' '.join(map(str, d.train_eval_starts))})")
+    p.add_argument("--test-starts", type=float, nargs="+", default=None,
+                   help=f"meta-test starts outside it, never seen ({' '.join(map(str, d.test_starts))})")
     p.add_argument("--quick", action="store_true", help="a tiny version (seconds): a smoke test of the installation")
     add_common(p, resumable=False)
 
@@ -116,6 +122,9 @@ def run(args: Any) -> dict[str, Any]:
         settings["gd_lrs"] = tuple(args.gd_lrs)
     if args.meta_hidden is not None:
         settings["meta_hidden_sizes"] = tuple(args.meta_hidden)
+    for name in ("train_start_range", "train_eval_starts", "test_starts"):
+        if getattr(args, name) is not None:
+            settings[name] = tuple(getattr(args, name))
     config = MountainCarConfig(inner_lr=args.inner_lr, meta_lr=args.meta_lr, horizon=args.horizon,
                                meta_form=args.meta_form, policy=args.policy, task_state=args.task_state,
                                task_norm=args.task_norm, policy_init=args.policy_init,
