@@ -289,3 +289,24 @@ def test_fixed_policy_init_starts_meta_training_baselines_and_meta_test_from_one
     assert not torch.equal(next(iter(draw.values()))[0], next(iter(draw.values()))[1])
     with pytest.raises(ValueError, match="policy_init"):
         MBRLExperiment("PointmassGoal-v0", MBRLConfig(horizon=5, policy_init="zeros"), seed=0)
+
+
+def test_free_loss_form_is_an_mlp_of_context_and_action_and_round_trips(tmp_path):
+    """loss_form='free': M is the mean over t of an ELU MLP of (c_t, a_t), unbounded, with no target structure;
+    the inner step still is alpha grad M per policy, and the file says which form it is."""
+    meta = LossAndRate(6, 2, (8,), loss_form="free", generator=torch.Generator().manual_seed(0))
+    assert not meta.loss_net.quadratic and meta.loss_net.activation == "elu"
+    context, action = torch.randn(3, 4, 6), torch.randn(3, 4, 2)
+    loss, alpha = meta(context, action, action)
+    by_hand = meta.loss_net.net(torch.cat([context, action], -1)).squeeze(-1).mean(-1)
+    assert torch.allclose(loss, by_hand, atol=1e-6) and torch.allclose(alpha, torch.ones(3))
+    wide = meta(torch.randn(64, 4, 6, generator=torch.Generator().manual_seed(1)) * 3,
+                torch.randn(64, 4, 2, generator=torch.Generator().manual_seed(2)) * 3, action[:1].expand(64, 4, 2))[0]
+    assert wide.min() < 0 < wide.max()  # unbounded: no quadratic form under it
+    meta.save(tmp_path / "free.zip")
+    loaded = LossAndRate.load(tmp_path / "free.zip")
+    assert loaded.loss_form == "free" and torch.equal(loaded(context, action, action)[0], loss)
+    with pytest.raises(ValueError, match="loss_form"):
+        LossAndRate(6, 2, loss_form="cubic")
+    with pytest.raises(ValueError, match="relative_target"):
+        LossAndRate(6, 2, loss_form="free", relative_target=True)

@@ -74,6 +74,8 @@ class MBRLConfig:
     # batch, every baseline and every meta-test starts from (the authors' protocol: their policy.reset() reloads
     # one saved initialisation)
     policy_init: str = "fresh"
+    # "quadratic": M = mean_t sum_j w_j(c_t) (a_t,j - t_j(c_t))^2; "free": an ELU MLP of (c_t, a_t), the authors' form
+    loss_form: str = "quadratic"
     model_epochs: int = 60  # epochs of the first fit (a refit: a third of it)
     model_hidden: tuple[int, ...] = (64, 64)
     model_members: int = 3
@@ -148,7 +150,7 @@ class MBRLExperiment:
                                      config.alpha_init, generator=self.generator,
                                      metadata={"env_id": env_id, "horizon": self.horizon, "seed": self.seed,
                                                "policy_hidden": list(config.policy_hidden)},
-                                     relative_target=config.relative_target)
+                                     relative_target=config.relative_target, loss_form=config.loss_form)
         self.model = EnsembleDynamics(self.env.state_dim, self.env.action_dim, config.model_hidden,
                                       config.model_members, generator=self.generator)
         self.buffer = TransitionBuffer(self.env.state_dim, self.env.action_dim)

@@ -243,6 +243,9 @@ def add_arguments(p: Any) -> None:
                    help="the learned loss reads the policy's pre-tanh output (its gradient survives saturation)")
     p.add_argument("--task-loss-steps", type=positive_int, default=d.task_loss_steps,
                    help="meta-train task loss: mean distance over the unroll's last n states (1: final distance)")
+    p.add_argument("--loss-form", choices=["quadratic", "free"], default=d.loss_form,
+                   help="M_phi: a learned target and weight per action component (quadratic), or an ELU MLP of the "
+                        "detached state features, the action and the goal (free, the authors' form)")
     p.add_argument("--policy-init", choices=["fresh", "fixed"], default=d.policy_init,
                    help="fresh policies, or one fixed draw per seed for meta-train, baselines and meta-test (authors')")
     p.add_argument("--final-speed-weight", type=float, default=d.final_speed_weight,
@@ -266,7 +269,7 @@ def run(args: Any) -> dict[str, Any]:
                         alpha_max=args.alpha_max, policy_reset_every=args.policy_reset_every,
                         random_amplitude_min=args.random_amplitude_min, relative_target=args.relative_target,
                         loss_on_pre_tanh=args.loss_on_pre_tanh, task_loss_steps=args.task_loss_steps,
-                        final_speed_weight=args.final_speed_weight, policy_init=args.policy_init,
+                        final_speed_weight=args.final_speed_weight, policy_init=args.policy_init, loss_form=args.loss_form,
                         **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)

@@ -12,6 +12,9 @@
   - the rate ``alpha(tau, g) = alpha_max * sigmoid(b + mean_t h_phi(c_t, a_t))``: positive and bounded by
     construction, starting at ``alpha_init`` (last layer zero, bias ``logit(alpha_init / alpha_max)``).
 
+  ``loss_form="free"``: M is instead an unbounded ELU MLP of (c_t, a_t), averaged over t (the authors' own
+  model-based loss form: a network of the detached states, the action and the goal, with no target structure).
+
   ``alpha`` reads the **recorded** actions of tau, so it is a function of (tau, g, phi) but not of theta:
   the inner step theta' = theta - alpha grad_theta M_phi is exactly SGD with rate 1 on ``alpha * M_phi``.
 
@@ -35,6 +38,8 @@ from sb3_ml3.functional import Params
 from sb3_ml3.meta_loss import MetaLoss, MetaLossSpecError
 
 FORMAT = "sb3-ml3 mbrl loss-and-rate 1"
+#: forms of M_phi: the quadratic target form (the default) or the authors' free MLP
+LOSS_FORMS = ("quadratic", "free")
 
 
 class PolicyBatch:
@@ -81,13 +86,20 @@ class LossAndRate(nn.Module):
         alpha_max, alpha_init: the bound of the learned rate and its value before meta-training.
         relative_target: the loss's target is the recorded action plus a learned change (module docstring);
             that change's head starts at a tenth of the Xavier scale, so the first steps are small.
+        loss_form: ``"quadratic"`` (the target form above) or ``"free"`` (an ELU MLP of the context and action).
         metadata: JSON-able facts saved with the weights (env id, horizon, ...).
     """
 
     def __init__(self, feature_dim: int, action_dim: int, hidden_sizes: tuple[int, ...] = (64, 64),
                  alpha_max: float = 10.0, alpha_init: float = 1.0, metadata: dict[str, Any] | None = None,
-                 generator: torch.Generator | None = None, relative_target: bool = False) -> None:
+                 generator: torch.Generator | None = None, relative_target: bool = False,
+                 loss_form: str = "quadratic") -> None:
         super().__init__()
+        if loss_form not in LOSS_FORMS:
+            raise ValueError(f"loss_form must be one of {list(LOSS_FORMS)}, got {loss_form!r}.")
+        if loss_form == "free" and relative_target:
+            raise ValueError("relative_target shapes the quadratic form's target; the free form has none.")
+        self.loss_form = loss_form
         if not 0.0 < alpha_init < alpha_max or not math.isfinite(alpha_max):
             raise ValueError(f"need 0 < alpha_init < alpha_max < inf; got alpha_init={alpha_init}, alpha_max={alpha_max}.")
         self.feature_dim, self.action_dim = int(feature_dim), int(action_dim)
@@ -96,8 +108,11 @@ class LossAndRate(nn.Module):
         self.metadata = dict(metadata or {})
         self.relative_target = bool(relative_target)
         spec = f"context:{feature_dim}, action:{action_dim}" + (f", recorded:{action_dim}" if relative_target else "")
-        self.loss_net = MetaLoss(spec, hidden_sizes=self.hidden_sizes, activation="tanh", quadratic=["action"],
-                                 quadratic_reference={"action": "recorded"} if relative_target else None)
+        if loss_form == "free":
+            self.loss_net = MetaLoss(spec, hidden_sizes=self.hidden_sizes, activation="elu")
+        else:
+            self.loss_net = MetaLoss(spec, hidden_sizes=self.hidden_sizes, activation="tanh", quadratic=["action"],
+                                     quadratic_reference={"action": "recorded"} if relative_target else None)
         self.loss_net.reset_parameters(generator)
         if relative_target:
             with torch.no_grad():
@@ -136,7 +151,7 @@ class LossAndRate(nn.Module):
     def config(self) -> dict[str, Any]:
         return {"format": FORMAT, "feature_dim": self.feature_dim, "action_dim": self.action_dim,
                 "hidden_sizes": list(self.hidden_sizes), "alpha_max": self.alpha_max, "alpha_init": self.alpha_init,
-                "relative_target": self.relative_target, "loss_net": self.loss_net.config(), "metadata": self.metadata}
+                "relative_target": self.relative_target, "loss_form": self.loss_form, "loss_net": self.loss_net.config(), "metadata": self.metadata}
 
     def save(self, path: str | os.PathLike) -> None:
         """One zip: ``spec.json`` (the architecture and metadata) and ``weights.pt`` (a tensor state dict), atomic."""
@@ -162,7 +177,8 @@ class LossAndRate(nn.Module):
         if config.get("format") != FORMAT:
             raise MetaLossSpecError(f"{path!r} has format {config.get('format')!r}, expected {FORMAT!r}.")
         module = cls(config["feature_dim"], config["action_dim"], tuple(config["hidden_sizes"]), config["alpha_max"],
-                     config["alpha_init"], config.get("metadata"), relative_target=config.get("relative_target", False))
+                     config["alpha_init"], config.get("metadata"), relative_target=config.get("relative_target", False),
+                     loss_form=config.get("loss_form", "quadratic"))
         module.load_state_dict(state)
         return module
 
