@@ -103,7 +103,8 @@ def meta_test(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             t0 = time.time()
             if name == "ppo":
-                record, model = run_one(args.env, "ppo", load_recipe(args.env)["ppo"], seed, args.net_arch, goals,
+                recipe = {**load_recipe(args.env)["ppo"], **args.ppo_overrides}
+                record, model = run_one(args.env, "ppo", recipe, seed, args.net_arch, goals,
                                         schedule, args.timesteps, keep_model=keep, split=args.split)
             else:
                 test_kwargs = {**test, "compile_inner_step": args.compile}
@@ -114,7 +115,7 @@ def meta_test(args: argparse.Namespace) -> None:
             if extra is not None:  # the final policy on goals outside both splits' radii
                 record["behaviour_outside"] = behaviour_summary(evaluate_policy_on_goals(
                     model, args.env, extra, seed=EVAL_SEED, vec_normalize=model.get_vec_normalize_env()).to_dict())
-            record["name"] = name
+            record["name"] = name if name != "ppo" or not args.ppo_overrides else f"ppo {json.dumps(args.ppo_overrides)}"
             record["update"] = args.update
             if args.clip_dir is not None:  # look at the policy before believing its number
                 from sb3_ml3.experiments.clips import render_policy_clip
@@ -222,6 +223,9 @@ def main() -> None:
     test.add_argument("--net-arch", type=int, nargs="+", default=[64, 64],
                       help="meta-test policy layers (a loss meta-trained on [64, 64] trains any architecture)")
     test.add_argument("--force", action="store_true")
+    test.add_argument("--ppo-overrides", type=json.loads, default={},
+                      help='JSON of changes to the recipe\'s PPO settings for --loss ppo, e.g. \'{"learning_rate": 1e-3}\' '
+                           "(a probe of the update's speed; the runs are named after the change)")
     test.add_argument("--outside-goals", type=int, default=0,
                       help="also evaluate each final policy on this many goals outside both splits' radii")
     test.add_argument("--update", choices=["ppo", "separate", "auto"], default="ppo",
