@@ -192,3 +192,35 @@ def test_a_crafted_trace_in_a_model_file_is_refused_with_a_message(tmp_path):
     with pytest.raises(ModelFileError, match="trace is malformed"):
         ML3.load(tmp_path / "crafted.zip", env=model.env)
 
+
+
+@pytest.mark.parametrize("ppo_family", [False, True])
+def test_later_outer_steps_on_a_rollout_rerun_the_update_and_match_the_recomputed_gradient(ppo_family, tmp_path):
+    """meta_epochs > 1: after phi moves, the outer step reruns the pending update at the new phi (retrace) and
+    takes its traced gradient; it equals the eager recomputation, and the live policy and optimizers are untouched."""
+    model = _ml3(ppo_family)
+    model.meta_epochs = 2
+    model.task_clip_range = 0.2
+    model.learn(2 * 128)
+    model.collect_rollouts(model.env, model._setup_learn(128, None, False)[1], model.rollout_buffer, model.n_steps)
+    data = model.prepare_rollout()
+    with torch.no_grad():  # phi after a first outer step on this rollout
+        for p in model.meta_loss.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    live = [p.detach().clone() for p in model.policy.parameters()]
+    live_adam = {k: v["exp_avg"].clone() for k, v in enumerate(model.policy.optimizer.state.values())}
+    phi = {k: v.detach().clone() for k, v in model.meta_loss.named_parameters()}
+    assert not model._trace.valid_for(phi)
+    retraced, value = model.outer_gradient(data)
+    assert model._trace is not None and model._trace.valid_for(phi)  # rerun at the new phi
+    assert all(torch.equal(a, b) for a, b in zip(live, model.policy.parameters()))
+    assert all(torch.equal(live_adam[k], v["exp_avg"]) for k, v in enumerate(model.policy.optimizer.state.values()))
+    model.traced_outer_step = False
+    recomputed, value_again = model.outer_gradient(data)
+    assert torch.allclose(value, value_again, rtol=1e-5)
+    assert _rel(retraced, recomputed) < 1e-5
+    assert max(float(g.abs().max()) for g in recomputed.values()) > 1e-8
+    model.traced_outer_step = True
+    model.save(tmp_path / "m.zip")  # the rerun's starting point is not saved: a loaded model recomputes instead
+    loaded = ML3.load(tmp_path / "m.zip", env=model.env, force_reset=False)
+    assert loaded.retrace() is None

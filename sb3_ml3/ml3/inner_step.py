@@ -9,6 +9,7 @@ points, raw gradients and clip factors that :func:`sb3_ml3.traced.traced_meta_gr
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -95,6 +96,49 @@ class InnerStep:
             stats["value_loss"] = torch.stack(value_losses).mean().item()
         return stats
 
+    def retrace(self) -> InnerTrace | None:
+        """The pending inner update run again at the current phi, recording its trace; the live policy is kept.
+
+        With ``meta_epochs > 1`` phi changes between the outer steps on one rollout, and a trace serves only the
+        phi it was recorded at. Running the update again (the same minibatches, from the same parameters and
+        optimizer states) costs one inner update; the eager alternative unrolls it under ``torch.func``. The
+        minibatches keep the clip factors of this run (PPO's joint clip), which an eager outer step then uses
+        too. ``None`` when there is nothing to rerun or a minibatch was skipped.
+        """
+        start = self.__dict__.get("_retrace_start")
+        if self._pending is None or start is None:
+            return None
+        before, minibatches, inner_lr, optimizer_state = self._pending
+        critic_before, value_state = start
+        named = self.policy.actor_parameters()
+        critic = self.policy.critic_parameters() if self.vf_coef is not None else []
+        live = ([p.detach().clone() for p in named.values()], [p.detach().clone() for p in critic],
+                copy.deepcopy(self.policy.optimizer.state_dict()),
+                copy.deepcopy(self.value_optimizer.state_dict()) if critic else None, self.skipped_inner_steps)
+        try:
+            self.policy.load_actor_parameters(before)
+            self._restore_optimizer_state(optimizer_state, {p: n for n, p in named.items()})
+            with torch.no_grad():
+                for p, value in zip(critic, critic_before):
+                    p.copy_(value)
+            if critic:
+                self.value_optimizer.load_state_dict(value_state)
+            phi = {name: p.detach().clone() for name, p in self.meta_loss.named_parameters()}
+            trace = InnerTrace(self.inner_rule, inner_lr, optimizer_state, phi)
+            self.inner_step(minibatches, trace)
+            if len(trace.points) != len(minibatches):
+                return None
+            trace.final = {name: p.detach().clone() for name, p in named.items()}
+            return trace
+        finally:
+            with torch.no_grad():
+                for p, value in zip(list(named.values()) + critic, live[0] + live[1]):
+                    p.copy_(value)
+            self.policy.optimizer.load_state_dict(live[2])
+            if critic:
+                self.value_optimizer.load_state_dict(live[3])
+            self.skipped_inner_steps = live[4]
+
     def minibatch_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What one inner step differentiates: the learned loss on ``batch`` and, with ``vf_coef`` (PPO's joint
         update), ``vf_coef`` x the critic's MSE to the returns (``None`` without)."""
@@ -139,8 +183,13 @@ class InnerStep:
         names = {p: n for n, p in named.items()}
         optimizer_state = self.inner_rule.from_torch(self.policy.optimizer, names)
         trace = None
+        self._retrace_start = None
         if self.meta_train:
             self._pending = (before, minibatches, inner_lr, optimizer_state)
+            if self.meta_epochs > 1 and self.first_order:  # what retrace() restarts the update from
+                critic = self.policy.critic_parameters() if self.vf_coef is not None else []
+                self._retrace_start = ([p.detach().clone() for p in critic],
+                                       copy.deepcopy(self.value_optimizer.state_dict()) if critic else None)
             if self.first_order:
                 phi = {name: p.detach().clone() for name, p in self.meta_loss.named_parameters()}
                 trace = InnerTrace(self.inner_rule, inner_lr, optimizer_state, phi)

@@ -113,9 +113,9 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         spaces, or the path of a saved SB3 PPO model (kept as a path when the model is saved).
     :param task_critic_epochs: passes over each rollout when fitting the task critics (``None``: ``n_epochs``).
     :param meta_epochs: outer steps (Adam steps on phi) per rollout, each recomputing the inner update;
-        more than one needs ``task_clip_range``. Only the first reuses the live update's trace; each later
-        one unrolls the whole update again (ReacherGoal with PPO's 320 minibatch steps, one thread: 1.5 s per
-        extra epoch against 0.8 s for a whole meta-train iteration with one).
+        more than one needs ``task_clip_range``. The first reuses the live update's trace; each later one
+        reruns the update at the new phi to trace it (``retrace``; ReacherGoal with PPO's 320 minibatch steps,
+        one thread: 0.6 s per extra epoch against 0.8 s for a whole meta-train iteration with one).
     :param task_clip_range: ``None``: the task loss is Eq. 7-8's REINFORCE. A float eps: PPO's clipped
         surrogate -mean[min(r w, clip(r, 1-eps, 1+eps) w)] with r = pi_{theta_i(phi)}(a|s) / pi_old(a|s)
         the ratio to the policy that collected the rollout: its gradient at phi's first outer step is

@@ -234,13 +234,18 @@ class LearnedLossUpdates(InnerStep):
         the points and gradients that update recorded (:func:`sb3_ml3.traced.traced_meta_gradient`: one batched
         pass); otherwise theta_i(phi) is recomputed from the pending inner update (theta_{i-1} and its
         minibatches) with :func:`sb3_ml3.functional.meta_gradient`. Both give the same gradient up to float
-        rounding. ``phi`` defaults to the live meta-loss's parameters; a
+        rounding. A later outer step on the same rollout (``meta_epochs > 1``) first reruns the update at the
+        new phi (:meth:`retrace`) so that it can take the traced path too. ``phi`` defaults to the live meta-loss's parameters; a
         distributed driver passes its own and averages what its workers return.
         """
         assert self._pending is not None, "no inner update awaits its outer step"
         params, minibatches, inner_lr, optimizer_state = self._pending
-        if phi is None:
+        live_phi = phi is None
+        if live_phi:
             phi = {name: p.detach() for name, p in self.meta_loss.named_parameters()}
+        if (self.traced_outer_step and live_phi and self.meta_epochs > 1
+                and (self._trace is None or not self._trace.valid_for(phi))):
+            self._trace = self.retrace()  # a later outer step on this rollout: rerun the update at the new phi
         if self.traced_outer_step and self._trace is not None and self._trace.valid_for(phi):
             try:
                 return traced_meta_gradient(self.learned_loss, self.task_loss_fn, self._trace, phi, data)
