@@ -35,7 +35,7 @@ from torch import nn
 
 from sb3_ml3.atomic import atomic_path
 from sb3_ml3.input_spec import InputSpec, MetaLossSpecError
-from sb3_ml3.surrogates import PENALTY_BIAS, TARGET_WEIGHT_BIAS, check_family, ppo_surrogate, target_pull
+from sb3_ml3.surrogates import PENALTY_BIAS, TARGET_WEIGHT_BIAS, check_family, ppo_surrogate
 
 FORMAT_VERSION = 1
 _SPEC_FILE = "meta_loss.json"
@@ -211,12 +211,13 @@ class MetaLoss(nn.Module):
             raise MetaLossSpecError("surrogate_parts needs a surrogate-family meta-loss (built with surrogate='ppo').")
         fields = self._fields(args, kwargs)
         base, log_ratio = ppo_surrogate(fields, self.clip_range)
+        if self.correction == "target":  # w(c) ||mean - t(c)||^2
+            target, weight = self.pull_target(fields)
+            correction = weight * ((fields["mean"].to(target.dtype) - target) ** 2).sum(-1)
+            return torch.stack([base.to(correction.dtype), correction])
         x = self.spec.concat(fields).to(self.net[0].weight.dtype)
         if self.correction_fields is not None:
             x = torch.cat([x[..., self._columns[f]] for f in self.correction_fields], dim=-1)
-        if self.correction == "target":
-            correction = target_pull(self.net(x), fields["mean"])[0]
-            return torch.stack([base.to(correction.dtype), correction])
         out = self.net(torch.cat([x, log_ratio.unsqueeze(-1).to(x.dtype)], -1)).squeeze(-1)
         if self.correction == "penalty":
             correction = log_ratio.to(out.dtype) ** 2 * nn.functional.softplus(out)

@@ -54,17 +54,6 @@ def ppo_surrogate(fields: Mapping[str, torch.Tensor], clip_range: float) -> tupl
     return -torch.min(ratio * advantage, clipped * advantage), log_ratio
 
 
-def target_pull(out: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The target correction's (per-sample value, target t, weight w) from the correction net's output.
-
-    ``out[..., 0]`` is the weight's pre-activation (w = softplus of it) and ``out[..., 1:]`` the target action t;
-    the value is w ||mean - t||^2 summed over the action's dimensions.
-    """
-    weight = torch.nn.functional.softplus(out[..., 0])
-    target = out[..., 1:]
-    return weight * ((mean.to(out.dtype) - target) ** 2).sum(-1), target, weight
-
-
 def check_family(spec: InputSpec, surrogate: str | None, clip_range: float, correction: str,
                  correction_fields: Sequence[str] | None, quadratic: bool) -> tuple[str, ...] | None:
     """Check a meta-loss's family settings against its inputs; return the fields its correction reads.

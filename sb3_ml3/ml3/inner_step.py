@@ -41,7 +41,7 @@ class InnerStep:
         """
         named = self.policy.actor_parameters()
         actor = list(named.values())
-        critic = self.policy.critic_parameters() if self.vf_coef is not None else []
+        critic = self._joint_critic()
         # one backward pass for actor and critic where the critic's loss cannot reach an actor parameter
         fused = bool(critic) and not (self.policy.share_features_extractor
                                       and any(True for _ in self.policy.features_extractor.parameters()))
@@ -111,10 +111,11 @@ class InnerStep:
         before, minibatches, inner_lr, optimizer_state = self._pending
         critic_before, value_state = start
         named = self.policy.actor_parameters()
-        critic = self.policy.critic_parameters() if self.vf_coef is not None else []
-        live = ([p.detach().clone() for p in named.values()], [p.detach().clone() for p in critic],
-                copy.deepcopy(self.policy.optimizer.state_dict()),
-                copy.deepcopy(self.value_optimizer.state_dict()) if critic else None, self.skipped_inner_steps)
+        critic = self._joint_critic()
+        live_params = [p.detach().clone() for p in list(named.values()) + critic]
+        live_optimizer = copy.deepcopy(self.policy.optimizer.state_dict())
+        live_value_optimizer = copy.deepcopy(self.value_optimizer.state_dict()) if critic else None
+        skipped = self.skipped_inner_steps
         try:
             self.policy.load_actor_parameters(before)
             self._restore_optimizer_state(optimizer_state, {p: n for n, p in named.items()})
@@ -132,12 +133,16 @@ class InnerStep:
             return trace
         finally:
             with torch.no_grad():
-                for p, value in zip(list(named.values()) + critic, live[0] + live[1]):
+                for p, value in zip(list(named.values()) + critic, live_params):
                     p.copy_(value)
-            self.policy.optimizer.load_state_dict(live[2])
+            self.policy.optimizer.load_state_dict(live_optimizer)
             if critic:
-                self.value_optimizer.load_state_dict(live[3])
-            self.skipped_inner_steps = live[4]
+                self.value_optimizer.load_state_dict(live_value_optimizer)
+            self.skipped_inner_steps = skipped
+
+    def _joint_critic(self) -> list[torch.nn.Parameter]:
+        """The critic's parameters where they take their step inside the inner update (``vf_coef``), else none."""
+        return self.policy.critic_parameters() if self.vf_coef is not None else []
 
     def minibatch_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What one inner step differentiates: the learned loss on ``batch`` and, with ``vf_coef`` (PPO's joint
@@ -187,7 +192,7 @@ class InnerStep:
         if self.meta_train:
             self._pending = (before, minibatches, inner_lr, optimizer_state)
             if self.meta_epochs > 1 and self.first_order:  # what retrace() restarts the update from
-                critic = self.policy.critic_parameters() if self.vf_coef is not None else []
+                critic = self._joint_critic()
                 self._retrace_start = ([p.detach().clone() for p in critic],
                                        copy.deepcopy(self.value_optimizer.state_dict()) if critic else None)
             if self.first_order:

@@ -151,7 +151,8 @@ class LossAndRate(nn.Module):
     def config(self) -> dict[str, Any]:
         return {"format": FORMAT, "feature_dim": self.feature_dim, "action_dim": self.action_dim,
                 "hidden_sizes": list(self.hidden_sizes), "alpha_max": self.alpha_max, "alpha_init": self.alpha_init,
-                "relative_target": self.relative_target, "loss_form": self.loss_form, "loss_net": self.loss_net.config(), "metadata": self.metadata}
+                "relative_target": self.relative_target, "loss_form": self.loss_form,
+                "loss_net": self.loss_net.config(), "metadata": self.metadata}
 
     def save(self, path: str | os.PathLike) -> None:
         """One zip: ``spec.json`` (the architecture and metadata) and ``weights.pt`` (a tensor state dict), atomic."""
