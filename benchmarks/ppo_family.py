@@ -37,6 +37,8 @@ from sb3_ml3.experiments import (PPO_FAMILY_INPUTS, TASK_SEED, atomic_write_json
 from sb3_ml3.evaluation import evaluate_policy_on_goals
 from sb3_ml3.experiments.meta_train import meta_train_fingerprint
 from sb3_ml3.experiments.runs import EVAL_SEED, behaviour_summary
+from sb3_ml3.ml3.meta_inputs import OPTIONAL_META_INPUTS
+from sb3_ml3.surrogates import widen_target_context
 
 #: goals outside both splits' radii (inside the reach / arena): rings (r_min, r_max) inside and outside the annulus
 OUTSIDE_RINGS = {"ReacherGoal-v0": ((0.02, 0.05), (0.20, 0.21)), "PointmassGoal-v0": ((0.1, 0.5), (2.0, 2.4))}
@@ -57,13 +59,17 @@ def meta_train(args: argparse.Namespace) -> None:
                                                       args.policy_reset_interval, args.drift, args.update)
     meta_train_kwargs["compile_inner_step"] = args.compile
     meta_train_kwargs["meta_epochs"] = args.meta_epochs
+    meta_train_kwargs["meta_inputs"] = list(meta_train_kwargs["meta_inputs"]) + args.extra_inputs
     meta_train_kwargs.update(args.ml3_kwargs)
+    os.makedirs(args.out, exist_ok=True)
+    if args.init_from is not None:  # continue from a loss, reading the extra inputs with zero weights at first
+        meta_train_kwargs["meta_loss"] = init_loss_file(args, meta_train_kwargs)
+        meta_train_kwargs.pop("meta_loss_kwargs")
     settings = {
         "n_envs": n_envs, "normalize": True, "meta_train_net_arch": [64, 64], "meta_train": meta_train_kwargs,
         "meta_validation": {"eval_freq": args.eval_freq, "eval_at_updates": args.eval_at_updates, "n_goals": 10,
                             "validate_at_start": True},
     }
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"meta_loss_seed{args.seed}.zip")
     t0 = time.time()
     several = args.tasks_per_step > 1 or args.workers > 0  # the distributed trainer checkpoints to a .pt file
@@ -75,6 +81,21 @@ def meta_train(args: argparse.Namespace) -> None:
     history = loss.metadata.get("meta_validation", {}).get("history")
     print(f"meta-trained {path}: {used} env steps (validation included), {time.time() - t0:.0f} s; "
           f"validation history {history}")
+
+
+def init_loss_file(args: argparse.Namespace, meta_train_kwargs: dict) -> str:
+    """``--init-from``'s loss widened to the meta-train inputs (:func:`widen_target_context`), saved in ``--out``."""
+    loss = MetaLoss.load(args.init_from)
+    inputs = list(meta_train_kwargs["meta_inputs"])
+    added = [name for name in inputs if name not in loss.spec.names]
+    if [name for name in inputs if name in loss.spec.names] != list(loss.spec.names):
+        raise SystemExit(f"{args.init_from} reads [{loss.spec}]: the meta-train inputs {inputs} must extend them.")
+    if added:
+        loss = widen_target_context(loss, [(name, 1) for name in added])
+    path = os.path.join(args.out, f"init_meta_loss_seed{args.seed}.zip")
+    loss.metadata["initialised_from"] = os.path.basename(args.init_from)
+    loss.save(path)
+    return path
 
 
 def clip_path(clip_dir: str, name: str, seed: int) -> str:
@@ -205,6 +226,11 @@ def main() -> None:
                        help="outer steps per rollout, each on PPO's clipped surrogate of the task loss")
     train.add_argument("--ml3-kwargs", type=json.loads, default={},
                        help='JSON of further ML3 arguments, e.g. \'{"task_objective": "q_value", "task_critic": true}\'')
+    train.add_argument("--extra-inputs", nargs="+", default=[],
+                       choices=[name for name in OPTIONAL_META_INPUTS if name not in PPO_FAMILY_INPUTS],
+                       help="further meta-loss inputs (width 1), e.g. policy_age: a target correction reads it by default")
+    train.add_argument("--init-from", default=None,
+                       help="start from this target-correction loss (new inputs read with zero weights at first)")
     train.add_argument("--eval-freq", type=int, default=100_000)
     train.add_argument("--eval-at-updates", type=int, nargs="+", default=[6, 12, 24])
     train.add_argument("--update", choices=["ppo", "separate"], default="ppo",

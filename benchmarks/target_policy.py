@@ -1,10 +1,12 @@
 """What a target-correction loss has learned about its task family: its target t(c) run as a policy.
 
 A surrogate-family loss with ``correction="target"`` pulls the policy mean towards t(obs, goal)
-(``MetaLoss.pull_target``). The target reads only the observation and the goal, so it is a
-goal-conditioned controller of its own: this script runs it, deterministically and clipped to the action
-box, on the meta-test's held-out goals (or the train split's), with the observation normalisation the
-loss was meta-trained with, beside the reference policies on the same goals and start states.
+(``MetaLoss.pull_target``). The target reads only the observation and the goal (and, if the loss has that
+input, the policy's age in updates), so it is a goal-conditioned controller of its own: this script runs
+it, deterministically and clipped to the action box, on the meta-test's held-out goals (or the train
+split's), with the observation normalisation the loss was meta-trained with, beside the reference policies
+on the same goals and start states. A loss that reads ``policy_age`` is run at ``--policy-age`` (default 0:
+what it teaches a new policy), and its pull weight is printed over ages, to see whether it lets go.
 
     python benchmarks/target_policy.py docs/results/ppo_family/r9_target_meta_loss_seed1.zip [--split train]
 """
@@ -23,17 +25,22 @@ from sb3_ml3.evaluation import evaluate_policy_on_goals
 from sb3_ml3.experiments import TASK_SEED
 from sb3_ml3.experiments.references import evaluate_references
 from sb3_ml3.experiments.runs import EVAL_SEED, behaviour_summary
+from sb3_ml3.ml3.meta_inputs import POLICY_AGE_HALF
+
+#: the policy ages (inner updates) at which the pull weight is reported
+AGES = (0, 5, 10, 20, 40, 80, 150)
 
 
 class TargetPolicy:
     """t(c) of a target-correction loss as an SB3-style predictor of raw observations."""
 
-    def __init__(self, meta_loss: MetaLoss, low: float = -1.0, high: float = 1.0) -> None:
+    def __init__(self, meta_loss: MetaLoss, low: float = -1.0, high: float = 1.0, policy_age: int = 0) -> None:
         if meta_loss.correction != "target":
             raise SystemExit(f"this loss's correction is {meta_loss.correction!r}: only a 'target' loss has a target.")
         md = meta_loss.metadata
         norm = md.get("obs_normalization")
         self.meta_loss, self.low, self.high = meta_loss, low, high
+        self.age = policy_age / (policy_age + POLICY_AGE_HALF) if "policy_age" in meta_loss.correction_fields else None
         self.mean = None if norm is None else np.asarray(norm["mean"])
         self.std = None if norm is None else np.sqrt(np.asarray(norm["var"]) + norm["epsilon"])
         self.clip = None if norm is None else float(norm["clip_obs"])
@@ -47,9 +54,20 @@ class TargetPolicy:
             x = np.clip((x - self.mean) / self.std, -self.clip, self.clip)
         fields = {"obs": torch.as_tensor(x[:, self.rest], dtype=torch.float32),
                   "goal": torch.as_tensor(x[:, self.goal], dtype=torch.float32)}
+        if self.age is not None:
+            fields["policy_age"] = torch.full((len(x), 1), self.age)
         with torch.no_grad():
             target, _ = self.meta_loss.pull_target(fields)
         return np.clip(target.numpy(), self.low, self.high), None
+
+
+def mean_state_weight(loss: MetaLoss, policy: TargetPolicy, age: int) -> float:
+    """The pull weight w(c) at the normalised mean observation and goal (all zeros), for a policy of ``age``."""
+    fields = {"obs": torch.zeros(1, len(policy.rest)), "goal": torch.zeros(1, policy.goal.stop - policy.goal.start)}
+    if policy.age is not None:
+        fields["policy_age"] = torch.full((1, 1), age / (age + POLICY_AGE_HALF))
+    with torch.no_grad():
+        return float(loss.pull_target(fields)[1])
 
 
 def main() -> None:
@@ -57,21 +75,26 @@ def main() -> None:
     parser.add_argument("loss", help="a meta-loss file with correction='target'")
     parser.add_argument("--split", choices=["test", "train"], default="test")
     parser.add_argument("--n-goals", type=int, default=10)
+    parser.add_argument("--policy-age", type=int, default=0,
+                        help="the policy's age in inner updates, for a loss that reads it (default: a new policy)")
     parser.add_argument("--json", action="store_true", help="also print every row as JSON")
     args = parser.parse_args()
+    if args.policy_age < 0 or args.n_goals < 1:
+        raise SystemExit("--policy-age must be >= 0 and --n-goals >= 1.")
     loss = MetaLoss.load(args.loss)
     env_id = loss.metadata["env_id"]
     goals = np.asarray(sample_tasks(env_id, args.n_goals, args.split, seed=TASK_SEED))
-    policy = TargetPolicy(loss)
+    policy = TargetPolicy(loss, policy_age=args.policy_age)
     result = behaviour_summary(evaluate_policy_on_goals(policy, env_id, goals, seed=EVAL_SEED).to_dict())
-    fields = {"obs": torch.zeros(1, len(policy.rest)), "goal": torch.zeros(1, policy.goal.stop - policy.goal.start)}
-    with torch.no_grad():
-        result["weight_at_mean_state"] = float(loss.pull_target(fields)[1])
+    ages = AGES if policy.age is not None else (args.policy_age,)
+    result["weight_at_mean_state"] = {age: mean_state_weight(loss, policy, age) for age in ages}
     result.pop("per_goal_final_distance")
     rows = {"target t(c) as a policy": result}
     rows.update({name: ref for name, ref in evaluate_references(env_id, goals, seed=EVAL_SEED).items()})
-    print(f"{env_id}, {args.n_goals} {args.split}-split goals; pull weight at the mean state "
-          f"{result['weight_at_mean_state']:.3f}")
+    weights = ", ".join(f"{w:.3f}" + (f" at age {age}" if policy.age is not None else "")
+                        for age, w in result["weight_at_mean_state"].items())
+    print(f"{env_id}, {args.n_goals} {args.split}-split goals, target at policy age {args.policy_age}; "
+          f"pull weight at the mean state {weights}")
     for name, row in rows.items():
         print(f"{name:>26}: metric {row['metric']:8.3f}  final distance {row['final_distance']:.3f}  "
               f"success {row['success_rate']:.0%}  on bounds {row['saturation']:.1%}")

@@ -233,8 +233,9 @@ class MetaLoss(nn.Module):
         if self.correction != "target":
             raise MetaLossSpecError("pull_target needs a surrogate-family loss with correction='target'.")
         fields = self._fields(args, kwargs)
-        x = torch.cat([fields[f].to(self.net[0].weight.dtype) for f in self.correction_fields], dim=-1)
-        out = self.net(x)
+        widths = dict(self.spec.fields)
+        context = InputSpec(tuple((f, widths[f]) for f in self.correction_fields))  # width-1 fields may be (B,)
+        out = self.net(context.concat({f: fields[f] for f in self.correction_fields}).to(self.net[0].weight.dtype))
         return out[..., 1:], nn.functional.softplus(out[..., 0])
 
     def quadratic_form(self, *args: Any, **kwargs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

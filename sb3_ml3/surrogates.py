@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -29,7 +30,7 @@ PENALTY_BIAS = -5.0
 #: a weak pull next to the surrogate, whose target and weight both get a gradient from the first outer step
 TARGET_WEIGHT_BIAS = -3.0
 #: the context the target correction reads by default
-TARGET_CONTEXT = ("obs", "goal")
+TARGET_CONTEXT = ("obs", "goal", "policy_age")
 #: inputs a target may not read: they depend on the policy being trained, so a target of them would move with it
 POLICY_FIELDS = ("mean", "std", "action", "old_log_prob", "advantage")
 #: the inputs the ``"ppo"`` family computes its surrogate from
@@ -93,3 +94,31 @@ def check_family(spec: InputSpec, surrogate: str | None, clip_range: float, corr
                 "surrogate-family loss (the correction always reads log r as well)."
             )
     return fields
+
+
+def widen_target_context(meta_loss: Any, extra: Sequence[tuple[str, int]]) -> Any:
+    """A copy of a ``correction="target"`` loss whose target and weight also read the inputs ``extra``
+    ((name, width) pairs, appended to its inputs and its context), starting as the same function.
+
+    The first layer's weights for the new inputs start at zero and every other weight is copied, so the
+    copy's loss, target and weight equal the original's at any value of the new inputs; meta-training it
+    then learns how they should matter (e.g. ``("policy_age", 1)``: a pull that lets go of a trained policy).
+    """
+    if meta_loss.correction != "target":
+        raise MetaLossSpecError(f"widen_target_context needs a correction='target' loss, not {meta_loss.correction!r}.")
+    extra = [(str(name), int(width)) for name, width in extra]
+    taken = [name for name, _ in extra if name in meta_loss.spec.names]
+    if not extra or taken:
+        raise MetaLossSpecError(f"give new inputs to add to [{meta_loss.spec}]" + (f"; it already reads {taken}." if taken else "."))
+    config = meta_loss.config()
+    config["inputs"] = [list(f) for f in meta_loss.spec.fields] + [[name, width] for name, width in extra]
+    config["correction_fields"] = list(meta_loss.correction_fields) + [name for name, _ in extra]
+    metadata = dict(config["metadata"])
+    if "meta_inputs" in metadata:
+        metadata["meta_inputs"] = list(metadata["meta_inputs"]) + [name for name, _ in extra]
+    metadata["widened_from"] = {"inputs": meta_loss.spec.to_json(), "added": [name for name, _ in extra]}
+    config["metadata"] = metadata
+    state = {k: v.detach().clone() for k, v in meta_loss.state_dict().items()}
+    first = state["net.0.weight"]
+    state["net.0.weight"] = torch.cat([first, first.new_zeros(first.shape[0], sum(w for _, w in extra))], dim=1)
+    return type(meta_loss).from_config(config, state, source="the widened meta-loss")

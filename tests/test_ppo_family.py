@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from sb3_ml3 import MetaLoss
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ppo_family.py"
 
 
@@ -59,3 +63,25 @@ def test_meta_test_refuses_to_overwrite_earlier_clips(tmp_path: Path) -> None:
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "--force" in refused.stderr
     assert earlier.read_bytes() == b"a user's earlier clip" and not (tmp_path / "mt.json").exists()
+
+
+def test_meta_training_continues_a_target_loss_with_the_policy_age_as_a_new_input(tmp_path: Path) -> None:
+    """``--init-from`` starts from a loss (widened to ``--extra-inputs`` with zero weights), so its validation at the
+    start is the earlier loss's at the end; ``--extra-inputs`` makes the target read the policy's age."""
+    base = [sys.executable, str(SCRIPT), "meta-train", "--env", "PointmassGoal-v0", "--timesteps", "4096",
+            "--correction", "target", "--eval-freq", "4096", "--eval-at-updates", "1", "--no-compile"]
+    subprocess.run(base + ["--out", str(tmp_path / "a")], check=True, capture_output=True, timeout=600)
+    first = MetaLoss.load(tmp_path / "a" / "meta_loss_seed0.zip")
+    subprocess.run(base + ["--out", str(tmp_path / "b"), "--extra-inputs", "policy_age", "--init-from",
+                           str(tmp_path / "a" / "meta_loss_seed0.zip")], check=True, capture_output=True, timeout=600)
+    start = MetaLoss.load(tmp_path / "b" / "init_meta_loss_seed0.zip")
+    assert start.correction_fields == ("obs", "goal", "policy_age")
+    assert torch.equal(start.net[0].weight[:, :-1], first.net[0].weight) and not start.net[0].weight[:, -1].any()
+    second = MetaLoss.load(tmp_path / "b" / "meta_loss_seed0.zip")
+    assert second.metadata["meta_inputs"][-1] == "policy_age" and second.metadata["initialised_from"] == "meta_loss_seed0.zip"
+    history_a = first.metadata["meta_validation"]["history"]
+    history_b = second.metadata["meta_validation"]["history"]
+    assert abs(history_b[0][1] - history_a[-1][1]) < 0.05 * abs(history_a[-1][1])
+    refused = subprocess.run(base + ["--out", str(tmp_path / "c"), "--init-from", str(tmp_path / "b" / "meta_loss_seed0.zip")],
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "must extend them" in refused.stderr

@@ -6,7 +6,10 @@ keeps, per step and env:
 * ``timesteps``: the step's index within its episode (a meta-loss input);
 * ``task_rewards``: a per-step value the env reports in its ``info`` (``ML3(task_reward=...)``), staged
   by ML3 from the infos before SB3 adds the step, so that ML3 needs no ``collect_rollouts`` of its own;
-* ``valid``: whether the step's reward (and task reward) was finite.
+* ``valid``: whether the step's reward (and task reward) was finite;
+
+and per rollout ``policy_age``, the inner updates the collecting policy had had (set by ML3; every
+sample carries it as ``policy_ages``).
 
 **Non-finite rewards never reach a network.** A NaN or inf reward is stored as 0 with ``valid=False``:
 GAE stays finite, and the invalid samples are left out of every minibatch, of the critic's regression
@@ -48,6 +51,7 @@ class ML3RolloutBufferSamples(NamedTuple):
     episode_starts: torch.Tensor
     timesteps: torch.Tensor
     task_weights: torch.Tensor
+    policy_ages: torch.Tensor
 
 
 #: the per-step arrays that travel with the samples, flattened together by :meth:`ML3RolloutBuffer.finalize`
@@ -72,6 +76,8 @@ class ML3RolloutBuffer(RolloutBuffer):
         self._invalid_in_row = 0
         self._staged_task_reward: np.ndarray | None = None
         self._episode_t = np.zeros(n_envs, dtype=np.int64)  # carries over from one rollout to the next
+        #: inner updates the collecting policy had had (the "policy_age" input of every sample); ML3 sets it
+        self.policy_age = 0
         super().__init__(buffer_size, observation_space, action_space, device, gae_lambda, gamma, n_envs)
 
     def reset(self) -> None:
@@ -219,7 +225,8 @@ class ML3RolloutBuffer(RolloutBuffer):
         data = (self.observations[index], self.actions[index].astype(np.float32, copy=False),
                 self.values[index].flatten(), self.log_probs[index].flatten(), self.advantages[index].flatten(),
                 self.returns[index].flatten(), self.rewards[index].flatten(), self.episode_starts[index].flatten(),
-                self.timesteps[index].flatten(), self.task_weights[index].flatten())
+                self.timesteps[index].flatten(), self.task_weights[index].flatten(),
+                np.full(len(index), float(self.policy_age), dtype=np.float32))
         return ML3RolloutBufferSamples(*map(self.to_torch, data))
 
 

@@ -208,9 +208,12 @@ class InnerStep:
             if self.meta_train:
                 self.policy.reset_actor()
                 self.policy.optimizer.state.clear()
+                self._actor_age = 0
             else:
                 self.policy.load_actor_parameters(before)
                 self._restore_optimizer_state(optimizer_state, names)
+        else:
+            self._actor_age += 1
         with torch.no_grad():
             new_mean, new_std = self.policy.actor_mean_std(None, data["observations"])
             stats["approx_kl"] = gaussian_kl(old_mean, old_std, new_mean, new_std).mean().item()

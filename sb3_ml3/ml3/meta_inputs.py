@@ -20,10 +20,14 @@ from sb3_ml3.meta_loss import InputSpec
 DEFAULT_META_INPUTS = ("obs", "action", "mean", "std", "goal")
 #: Further per-sample inputs a meta-loss may read (each of width 1). ``advantage`` is the task loss's
 #: weight (GAE advantage or centred return, normalised per rollout when ``normalize_advantage``);
-#: ``old_log_prob`` is log pi_old(a|s) of the policy that collected the rollout (PPO's ratio denominator).
-OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "timestep", "old_log_prob")
+#: ``old_log_prob`` is log pi_old(a|s) of the policy that collected the rollout (PPO's ratio denominator);
+#: ``policy_age`` how many inner updates the policy has had since it was initialised (or last reset), the same
+#: for every sample of a rollout: what lets a learned loss teach a new policy differently from a trained one.
+OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "timestep", "old_log_prob", "policy_age")
 #: ``timestep`` enters the meta-loss as t / TIMESTEP_SCALE so that it stays O(1).
 TIMESTEP_SCALE = 100.0
+#: ``policy_age`` k enters as k / (k + POLICY_AGE_HALF): 0 for a new policy, 1/2 after this many updates, below 1.
+POLICY_AGE_HALF = 25.0
 #: the minibatch key each width-1 input reads
 _BATCH_KEYS = {"reward": "rewards", "return": "returns", "advantage": "task_weights", "episode_start": "episode_starts",
                "old_log_prob": "old_log_prob"}
@@ -89,9 +93,11 @@ class MetaInputs:
                 fields[name] = std
             elif name == "timestep":
                 fields[name] = batch["timesteps"] / TIMESTEP_SCALE
+            elif name == "policy_age":
+                fields[name] = batch["policy_ages"] / (batch["policy_ages"] + POLICY_AGE_HALF)
             else:
                 fields[name] = batch[_BATCH_KEYS[name]]
         return fields
 
 
-__all__ = ["DEFAULT_META_INPUTS", "OPTIONAL_META_INPUTS", "TIMESTEP_SCALE", "MetaInputs", "check_meta_inputs"]
+__all__ = ["DEFAULT_META_INPUTS", "OPTIONAL_META_INPUTS", "POLICY_AGE_HALF", "TIMESTEP_SCALE", "MetaInputs", "check_meta_inputs"]

@@ -260,6 +260,7 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         self.meta_max_grad_norm = meta_max_grad_norm
         self.max_policy_updates = max_policy_updates
         self._n_policy_updates = 0
+        self._actor_age = 0  # inner updates since the actor was initialised or reset: the "policy_age" input
         self.vf_learning_rate = vf_learning_rate
         self.inner_optimizer = settings["inner_optimizer"]
         self.normalize_advantage = settings["normalize_advantage"]

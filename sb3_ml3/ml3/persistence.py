@@ -46,7 +46,7 @@ _STATE = "state.pt"
 #: counters and flags restored as they were saved
 _COUNTERS = ("num_timesteps", "_total_timesteps", "_num_timesteps_at_start", "_episode_num", "_n_updates",
              "_current_progress_remaining", "_n_meta_updates", "_n_iterations", "_n_policy_updates",
-             "skipped_meta_steps", "skipped_inner_steps")
+             "_actor_age", "skipped_meta_steps", "skipped_inner_steps")
 #: constructor arguments that are not stored as settings
 _NOT_SETTINGS = ("self", "policy", "env", "meta_loss", "device", "_init_setup_model", "expert")
 #: settings stored under another attribute name

@@ -89,6 +89,7 @@ class LearnedLossUpdates(InnerStep):
         ``task_weights``: the "advantage" meta-input and the default task weight. Public so that what a
         learned loss reads can be rebuilt outside ``train`` (e.g. :meth:`meta_loss_fields` on a rollout)."""
         buffer = self.rollout_buffer
+        buffer.policy_age = self._actor_age  # no inner update ran between the collection and here
         per_minibatch = self.normalize_advantage == "minibatch"
         buffer.compute_task_weights(self.task_loss, bool(self.normalize_advantage) and not per_minibatch)
         data = buffer.tensors()
@@ -185,6 +186,7 @@ class LearnedLossUpdates(InnerStep):
         frozen = self.policy_frozen
         if reset:
             self.policy.reset_actor()  # Alg. 4 line 4: the next rollout comes from a fresh theta_0
+            self._actor_age = 0
             self.policy.optimizer.state.clear()  # ... and a fresh inner optimizer
         elif not frozen:
             stats.update(self._update_policy(data, inner_lr))
@@ -292,6 +294,11 @@ class LearnedLossUpdates(InnerStep):
     def n_meta_updates(self) -> int:
         """Outer steps applied to phi (skipped ones are counted in ``skipped_meta_steps``)."""
         return self._n_meta_updates
+
+    @property
+    def actor_age(self) -> int:
+        """Inner updates the live policy has had since it was initialised or last reset (the ``policy_age`` input)."""
+        return self._actor_age
 
     @property
     def n_policy_updates(self) -> int:

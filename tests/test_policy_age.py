@@ -1,0 +1,82 @@
+"""The ``policy_age`` meta-input (inner updates since the policy was made) and widening a target loss to read it."""
+
+import pytest
+import torch
+from stable_baselines3.common.env_util import make_vec_env
+
+from sb3_ml3 import ML3, MetaLoss, MetaLossSpecError
+from sb3_ml3.ml3.meta_inputs import POLICY_AGE_HALF
+from sb3_ml3.surrogates import widen_target_context
+
+ENV = "PointmassGoal-v0"
+INPUTS = ("obs", "action", "mean", "std", "goal", "advantage", "old_log_prob", "policy_age")
+SMALL = dict(n_steps=16, batch_size=32, n_epochs=1, policy_kwargs={"net_arch": [8]}, meta_inputs=INPUTS,
+             meta_loss_kwargs={"hidden_sizes": (8,), "surrogate": "ppo", "correction": "target"})
+
+
+def _vec(n=2):
+    return make_vec_env(ENV, n_envs=n, seed=0, env_kwargs={"task_split": "train"})
+
+
+def _spy_ages(model: ML3) -> list[list[float]]:
+    """Record the ``policy_ages`` of the minibatches of every inner update (each a sorted list of its values)."""
+    seen: list[list[float]] = []
+    inner_step = model.inner_step
+
+    def recording(minibatches, trace=None):
+        seen.append(sorted({a for batch in minibatches for a in batch["policy_ages"].tolist()}))
+        return inner_step(minibatches, trace)
+
+    model.inner_step = recording
+    return seen
+
+
+def test_the_age_counts_inner_updates_and_reaches_the_loss_as_k_over_k_plus_half():
+    model = ML3("MlpPolicy", _vec(), seed=0, meta_train=False, **SMALL)
+    assert model.meta_loss.correction_fields == ("obs", "goal", "policy_age")  # a target reads it by default
+    seen = _spy_ages(model)
+    model.learn(4 * 16 * 2)
+    assert model.actor_age == 4
+    assert seen == [[k] for k in range(4)]  # each update's minibatches carry the age its rollout was collected at
+    batch = model._minibatches()[0]  # the last rollout, collected at age 3
+    mean, std = model.policy.actor_mean_std(None, batch["observations"])
+    ages = model.inputs.fields(batch, mean, std)["policy_age"]
+    assert torch.allclose(ages, torch.full_like(ages, 3 / (3 + POLICY_AGE_HALF)))  # k / (k + half): below 1
+
+
+def test_meta_training_resets_the_age_with_the_actor_and_a_saved_model_keeps_it(tmp_path):
+    model = ML3("MlpPolicy", _vec(), seed=0, meta_train=True, policy_reset_interval=3, **SMALL)
+    seen = _spy_ages(model)
+    model.learn(5 * 16 * 2)  # iterations 1, 2 update (ages 0, 1); 3 resets; 4, 5 update (ages 0, 1)
+    assert model.actor_age == 2 and model.n_meta_updates >= 1
+    assert seen == [[0], [1], [0], [1]]
+    model.save(tmp_path / "m.zip")
+    assert ML3.load(tmp_path / "m.zip", env=_vec()).actor_age == 2
+
+
+def test_a_widened_target_loss_starts_as_the_same_function_and_can_learn_to_read_the_age(tmp_path):
+    loss = MetaLoss("obs:3, action:2, mean:2, std:2, goal:2, advantage:1, old_log_prob:1", hidden_sizes=(8,),
+                    surrogate="ppo", correction="target", metadata={"meta_inputs": list(INPUTS[:-1])})
+    with torch.no_grad():
+        for p in loss.net.parameters():
+            p.normal_()
+    wide = widen_target_context(loss, [("policy_age", 1)])
+    assert wide.correction_fields == ("obs", "goal", "policy_age") and wide.metadata["meta_inputs"] == list(INPUTS)
+    g = torch.Generator().manual_seed(0)
+    fields = {name: torch.randn(16, width, generator=g) for name, width in loss.spec.fields}
+    fields["std"] = fields["std"].abs() + 0.1
+    for age in (0.0, 0.5, 0.9):
+        aged = dict(fields, policy_age=torch.full((16,), age))  # width-1 inputs may come without their last dim
+        torch.testing.assert_close(wide.surrogate_parts(aged), loss.surrogate_parts(fields))
+        torch.testing.assert_close(wide.pull_target(aged), loss.pull_target(fields))
+    with torch.no_grad():
+        wide.net[0].weight[:, -1].normal_(generator=g)
+    young, old = (wide.pull_target(dict(fields, policy_age=torch.full((16,), a)))[1] for a in (0.0, 0.9))
+    assert not torch.allclose(young, old)  # once trained, the weight can depend on the age
+    wide.save(tmp_path / "wide.zip")
+    torch.testing.assert_close(MetaLoss.load(tmp_path / "wide.zip").pull_target(dict(fields, policy_age=torch.ones(16))),
+                               wide.pull_target(dict(fields, policy_age=torch.ones(16))))
+    with pytest.raises(MetaLossSpecError, match="already reads"):
+        widen_target_context(wide, [("policy_age", 1)])
+    with pytest.raises(MetaLossSpecError, match="correction='target'"):
+        widen_target_context(MetaLoss("obs:3, mean:2", hidden_sizes=(4,)), [("policy_age", 1)])
