@@ -29,6 +29,8 @@ import os
 import time
 
 import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_ml3 import MetaLoss
 from sb3_ml3.envs import sample_tasks
@@ -98,6 +100,28 @@ def init_loss_file(args: argparse.Namespace, meta_train_kwargs: dict) -> str:
     return path
 
 
+class PullSwitch(BaseCallback):
+    """Turns the model's target-loss pull off (w = softplus(-30) ~ 1e-13, so M = PPO's surrogate) from the first
+    rollout that ends at or after ``steps`` env steps: a hand-set schedule to compare a learned one with."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def _on_training_start(self) -> None:
+        if self.model.meta_loss.correction != "target":
+            raise SystemExit(f"--pull-until needs target-correction losses, not {self.model.meta_loss.correction!r}.")
+
+    def _on_rollout_end(self) -> None:  # before the update of this rollout
+        if self.num_timesteps >= self.steps:
+            with torch.no_grad():
+                self.model.meta_loss.net[-1].weight[0].zero_()
+                self.model.meta_loss.net[-1].bias[0] = -30.0
+
+    def _on_step(self) -> bool:
+        return True
+
+
 def clip_path(clip_dir: str, name: str, seed: int) -> str:
     """Where ``--clip-dir`` puts the clip of loss (or ``ppo``/``fresh``) ``name`` trained with ``seed``."""
     return os.path.join(clip_dir, f"clip_{os.path.splitext(os.path.basename(name))[0]}_seed{seed}.gif")
@@ -131,12 +155,16 @@ def meta_test(args: argparse.Namespace) -> None:
                 test_kwargs = {**test, "compile_inner_step": args.compile}
                 settings = {"n_envs": n_envs, "normalize": True, "meta_test": test_kwargs}
                 loss = fresh_loss(args.env) if name == "fresh" else name.format(seed=seed)
+                probe = [PullSwitch(args.pull_until)] if args.pull_until is not None and name != "fresh" else []
                 record, model = run_one(args.env, "ml3", settings, seed, args.net_arch, goals, schedule,
-                                        args.timesteps, meta_loss=loss, keep_model=keep, split=args.split)
+                                        args.timesteps, meta_loss=loss, keep_model=keep, split=args.split,
+                                        callbacks=probe)
             if extra is not None:  # the final policy on goals outside both splits' radii
                 record["behaviour_outside"] = behaviour_summary(evaluate_policy_on_goals(
                     model, args.env, extra, seed=EVAL_SEED, vec_normalize=model.get_vec_normalize_env()).to_dict())
             record["name"] = name if name != "ppo" or not args.ppo_overrides else f"ppo {json.dumps(args.ppo_overrides)}"
+            if args.pull_until is not None and name not in ("ppo", "fresh"):
+                record["name"] = f"{name} pull until {args.pull_until}"
             record["update"] = args.update
             if args.clip_dir is not None:  # look at the policy before believing its number
                 from sb3_ml3.experiments.clips import render_policy_clip
@@ -252,6 +280,9 @@ def main() -> None:
     test.add_argument("--ppo-overrides", type=json.loads, default={},
                       help='JSON of changes to the recipe\'s PPO settings for --loss ppo, e.g. \'{"learning_rate": 1e-3}\' '
                            "(a probe of the update's speed; the runs are named after the change)")
+    test.add_argument("--pull-until", type=int, default=None,
+                      help="a probe: turn a target loss's pull off from the first rollout that ends at or after this "
+                           "many env steps, so that PPO's update carries on from there (the runs are named after it)")
     test.add_argument("--outside-goals", type=int, default=0,
                       help="also evaluate each final policy on this many goals outside both splits' radii")
     test.add_argument("--update", choices=["ppo", "separate", "auto"], default="ppo",
@@ -276,6 +307,8 @@ def main() -> None:
     args = parser.parse_args()
     if min(getattr(args, "timesteps", 1), 1) < 1:
         raise SystemExit("--timesteps must be positive")
+    if getattr(args, "pull_until", None) is not None and args.pull_until < 0:
+        raise SystemExit("--pull-until must be >= 0 env steps")
     if args.command == "meta-train" and (args.tasks_per_step < 1 or args.workers < 0
                                          or args.workers > args.tasks_per_step):
         raise SystemExit("Need --tasks-per-step >= 1 and 0 <= --workers <= --tasks-per-step.")

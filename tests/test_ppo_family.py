@@ -85,3 +85,27 @@ def test_meta_training_continues_a_target_loss_with_the_policy_age_as_a_new_inpu
     refused = subprocess.run(base + ["--out", str(tmp_path / "c"), "--init-from", str(tmp_path / "b" / "meta_loss_seed0.zip")],
                              capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "must extend them" in refused.stderr
+
+
+def test_pull_until_turns_a_target_loss_into_ppos_update_from_then_on(tmp_path: Path) -> None:
+    """A strong target pull changes the run; ``--pull-until 0`` turns it off before the first update, so the run
+    is the family at zero correction (``fresh``), to float rounding."""
+    spec = importlib.util.spec_from_file_location("ppo_family", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fresh = module.fresh_loss("PointmassGoal-v0")
+    target = MetaLoss(fresh.spec, hidden_sizes=(8,), surrogate="ppo", correction="target", metadata=fresh.metadata)
+    with torch.no_grad():
+        target.net[-1].bias.copy_(torch.tensor([3.0, 1.0, -1.0]))  # w = softplus(3) ~ 3, towards (1, -1)
+    target.save(tmp_path / "target.zip")
+    base = [sys.executable, str(SCRIPT), "meta-test", "--env", "PointmassGoal-v0", "--timesteps", "4096", "--seeds", "0",
+            "--no-compile"]  # two rollouts: the last evaluation follows one update
+    runs = {}
+    for label, extra in (("pulled", ["--loss", str(tmp_path / "target.zip")]),
+                         ("switched", ["--loss", str(tmp_path / "target.zip"), "fresh", "--pull-until", "0"])):
+        subprocess.run(base + ["--out", str(tmp_path / f"{label}.json")] + extra, check=True, capture_output=True,
+                       timeout=600)
+        runs[label] = json.loads((tmp_path / f"{label}.json").read_text())["runs"]
+    (pulled,), (switched, plain) = runs["pulled"], runs["switched"]
+    assert switched["name"].endswith("pull until 0") and plain["name"] == "fresh"
+    assert abs(switched["curve"][-1] - plain["curve"][-1]) < 1e-3 < abs(pulled["curve"][-1] - plain["curve"][-1])

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import set_random_seed
@@ -215,14 +215,16 @@ def run_one(env_id: str, algo: str, settings: Mapping[str, Any], seed: int, net_
             goals: np.ndarray, schedule: Sequence[int], total_timesteps: int, task: int | None = None,
             meta_loss: MetaLoss | str | os.PathLike | None = None, env_kwargs: dict[str, Any] | None = None,
             on_eval: Callable[[int, float], None] | None = None,
-            keep_model: bool = False, split: str = "test") -> tuple[dict[str, Any], BaseAlgorithm | None]:
+            keep_model: bool = False, split: str = "test",
+            callbacks: Sequence[BaseCallback] = ()) -> tuple[dict[str, Any], BaseAlgorithm | None]:
     """Train ``algo`` once from the shared initial policy of ``seed``; returns ``(run record, model)``.
 
     ``task`` is ``None`` for a goal-conditioned run on the ``split`` region (``"test"``, or ``"train"`` to select
     among candidates without touching held-out goals) evaluated on all ``goals``, or the index of the one goal
     the env is pinned to. The record holds the curve (mean over its
     goals), the per-goal values, and the final policy's behaviour (METRICS.md): fraction of actions
-    on the bounds, final distance, success rate. The model comes back only with ``keep_model``.
+    on the bounds, final distance, success rate. The model comes back only with ``keep_model``. ``callbacks``
+    (SB3 callbacks) run after the evaluation's own, e.g. a probe that changes the meta-loss mid-run.
     """
     from sb3_ml3.evaluation import evaluate_policy_on_goals
 
@@ -238,7 +240,7 @@ def run_one(env_id: str, algo: str, settings: Mapping[str, Any], seed: int, net_
         eval_seed = EVAL_SEED + (task or 0)
         callback = TaskMetricCallback(env_id, run_goals, schedule, eval_seed, env_kwargs=env_kwargs,
                                       on_eval=on_eval, stop_when_frozen=True)
-        model.learn(total_timesteps, callback=callback)
+        model.learn(total_timesteps, callback=CallbackList([callback, *callbacks]) if callbacks else callback)
         values = callback.finish()  # (points, goals)
         behaviour = evaluate_policy_on_goals(model, env_id, run_goals, seed=eval_seed, env_kwargs=env_kwargs,
                                              vec_normalize=model.get_vec_normalize_env()).to_dict()
