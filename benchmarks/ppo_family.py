@@ -62,6 +62,8 @@ def meta_train(args: argparse.Namespace) -> None:
     meta_train_kwargs["compile_inner_step"] = args.compile
     meta_train_kwargs["meta_epochs"] = args.meta_epochs
     meta_train_kwargs["meta_inputs"] = list(meta_train_kwargs["meta_inputs"]) + args.extra_inputs
+    if args.target_bound is not None:
+        meta_train_kwargs["meta_loss_kwargs"]["target_bound"] = args.target_bound
     meta_train_kwargs.update(args.ml3_kwargs)
     os.makedirs(args.out, exist_ok=True)
     if args.init_from is not None:  # continue from a loss, reading the extra inputs with zero weights at first
@@ -94,6 +96,8 @@ def init_loss_file(args: argparse.Namespace, meta_train_kwargs: dict) -> str:
         raise SystemExit(f"{args.init_from} reads [{loss.spec}]: the meta-train inputs {inputs} must extend them.")
     if added:
         loss = widen_target_context(loss, [(name, 1) for name in added])
+    if args.target_bound is not None and loss.target_bound != args.target_bound:  # t = b tanh(the loss's raw target)
+        loss = MetaLoss.from_config({**loss.config(), "target_bound": args.target_bound}, loss.state_dict())
     path = os.path.join(args.out, f"init_meta_loss_seed{args.seed}.zip")
     loss.metadata["initialised_from"] = os.path.basename(args.init_from)
     loss.save(path)
@@ -257,6 +261,8 @@ def main() -> None:
     train.add_argument("--extra-inputs", nargs="+", default=[],
                        choices=[name for name in OPTIONAL_META_INPUTS if name not in PPO_FAMILY_INPUTS],
                        help="further meta-loss inputs (width 1), e.g. policy_age: a target correction reads it by default")
+    train.add_argument("--target-bound", type=float, default=None,
+                       help="a target correction's t = B tanh(.), inside the action box (1 for [-1, 1] actions)")
     train.add_argument("--init-from", default=None,
                        help="start from this target-correction loss (new inputs read with zero weights at first)")
     train.add_argument("--eval-freq", type=int, default=100_000)

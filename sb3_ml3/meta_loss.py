@@ -93,12 +93,18 @@ class MetaLoss(nn.Module):
         clip_range: float = 0.2,
         correction_fields: Sequence[str] | None = None,
         correction: str = "free",
+        target_bound: float | None = None,
     ) -> None:
         super().__init__()
         self.spec = InputSpec.parse(inputs)
         self.surrogate = surrogate
         self.clip_range = float(clip_range)
         self.correction = correction
+        # a target correction's t = target_bound * tanh(.): inside an action box [-b, b], where a pulled policy mean
+        # keeps PPO's gradient (a mean far past the bounds, whose every sample the env clips, loses it)
+        if target_bound is not None and (correction != "target" or not 0 < float(target_bound) < math.inf):
+            raise MetaLossSpecError(f"target_bound must be a positive number for correction='target', got {target_bound!r}.")
+        self.target_bound = None if target_bound is None else float(target_bound)
         self.correction_fields = check_family(self.spec, surrogate, self.clip_range, correction, correction_fields,
                                               bool(quadratic))
         if activation not in ACTIVATIONS:
@@ -236,7 +242,8 @@ class MetaLoss(nn.Module):
         widths = dict(self.spec.fields)
         context = InputSpec(tuple((f, widths[f]) for f in self.correction_fields))  # width-1 fields may be (B,)
         out = self.net(context.concat({f: fields[f] for f in self.correction_fields}).to(self.net[0].weight.dtype))
-        return out[..., 1:], nn.functional.softplus(out[..., 0])
+        target = out[..., 1:] if self.target_bound is None else self.target_bound * torch.tanh(out[..., 1:])
+        return target, nn.functional.softplus(out[..., 0])
 
     def quadratic_form(self, *args: Any, **kwargs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, t(c), w(c)) of a quadratic meta-loss M = sum_j w_j(c) (q_j - t_j(c))^2, each ``(..., width)``.
@@ -283,6 +290,7 @@ class MetaLoss(nn.Module):
             "clip_range": self.clip_range,
             "correction_fields": None if self.correction_fields is None else list(self.correction_fields),
             "correction": self.correction,
+            "target_bound": self.target_bound,
             "dtype": str(self.net[0].weight.dtype).replace("torch.", ""),
             "metadata": self.metadata,
         }
@@ -364,6 +372,7 @@ class MetaLoss(nn.Module):
                 clip_range=config.get("clip_range", 0.2),
                 correction_fields=config.get("correction_fields"),
                 correction=config.get("correction", "free"),
+                target_bound=config.get("target_bound"),
                 metadata=config.get("metadata") or {},
             )
         except KeyError as exc:

@@ -181,3 +181,26 @@ def test_a_target_correction_pulls_the_mean_to_a_learned_action_of_the_state_and
             MetaLoss(SPEC, surrogate="ppo", correction="target", correction_fields=bad)
     with pytest.raises(MetaLossSpecError, match="correction='target'"):
         MetaLoss("obs:3, mean:2, goal:2", correction="target")
+
+
+def test_a_bounded_target_stays_inside_the_action_box_and_round_trips(tmp_path):
+    """target_bound b: t = b tanh(.), so a pulled mean never goes past the bounds where the env clips every sample."""
+    free = MetaLoss(SPEC, hidden_sizes=(8,), surrogate="ppo", correction="target")
+    with torch.no_grad():
+        for p in free.net.parameters():
+            p.normal_(std=3.0)
+    bounded = MetaLoss.from_config({**free.config(), "target_bound": 1.0}, free.state_dict())
+    f = _fields()
+    raw, weight = free.pull_target(f)
+    target, same_weight = bounded.pull_target(f)
+    assert raw.abs().max() > 2 and target.abs().max() <= 1.0
+    torch.testing.assert_close(target, torch.tanh(raw))
+    torch.testing.assert_close(same_weight, weight)
+    bounded.save(tmp_path / "bounded.zip")
+    back = MetaLoss.load(tmp_path / "bounded.zip")
+    assert back.target_bound == 1.0 and torch.equal(back.pull_target(f)[0], target)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(MetaLossSpecError, match="target_bound"):
+            MetaLoss(SPEC, surrogate="ppo", correction="target", target_bound=bad)
+    with pytest.raises(MetaLossSpecError, match="target_bound"):
+        MetaLoss(SPEC, surrogate="ppo", correction="free", target_bound=1.0)
