@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_ml3 import MetaLoss
+from sb3_ml3 import MetaLoss, MetaLossSpecError
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.experiments import (PPO_FAMILY_INPUTS, TASK_SEED, atomic_write_json, evaluation_schedule, load_recipe,
                                  meta_train_loss, ppo_family_meta_train, ppo_family_settings, run_one)
@@ -87,21 +87,44 @@ def meta_train(args: argparse.Namespace) -> None:
           f"validation history {history}")
 
 
-def init_loss_file(args: argparse.Namespace, meta_train_kwargs: dict) -> str:
-    """``--init-from``'s loss widened to the meta-train inputs (:func:`widen_target_context`), saved in ``--out``."""
-    loss = MetaLoss.load(args.init_from)
-    inputs = list(meta_train_kwargs["meta_inputs"])
+def derived_loss(source: str, inputs: list[str], target_bound: float | None = None,
+                 pull_updates: int | None = None) -> MetaLoss:
+    """The target loss in ``source`` reading ``inputs`` (new ones with zero weights, :func:`widen_target_context`),
+    with its target bound and pull horizon set where given: the same learned weights, other fixed settings."""
+    loss = MetaLoss.load(source)
     added = [name for name in inputs if name not in loss.spec.names]
     if [name for name in inputs if name in loss.spec.names] != list(loss.spec.names):
-        raise SystemExit(f"{args.init_from} reads [{loss.spec}]: the meta-train inputs {inputs} must extend them.")
+        raise SystemExit(f"{source} reads [{loss.spec}]: the inputs {inputs} must extend them.")
     if added:
         loss = widen_target_context(loss, [(name, 1) for name in added])
-    if args.target_bound is not None and loss.target_bound != args.target_bound:  # t = b tanh(the loss's raw target)
-        loss = MetaLoss.from_config({**loss.config(), "target_bound": args.target_bound}, loss.state_dict())
-    path = os.path.join(args.out, f"init_meta_loss_seed{args.seed}.zip")
+    changes = {key: value for key, value in (("target_bound", target_bound), ("pull_updates", pull_updates))
+               if value is not None}
+    if changes:
+        loss = MetaLoss.from_config({**loss.config(), **changes}, loss.state_dict())
+    loss.metadata["derived_from"] = {"file": os.path.basename(source), "added_inputs": added, **changes}
+    return loss
+
+
+def init_loss_file(args: argparse.Namespace, meta_train_kwargs: dict) -> str:
+    """``--init-from``'s loss with the meta-train inputs and ``--target-bound`` (:func:`derived_loss`), in ``--out``."""
+    loss = derived_loss(args.init_from, list(meta_train_kwargs["meta_inputs"]), args.target_bound)
     loss.metadata["initialised_from"] = os.path.basename(args.init_from)
+    path = os.path.join(args.out, f"init_meta_loss_seed{args.seed}.zip")
     loss.save(path)
     return path
+
+
+def derive(args: argparse.Namespace) -> None:
+    if os.path.exists(args.out) and not args.force:
+        raise SystemExit(f"{args.out} exists: pass --force to overwrite it.")
+    source = MetaLoss.load(args.loss)
+    inputs = list(source.spec.names) + [name for name in args.extra_inputs if name not in source.spec.names]
+    try:
+        loss = derived_loss(args.loss, inputs, args.target_bound, args.pull_updates)
+    except MetaLossSpecError as exc:
+        raise SystemExit(str(exc)) from exc
+    loss.save(args.out)
+    print(f"{args.out}: {loss.spec}; target_bound {loss.target_bound}, pull_updates {loss.pull_updates}")
 
 
 class PullSwitch(BaseCallback):
@@ -302,6 +325,14 @@ def main() -> None:
     for command in (train, test):
         command.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                              help="ML3's compile_inner_step (default on: these runs are long enough to repay it)")
+    change = sub.add_parser("derive", help="a target loss with other fixed settings (same learned weights)")
+    change.add_argument("loss")
+    change.add_argument("--out", required=True, help="the new loss file")
+    change.add_argument("--extra-inputs", nargs="+", default=[], choices=["policy_age"])
+    change.add_argument("--target-bound", type=float, default=None, help="t = B tanh(the loss's raw target)")
+    change.add_argument("--pull-updates", type=int, default=None,
+                        help="the pull acts on a policy's first K inner updates only (needs policy_age)")
+    change.add_argument("--force", action="store_true")
     figure = sub.add_parser("plot")
     figure.add_argument("results", nargs="+", help="meta-test result files")
     figure.add_argument("--out", required=True, help="PNG")
@@ -318,7 +349,8 @@ def main() -> None:
     if args.command == "meta-train" and (args.tasks_per_step < 1 or args.workers < 0
                                          or args.workers > args.tasks_per_step):
         raise SystemExit("Need --tasks-per-step >= 1 and 0 <= --workers <= --tasks-per-step.")
-    {"meta-train": meta_train, "meta-test": meta_test, "plot": plot, "summary": summary}[args.command](args)
+    {"meta-train": meta_train, "meta-test": meta_test, "derive": derive, "plot": plot,
+     "summary": summary}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ from torch import nn
 
 from sb3_ml3.atomic import atomic_path
 from sb3_ml3.input_spec import InputSpec, MetaLossSpecError
-from sb3_ml3.surrogates import PENALTY_BIAS, TARGET_WEIGHT_BIAS, check_family, ppo_surrogate
+from sb3_ml3.surrogates import (PENALTY_BIAS, TARGET_WEIGHT_BIAS, check_family, check_target_options, ppo_surrogate,
+                                pull_gate)
 
 FORMAT_VERSION = 1
 _SPEC_FILE = "meta_loss.json"
@@ -94,19 +95,17 @@ class MetaLoss(nn.Module):
         correction_fields: Sequence[str] | None = None,
         correction: str = "free",
         target_bound: float | None = None,
+        pull_updates: int | None = None,
     ) -> None:
         super().__init__()
         self.spec = InputSpec.parse(inputs)
         self.surrogate = surrogate
         self.clip_range = float(clip_range)
         self.correction = correction
-        # a target correction's t = target_bound * tanh(.): inside an action box [-b, b], where a pulled policy mean
-        # keeps PPO's gradient (a mean far past the bounds, whose every sample the env clips, loses it)
-        if target_bound is not None and (correction != "target" or not 0 < float(target_bound) < math.inf):
-            raise MetaLossSpecError(f"target_bound must be a positive number for correction='target', got {target_bound!r}.")
-        self.target_bound = None if target_bound is None else float(target_bound)
         self.correction_fields = check_family(self.spec, surrogate, self.clip_range, correction, correction_fields,
                                               bool(quadratic))
+        self.target_bound, self.pull_updates = check_target_options(correction, self.correction_fields, target_bound,
+                                                                    pull_updates)
         if activation not in ACTIVATIONS:
             raise MetaLossSpecError(f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
         if output not in OUTPUTS:
@@ -243,7 +242,10 @@ class MetaLoss(nn.Module):
         context = InputSpec(tuple((f, widths[f]) for f in self.correction_fields))  # width-1 fields may be (B,)
         out = self.net(context.concat({f: fields[f] for f in self.correction_fields}).to(self.net[0].weight.dtype))
         target = out[..., 1:] if self.target_bound is None else self.target_bound * torch.tanh(out[..., 1:])
-        return target, nn.functional.softplus(out[..., 0])
+        weight = nn.functional.softplus(out[..., 0])
+        if self.pull_updates is not None:
+            weight = weight * pull_gate(fields["policy_age"].reshape(weight.shape).to(weight.dtype), self.pull_updates)
+        return target, weight
 
     def quadratic_form(self, *args: Any, **kwargs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, t(c), w(c)) of a quadratic meta-loss M = sum_j w_j(c) (q_j - t_j(c))^2, each ``(..., width)``.
@@ -291,6 +293,7 @@ class MetaLoss(nn.Module):
             "correction_fields": None if self.correction_fields is None else list(self.correction_fields),
             "correction": self.correction,
             "target_bound": self.target_bound,
+            "pull_updates": self.pull_updates,
             "dtype": str(self.net[0].weight.dtype).replace("torch.", ""),
             "metadata": self.metadata,
         }
@@ -373,6 +376,7 @@ class MetaLoss(nn.Module):
                 correction_fields=config.get("correction_fields"),
                 correction=config.get("correction", "free"),
                 target_bound=config.get("target_bound"),
+                pull_updates=config.get("pull_updates"),
                 metadata=config.get("metadata") or {},
             )
         except KeyError as exc:

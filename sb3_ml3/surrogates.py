@@ -31,6 +31,8 @@ PENALTY_BIAS = -5.0
 TARGET_WEIGHT_BIAS = -3.0
 #: the context the target correction reads by default
 TARGET_CONTEXT = ("obs", "goal", "policy_age")
+#: the ``policy_age`` input is k / (k + POLICY_AGE_HALF) for a policy that has had k inner updates
+POLICY_AGE_HALF = 25.0
 #: inputs a target may not read: they depend on the policy being trained, so a target of them would move with it
 POLICY_FIELDS = ("mean", "std", "action", "old_log_prob", "advantage")
 #: the inputs the ``"ppo"`` family computes its surrogate from
@@ -122,3 +124,24 @@ def widen_target_context(meta_loss: Any, extra: Sequence[tuple[str, int]]) -> An
     first = state["net.0.weight"]
     state["net.0.weight"] = torch.cat([first, first.new_zeros(first.shape[0], sum(w for _, w in extra))], dim=1)
     return type(meta_loss).from_config(config, state, source="the widened meta-loss")
+
+
+def check_target_options(correction: str, fields: Sequence[str] | None, target_bound: float | None,
+                         pull_updates: int | None) -> tuple[float | None, int | None]:
+    """Check a target correction's options; return them as (float, int) or None.
+
+    ``target_bound`` b makes the target b tanh(.), inside an action box [-b, b]: a pulled policy mean then keeps PPO's
+    gradient, which a mean far past the bounds (every sample of it clipped by the env) loses. ``pull_updates`` K
+    lets the pull act on a policy's first K inner updates only, read from the ``policy_age`` input.
+    """
+    if target_bound is not None and (correction != "target" or not 0 < float(target_bound) < math.inf):
+        raise MetaLossSpecError(f"target_bound must be a positive number for correction='target', got {target_bound!r}.")
+    if pull_updates is not None and (int(pull_updates) < 1 or "policy_age" not in (fields or ()) or correction != "target"):
+        raise MetaLossSpecError(f"pull_updates needs a target correction that reads policy_age and a count >= 1, got "
+                                f"{pull_updates!r} with context {None if fields is None else list(fields)}.")
+    return (None if target_bound is None else float(target_bound)), (None if pull_updates is None else int(pull_updates))
+
+
+def pull_gate(policy_age: torch.Tensor, pull_updates: int) -> torch.Tensor:
+    """1 where the ``policy_age`` input says the policy has had fewer than ``pull_updates`` inner updates, else 0."""
+    return (policy_age < pull_updates / (pull_updates + POLICY_AGE_HALF)).to(policy_age.dtype)

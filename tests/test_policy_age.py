@@ -80,3 +80,29 @@ def test_a_widened_target_loss_starts_as_the_same_function_and_can_learn_to_read
         widen_target_context(wide, [("policy_age", 1)])
     with pytest.raises(MetaLossSpecError, match="correction='target'"):
         widen_target_context(MetaLoss("obs:3, mean:2", hidden_sizes=(4,)), [("policy_age", 1)])
+
+
+def test_pull_updates_lets_the_target_act_on_a_policys_first_updates_only(tmp_path):
+    """pull_updates K: the weight is the learned one for ages 0..K-1 and exactly 0 from K on (then M is PPO's
+    surrogate); it needs the policy_age input; the setting round-trips."""
+    spec = "obs:3, action:2, mean:2, std:2, goal:2, advantage:1, old_log_prob:1, policy_age:1"
+    loss = MetaLoss(spec, hidden_sizes=(8,), surrogate="ppo", correction="target", pull_updates=3)
+    with torch.no_grad():
+        for p in loss.net.parameters():
+            p.normal_()
+    g = torch.Generator().manual_seed(1)
+    fields = {name: torch.randn(4, width, generator=g) for name, width in loss.spec.fields}
+    fields["std"] = fields["std"].abs() + 0.1
+    weights = []
+    for k in range(6):
+        age = torch.full((4,), k / (k + POLICY_AGE_HALF))  # as ML3 feeds it (tests above)
+        weights.append(loss.pull_target(dict(fields, policy_age=age))[1])
+        correction = loss.surrogate_parts(dict(fields, policy_age=age))[1]
+        assert (correction > 0).all() if k < 3 else torch.equal(correction, torch.zeros(4))
+    assert all((w > 0).all() for w in weights[:3]) and all(torch.equal(w, torch.zeros(4)) for w in weights[3:])
+    loss.save(tmp_path / "gated.zip")
+    assert MetaLoss.load(tmp_path / "gated.zip").pull_updates == 3
+    with pytest.raises(MetaLossSpecError, match="pull_updates"):
+        MetaLoss(spec.replace(", policy_age:1", ""), surrogate="ppo", correction="target", pull_updates=3)
+    with pytest.raises(MetaLossSpecError, match="pull_updates"):
+        MetaLoss(spec, surrogate="ppo", correction="target", pull_updates=0)
