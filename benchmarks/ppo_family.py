@@ -62,8 +62,9 @@ def meta_train(args: argparse.Namespace) -> None:
     meta_train_kwargs["compile_inner_step"] = args.compile
     meta_train_kwargs["meta_epochs"] = args.meta_epochs
     meta_train_kwargs["meta_inputs"] = list(meta_train_kwargs["meta_inputs"]) + args.extra_inputs
-    if args.target_bound is not None:
-        meta_train_kwargs["meta_loss_kwargs"]["target_bound"] = args.target_bound
+    for key in ("target_bound", "pull_updates"):
+        if getattr(args, key) is not None:
+            meta_train_kwargs["meta_loss_kwargs"][key] = getattr(args, key)
     meta_train_kwargs.update(args.ml3_kwargs)
     os.makedirs(args.out, exist_ok=True)
     if args.init_from is not None:  # continue from a loss, reading the extra inputs with zero weights at first
@@ -107,7 +108,7 @@ def derived_loss(source: str, inputs: list[str], target_bound: float | None = No
 
 def init_loss_file(args: argparse.Namespace, meta_train_kwargs: dict) -> str:
     """``--init-from``'s loss with the meta-train inputs and ``--target-bound`` (:func:`derived_loss`), in ``--out``."""
-    loss = derived_loss(args.init_from, list(meta_train_kwargs["meta_inputs"]), args.target_bound)
+    loss = derived_loss(args.init_from, list(meta_train_kwargs["meta_inputs"]), args.target_bound, args.pull_updates)
     loss.metadata["initialised_from"] = os.path.basename(args.init_from)
     path = os.path.join(args.out, f"init_meta_loss_seed{args.seed}.zip")
     loss.save(path)
@@ -179,7 +180,7 @@ def meta_test(args: argparse.Namespace) -> None:
                 record, model = run_one(args.env, "ppo", recipe, seed, args.net_arch, goals,
                                         schedule, args.timesteps, keep_model=keep, split=args.split)
             else:
-                test_kwargs = {**test, "compile_inner_step": args.compile}
+                test_kwargs = {**test, "compile_inner_step": args.compile, **args.ml3_overrides}
                 settings = {"n_envs": n_envs, "normalize": True, "meta_test": test_kwargs}
                 loss = fresh_loss(args.env) if name == "fresh" else name.format(seed=seed)
                 probe = [PullSwitch(args.pull_until)] if args.pull_until is not None and name != "fresh" else []
@@ -192,6 +193,8 @@ def meta_test(args: argparse.Namespace) -> None:
             record["name"] = name if name != "ppo" or not args.ppo_overrides else f"ppo {json.dumps(args.ppo_overrides)}"
             if args.pull_until is not None and name not in ("ppo", "fresh"):
                 record["name"] = f"{name} pull until {args.pull_until}"
+            if args.ml3_overrides and name != "ppo":
+                record["name"] = f"{record['name']} {json.dumps(args.ml3_overrides)}"
             record["update"] = args.update
             if args.clip_dir is not None:  # look at the policy before believing its number
                 from sb3_ml3.experiments.clips import render_policy_clip
@@ -286,6 +289,9 @@ def main() -> None:
                        help="further meta-loss inputs (width 1), e.g. policy_age: a target correction reads it by default")
     train.add_argument("--target-bound", type=float, default=None,
                        help="a target correction's t = B tanh(.), inside the action box (1 for [-1, 1] actions)")
+    train.add_argument("--pull-updates", type=int, default=None,
+                       help="the target's pull acts on a policy's first K inner updates only (needs policy_age); "
+                            "outer steps on older policies then have no gradient, so keep --policy-reset-interval near K")
     train.add_argument("--init-from", default=None,
                        help="start from this target-correction loss (new inputs read with zero weights at first)")
     train.add_argument("--eval-freq", type=int, default=100_000)
@@ -309,6 +315,9 @@ def main() -> None:
     test.add_argument("--ppo-overrides", type=json.loads, default={},
                       help='JSON of changes to the recipe\'s PPO settings for --loss ppo, e.g. \'{"learning_rate": 1e-3}\' '
                            "(a probe of the update's speed; the runs are named after the change)")
+    test.add_argument("--ml3-overrides", type=json.loads, default={},
+                      help='JSON of changes to ML3\'s inner-step settings (PPO\'s recipe by default), e.g. '
+                           '\'{"learning_rate": 1e-3}\' (the runs are named after the change; state the PPO beside it)')
     test.add_argument("--pull-until", type=int, default=None,
                       help="a probe: turn a target loss's pull off from the first rollout that ends at or after this "
                            "many env steps, so that PPO's update carries on from there (the runs are named after it)")
