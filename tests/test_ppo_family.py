@@ -15,6 +15,20 @@ from sb3_ml3 import MetaLoss
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ppo_family.py"
 
 
+def _script():
+    """benchmarks/ppo_family.py as a module."""
+    spec = importlib.util.spec_from_file_location("ppo_family", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pointmass_target_loss() -> MetaLoss:
+    """A small target-correction loss with the inputs and metadata of the script's fresh PointmassGoal loss."""
+    fresh = _script().fresh_loss("PointmassGoal-v0")
+    return MetaLoss(fresh.spec, hidden_sizes=(8,), surrogate="ppo", correction="target", metadata=fresh.metadata)
+
+
 def test_meta_test_writes_both_rows_and_refuses_to_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "mt.json"
     cmd = [sys.executable, str(SCRIPT), "meta-test", "--env", "PointmassGoal-v0", "--timesteps", "2048",
@@ -45,10 +59,7 @@ def test_meta_test_writes_both_rows_and_refuses_to_overwrite(tmp_path: Path) -> 
 
 
 def test_the_fresh_loss_is_the_surrogate_family_at_zero_correction() -> None:
-    spec = importlib.util.spec_from_file_location("ppo_family", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    loss = module.fresh_loss("ReacherGoal-v0")
+    loss = _script().fresh_loss("ReacherGoal-v0")
     assert loss.surrogate == "ppo" and all(float(p.abs().sum()) == 0 for p in loss.net[-1].parameters())
     assert loss.metadata["inner_optimizer"] == "adam"
 
@@ -90,11 +101,7 @@ def test_meta_training_continues_a_target_loss_with_the_policy_age_as_a_new_inpu
 def test_pull_until_turns_a_target_loss_into_ppos_update_from_then_on(tmp_path: Path) -> None:
     """A strong target pull changes the run; ``--pull-until 0`` turns it off before the first update, so the run
     is the family at zero correction (``fresh``), to float rounding."""
-    spec = importlib.util.spec_from_file_location("ppo_family", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fresh = module.fresh_loss("PointmassGoal-v0")
-    target = MetaLoss(fresh.spec, hidden_sizes=(8,), surrogate="ppo", correction="target", metadata=fresh.metadata)
+    target = _pointmass_target_loss()
     with torch.no_grad():
         target.net[-1].bias.copy_(torch.tensor([3.0, 1.0, -1.0]))  # w = softplus(3) ~ 3, towards (1, -1)
     target.save(tmp_path / "target.zip")
@@ -112,11 +119,7 @@ def test_pull_until_turns_a_target_loss_into_ppos_update_from_then_on(tmp_path: 
 
 
 def test_derive_sets_a_target_losss_bound_and_pull_horizon_and_keeps_its_weights(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("ppo_family", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fresh = module.fresh_loss("PointmassGoal-v0")
-    source = MetaLoss(fresh.spec, hidden_sizes=(8,), surrogate="ppo", correction="target", metadata=fresh.metadata)
+    source = _pointmass_target_loss()
     with torch.no_grad():
         for p in source.net.parameters():
             p.normal_(std=2.0)
