@@ -8,6 +8,7 @@
     python benchmarks/ppo_family.py meta-test ... --loss ppo       # SB3's PPO, the env's recipe
     python benchmarks/ppo_family.py meta-test ... --split train --update auto   # choose among losses on train goals
     python benchmarks/ppo_family.py summary <result files>       # final, curve mean and behaviour per loss
+    python benchmarks/ppo_family.py ratios <result files> --reference <PPO's result files>   # the speed ratios
     python benchmarks/ppo_family.py plot <result files> --out curves.png --reference -7.72 "best constant"
 
 The loss is M = L_PPO(r, A) + C_phi (``MetaLoss(surrogate="ppo")``): PPO's clipped surrogate of the ratio
@@ -268,6 +269,43 @@ def summary(args: argparse.Namespace) -> None:
               f"{success:>9.2f}{bounds:>8.3f}  {', '.join(f'{v:.4g}' for v in final)}")
 
 
+def ratios(args: argparse.Namespace) -> None:
+    """METRICS.md's samples to 50% and 80% of the way to PPO's plateau, and PPO's over the run's, per named run of
+    the result files against PPO's runs (``--reference`` files) on the seeds both have, on the same schedule."""
+    from sb3_ml3.metrics import compare_curves
+
+    def curves(paths: list[str]) -> tuple[list[int], dict[str, dict[int, list[float]]]]:
+        schedule, named = None, {}
+        for path in paths:
+            with open(path) as f:
+                data = json.load(f)
+            if schedule is not None and data["schedule"] != schedule:
+                raise SystemExit(f"{path}: another evaluation schedule than the other files'.")
+            schedule = data["schedule"]
+            for run in data["runs"]:
+                named.setdefault(os.path.basename(run["name"]), {})[int(run["seed"])] = run["curve"]
+        return schedule, named
+
+    x, reference = curves(args.reference)
+    if "ppo" not in reference:
+        raise SystemExit("--reference must hold PPO's runs (named 'ppo').")
+    x_runs, named = curves(args.results)
+    if x_runs != x:
+        raise SystemExit("The result files and the reference have different evaluation schedules.")
+    print(f"{'run':<60}{'seeds':>10}{'to 50%':>10}{'PPO':>9}{'ratio':>7}{'to 80%':>10}{'PPO':>9}{'ratio':>7}")
+    for name, runs in named.items():
+        seeds = sorted(set(runs) & set(reference["ppo"]))
+        if not seeds:
+            print(f"{name:<60} no seed in common with the reference")
+            continue
+        report = compare_curves(x, {"ppo": [reference["ppo"][s] for s in seeds], "ml3": [runs[s] for s in seeds]})
+        cells = []
+        for fraction in ("50%", "80%"):
+            ours, ppo = (report["algorithms"][a]["samples_to"][fraction]["text"] for a in ("ml3", "ppo"))
+            cells.append(f"{ours:>10}{ppo:>9}{report['ratio'][fraction]['text']:>7}")
+        print(f"{name:<60}{','.join(map(str, seeds)):>10}{''.join(cells)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -342,6 +380,9 @@ def main() -> None:
     change.add_argument("--pull-updates", type=int, default=None,
                         help="the pull acts on a policy's first K inner updates only (needs policy_age)")
     change.add_argument("--force", action="store_true")
+    ratio = sub.add_parser("ratios", help="samples to 50%% / 80%% of PPO's plateau and PPO's ratio, per run")
+    ratio.add_argument("results", nargs="+", help="meta-test result files")
+    ratio.add_argument("--reference", nargs="+", required=True, help="result files with PPO's runs on the same seeds")
     figure = sub.add_parser("plot")
     figure.add_argument("results", nargs="+", help="meta-test result files")
     figure.add_argument("--out", required=True, help="PNG")
@@ -358,8 +399,8 @@ def main() -> None:
     if args.command == "meta-train" and (args.tasks_per_step < 1 or args.workers < 0
                                          or args.workers > args.tasks_per_step):
         raise SystemExit("Need --tasks-per-step >= 1 and 0 <= --workers <= --tasks-per-step.")
-    {"meta-train": meta_train, "meta-test": meta_test, "derive": derive, "plot": plot,
-     "summary": summary}[args.command](args)
+    {"meta-train": meta_train, "meta-test": meta_test, "derive": derive, "plot": plot, "summary": summary,
+     "ratios": ratios}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -137,3 +137,20 @@ def test_derive_sets_a_target_losss_bound_and_pull_horizon_and_keeps_its_weights
     refused = subprocess.run(cmd[:-1] + [str(tmp_path / "other.zip"), "--pull-updates", "5"], capture_output=True,
                              text=True, timeout=600)
     assert refused.returncode != 0 and "reads policy_age" in refused.stderr and not (tmp_path / "other.zip").exists()
+
+
+def test_ratios_are_ppos_samples_over_the_runs_on_the_seeds_both_have(tmp_path: Path) -> None:
+    schedule = [0, 10, 20, 30, 40, 50]
+
+    def write(name: str, runs: list[tuple[str, int, list[float]]]) -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps({"schedule": schedule, "runs": [{"name": n, "seed": s, "curve": c} for n, s, c in runs]}))
+        return str(path)
+
+    ppo = write("ppo.json", [("ppo", seed, [-10, -10, -10, -2, -2, -2]) for seed in (0, 1, 2)])
+    ours = write("ours.json", [("dir/loss.zip", seed, [-10, -2, -2, -2, -2, -2]) for seed in (1, 2, 7)])
+    out = subprocess.run([sys.executable, str(SCRIPT), "ratios", ours, "--reference", ppo], check=True,
+                         capture_output=True, text=True, timeout=600).stdout.splitlines()
+    # m_0 = -10, m_ref = -2: 80% of the way is -3.6, crossed at 8 samples by the loss and at 28 by PPO
+    row = out[1].split()
+    assert row[0] == "loss.zip" and row[1] == "1,2" and row[-3:] == ["8", "28", "3.5"]
