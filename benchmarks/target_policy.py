@@ -25,7 +25,7 @@ from sb3_ml3.evaluation import evaluate_policy_on_goals
 from sb3_ml3.experiments import TASK_SEED
 from sb3_ml3.experiments.references import evaluate_references
 from sb3_ml3.experiments.runs import EVAL_SEED, behaviour_summary
-from sb3_ml3.ml3.meta_inputs import POLICY_AGE_HALF
+from sb3_ml3.surrogates import policy_age_feature
 
 #: the policy ages (inner updates) at which the pull weight is reported
 AGES = (0, 5, 10, 20, 40, 80, 150)
@@ -40,7 +40,7 @@ class TargetPolicy:
         md = meta_loss.metadata
         norm = md.get("obs_normalization")
         self.meta_loss, self.low, self.high = meta_loss, low, high
-        self.age = policy_age / (policy_age + POLICY_AGE_HALF) if "policy_age" in meta_loss.correction_fields else None
+        self.age = policy_age_feature(policy_age) if "policy_age" in meta_loss.correction_fields else None
         self.mean = None if norm is None else np.asarray(norm["mean"])
         self.std = None if norm is None else np.sqrt(np.asarray(norm["var"]) + norm["epsilon"])
         self.clip = None if norm is None else float(norm["clip_obs"])
@@ -65,7 +65,7 @@ def mean_state_weight(loss: MetaLoss, policy: TargetPolicy, age: int) -> float:
     """The pull weight w(c) at the normalised mean observation and goal (all zeros), for a policy of ``age``."""
     fields = {"obs": torch.zeros(1, len(policy.rest)), "goal": torch.zeros(1, policy.goal.stop - policy.goal.start)}
     if policy.age is not None:
-        fields["policy_age"] = torch.full((1, 1), age / (age + POLICY_AGE_HALF))
+        fields["policy_age"] = torch.full((1, 1), policy_age_feature(age))
     with torch.no_grad():
         return float(loss.pull_target(fields)[1])
 

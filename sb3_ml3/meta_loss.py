@@ -106,6 +106,9 @@ class MetaLoss(nn.Module):
                                               bool(quadratic))
         self.target_bound, self.pull_updates = check_target_options(correction, self.correction_fields, target_bound,
                                                                     pull_updates)
+        widths = dict(self.spec.fields)  # what a target reads, in order (width-1 fields may come as (B,))
+        self._context = (InputSpec(tuple((f, widths[f]) for f in self.correction_fields)) if correction == "target"
+                         else None)
         if activation not in ACTIVATIONS:
             raise MetaLossSpecError(f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
         if output not in OUTPUTS:
@@ -238,9 +241,7 @@ class MetaLoss(nn.Module):
         if self.correction != "target":
             raise MetaLossSpecError("pull_target needs a surrogate-family loss with correction='target'.")
         fields = self._fields(args, kwargs)
-        widths = dict(self.spec.fields)
-        context = InputSpec(tuple((f, widths[f]) for f in self.correction_fields))  # width-1 fields may be (B,)
-        out = self.net(context.concat({f: fields[f] for f in self.correction_fields}).to(self.net[0].weight.dtype))
+        out = self.net(self._context.concat({f: fields[f] for f in self.correction_fields}).to(self.net[0].weight.dtype))
         target = out[..., 1:] if self.target_bound is None else self.target_bound * torch.tanh(out[..., 1:])
         weight = nn.functional.softplus(out[..., 0])
         if self.pull_updates is not None:

@@ -142,6 +142,12 @@ def check_target_options(correction: str, fields: Sequence[str] | None, target_b
     return (None if target_bound is None else float(target_bound)), (None if pull_updates is None else int(pull_updates))
 
 
+def policy_age_feature(updates: Any) -> Any:
+    """The ``policy_age`` input of a policy that has had ``updates`` inner updates (a number or a tensor):
+    k / (k + POLICY_AGE_HALF), 0 for a new policy and below 1."""
+    return updates / (updates + POLICY_AGE_HALF)
+
+
 def pull_gate(policy_age: torch.Tensor, pull_updates: int) -> torch.Tensor:
     """1 where the ``policy_age`` input says the policy has had fewer than ``pull_updates`` inner updates, else 0."""
-    return (policy_age < pull_updates / (pull_updates + POLICY_AGE_HALF)).to(policy_age.dtype)
+    return (policy_age < policy_age_feature(pull_updates)).to(policy_age.dtype)

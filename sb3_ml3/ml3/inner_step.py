@@ -140,6 +140,12 @@ class InnerStep:
                 self.value_optimizer.load_state_dict(live_value_optimizer)
             self.skipped_inner_steps = skipped
 
+    def _reset_actor(self) -> None:
+        """A fresh theta_0 with a fresh inner optimizer and age 0 (meta-training's policy reset)."""
+        self.policy.reset_actor()
+        self.policy.optimizer.state.clear()
+        self._actor_age = 0
+
     def _joint_critic(self) -> list[torch.nn.Parameter]:
         """The critic's parameters where they take their step inside the inner update (``vf_coef``), else none."""
         return self.policy.critic_parameters() if self.vf_coef is not None else []
@@ -206,9 +212,7 @@ class InnerStep:
             self.skipped_inner_steps += 1
             self._pending = self._trace = None
             if self.meta_train:
-                self.policy.reset_actor()
-                self.policy.optimizer.state.clear()
-                self._actor_age = 0
+                self._reset_actor()
             else:
                 self.policy.load_actor_parameters(before)
                 self._restore_optimizer_state(optimizer_state, names)

@@ -15,7 +15,7 @@ import torch
 from gymnasium import spaces
 
 from sb3_ml3.meta_loss import InputSpec
-from sb3_ml3.surrogates import POLICY_AGE_HALF
+from sb3_ml3.surrogates import POLICY_AGE_HALF, policy_age_feature
 
 #: The meta-loss inputs of the paper (Sec. III.B.2 and its appendix notes on mean and std).
 DEFAULT_META_INPUTS = ("obs", "action", "mean", "std", "goal")
@@ -28,7 +28,7 @@ OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "times
 #: ``timestep`` enters the meta-loss as t / TIMESTEP_SCALE so that it stays O(1).
 TIMESTEP_SCALE = 100.0
 #: ``policy_age`` k enters as k / (k + POLICY_AGE_HALF) (0 for a new policy, 1/2 after this many updates, below 1);
-#: defined beside the target correction, whose ``pull_updates`` reads it back
+#: defined beside the target correction (``policy_age_feature``), whose ``pull_updates`` reads it back
 #: the minibatch key each width-1 input reads
 _BATCH_KEYS = {"reward": "rewards", "return": "returns", "advantage": "task_weights", "episode_start": "episode_starts",
                "old_log_prob": "old_log_prob"}
@@ -95,7 +95,7 @@ class MetaInputs:
             elif name == "timestep":
                 fields[name] = batch["timesteps"] / TIMESTEP_SCALE
             elif name == "policy_age":
-                fields[name] = batch["policy_ages"] / (batch["policy_ages"] + POLICY_AGE_HALF)
+                fields[name] = policy_age_feature(batch["policy_ages"])
             else:
                 fields[name] = batch[_BATCH_KEYS[name]]
         return fields

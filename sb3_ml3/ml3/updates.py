@@ -185,9 +185,7 @@ class LearnedLossUpdates(InnerStep):
                  and self._n_iterations % self.policy_reset_interval == 0)
         frozen = self.policy_frozen
         if reset:
-            self.policy.reset_actor()  # Alg. 4 line 4: the next rollout comes from a fresh theta_0
-            self._actor_age = 0
-            self.policy.optimizer.state.clear()  # ... and a fresh inner optimizer
+            self._reset_actor()  # Alg. 4 line 4: the next rollout comes from a fresh theta_0 and inner optimizer
         elif not frozen:
             stats.update(self._update_policy(data, inner_lr))
         task_value_targets = data.get("task_value_targets")
