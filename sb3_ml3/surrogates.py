@@ -134,9 +134,12 @@ def check_target_options(correction: str, fields: Sequence[str] | None, target_b
     gradient, which a mean far past the bounds (every sample of it clipped by the env) loses. ``pull_updates`` K
     lets the pull act on a policy's first K inner updates only, read from the ``policy_age`` input.
     """
-    if target_bound is not None and (correction != "target" or not 0 < float(target_bound) < math.inf):
+    number = isinstance(target_bound, (int, float)) and not isinstance(target_bound, bool)
+    if target_bound is not None and (correction != "target" or not number or not 0 < target_bound < math.inf):
         raise MetaLossSpecError(f"target_bound must be a positive number for correction='target', got {target_bound!r}.")
-    if pull_updates is not None and (int(pull_updates) < 1 or "policy_age" not in (fields or ()) or correction != "target"):
+    count = isinstance(pull_updates, int) and not isinstance(pull_updates, bool)  # 2.7 or "3" is refused, not cut
+    if pull_updates is not None and (not count or pull_updates < 1 or "policy_age" not in (fields or ())
+                                     or correction != "target"):
         raise MetaLossSpecError(f"pull_updates needs a target correction that reads policy_age and a count >= 1, got "
                                 f"{pull_updates!r} with context {None if fields is None else list(fields)}.")
     return (None if target_bound is None else float(target_bound)), (None if pull_updates is None else int(pull_updates))

@@ -104,5 +104,6 @@ def test_pull_updates_lets_the_target_act_on_a_policys_first_updates_only(tmp_pa
     assert MetaLoss.load(tmp_path / "gated.zip").pull_updates == 3
     with pytest.raises(MetaLossSpecError, match="pull_updates"):
         MetaLoss(spec.replace(", policy_age:1", ""), surrogate="ppo", correction="target", pull_updates=3)
-    with pytest.raises(MetaLossSpecError, match="pull_updates"):
-        MetaLoss(spec, surrogate="ppo", correction="target", pull_updates=0)
+    for bad in (0, 2.7, True, "3"):  # a count, not something that int() would cut or coerce
+        with pytest.raises(MetaLossSpecError, match="pull_updates"):
+            MetaLoss(spec, surrogate="ppo", correction="target", pull_updates=bad)

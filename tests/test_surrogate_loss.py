@@ -199,7 +199,7 @@ def test_a_bounded_target_stays_inside_the_action_box_and_round_trips(tmp_path):
     bounded.save(tmp_path / "bounded.zip")
     back = MetaLoss.load(tmp_path / "bounded.zip")
     assert back.target_bound == 1.0 and torch.equal(back.pull_target(f)[0], target)
-    for bad in (0.0, -1.0, float("inf")):
+    for bad in (0.0, -1.0, float("inf"), float("nan"), "1", True):
         with pytest.raises(MetaLossSpecError, match="target_bound"):
             MetaLoss(SPEC, surrogate="ppo", correction="target", target_bound=bad)
     with pytest.raises(MetaLossSpecError, match="target_bound"):
