@@ -63,9 +63,10 @@ def meta_train(args: argparse.Namespace) -> None:
     meta_train_kwargs["compile_inner_step"] = args.compile
     meta_train_kwargs["meta_epochs"] = args.meta_epochs
     meta_train_kwargs["meta_inputs"] = list(meta_train_kwargs["meta_inputs"]) + args.extra_inputs
-    for key in ("target_bound", "pull_updates"):
+    for key, name in (("target_bound", "target_bound"), ("pull_updates", "pull_updates"),
+                      ("target_context", "correction_fields")):
         if getattr(args, key) is not None:
-            meta_train_kwargs["meta_loss_kwargs"][key] = getattr(args, key)
+            meta_train_kwargs["meta_loss_kwargs"][name] = getattr(args, key)
     meta_train_kwargs.update(args.ml3_kwargs)
     os.makedirs(args.out, exist_ok=True)
     if args.init_from is not None:  # continue from a loss, reading the extra inputs with zero weights at first
@@ -324,7 +325,11 @@ def main() -> None:
                        help='JSON of further ML3 arguments, e.g. \'{"task_objective": "q_value", "task_critic": true}\'')
     train.add_argument("--extra-inputs", nargs="+", default=[],
                        choices=[name for name in OPTIONAL_META_INPUTS if name not in PPO_FAMILY_INPUTS],
-                       help="further meta-loss inputs (width 1), e.g. policy_age: a target correction reads it by default")
+                       help="further meta-loss inputs, e.g. policy_age (a target correction reads it by default) or "
+                            "task_frame (the env's symmetry-reduced observation, e.g. ReacherGoal's arm frame)")
+    train.add_argument("--target-context", nargs="+", default=None,
+                       help="the inputs a target correction reads (default: obs, goal and policy_age where present), "
+                            "e.g. task_frame policy_age: a target the same on every goal sector")
     train.add_argument("--target-bound", type=float, default=None,
                        help="a target correction's t = B tanh(.), inside the action box (1 for [-1, 1] actions)")
     train.add_argument("--pull-updates", type=int, default=None,

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
+import gymnasium as gym
 import numpy as np
 import torch
+from sb3_ml3.envs import sample_tasks
 
 from sb3_ml3 import MetaLoss
-from sb3_ml3.envs import sample_tasks
 from sb3_ml3.evaluation import evaluate_policy_on_goals
 from sb3_ml3.experiments import TASK_SEED
 from sb3_ml3.experiments.references import evaluate_references
@@ -34,13 +36,17 @@ AGES = (0, 5, 10, 20, 40, 80, 150)
 class TargetPolicy:
     """t(c) of a target-correction loss as an SB3-style predictor of raw observations."""
 
-    def __init__(self, meta_loss: MetaLoss, low: float = -1.0, high: float = 1.0, policy_age: int = 0) -> None:
+    def __init__(self, meta_loss: MetaLoss, low: float = -1.0, high: float = 1.0, policy_age: int = 0,
+                 task_frame: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         if meta_loss.correction != "target":
             raise SystemExit(f"this loss's correction is {meta_loss.correction!r}: only a 'target' loss has a target.")
         md = meta_loss.metadata
         norm = md.get("obs_normalization")
         self.meta_loss, self.low, self.high = meta_loss, low, high
         self.age = policy_age_feature(policy_age) if "policy_age" in meta_loss.correction_fields else None
+        self.task_frame = task_frame if "task_frame" in meta_loss.correction_fields else None
+        if "task_frame" in meta_loss.correction_fields and task_frame is None:
+            raise SystemExit("this target reads 'task_frame': pass the env's task_frame_features.")
         self.mean = None if norm is None else np.asarray(norm["mean"])
         self.std = None if norm is None else np.sqrt(np.asarray(norm["var"]) + norm["epsilon"])
         self.clip = None if norm is None else float(norm["clip_obs"])
@@ -50,20 +56,26 @@ class TargetPolicy:
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> tuple[np.ndarray, None]:
         x = np.asarray(obs, dtype=np.float64)
+        frame = None if self.task_frame is None else torch.as_tensor(self.task_frame(x), dtype=torch.float32)
         if self.mean is not None:
             x = np.clip((x - self.mean) / self.std, -self.clip, self.clip)
         fields = {"obs": torch.as_tensor(x[:, self.rest], dtype=torch.float32),
                   "goal": torch.as_tensor(x[:, self.goal], dtype=torch.float32)}
         if self.age is not None:
             fields["policy_age"] = torch.full((len(x), 1), self.age)
+        if frame is not None:  # from the raw observation, as ML3 feeds it
+            fields["task_frame"] = frame
         with torch.no_grad():
             target, _ = self.meta_loss.pull_target(fields)
         return np.clip(target.numpy(), self.low, self.high), None
 
 
 def mean_state_weight(loss: MetaLoss, policy: TargetPolicy, age: int) -> float:
-    """The pull weight w(c) at the normalised mean observation and goal (all zeros), for a policy of ``age``."""
+    """The pull weight w(c) at the normalised mean observation and goal (all zeros; task-frame features too), for
+    a policy of ``age``."""
     fields = {"obs": torch.zeros(1, len(policy.rest)), "goal": torch.zeros(1, policy.goal.stop - policy.goal.start)}
+    if policy.task_frame is not None:
+        fields["task_frame"] = torch.zeros(1, dict(loss.spec.fields)["task_frame"])
     if policy.age is not None:
         fields["policy_age"] = torch.full((1, 1), policy_age_feature(age))
     with torch.no_grad():
@@ -84,7 +96,8 @@ def main() -> None:
     loss = MetaLoss.load(args.loss)
     env_id = loss.metadata["env_id"]
     goals = np.asarray(sample_tasks(env_id, args.n_goals, args.split, seed=TASK_SEED))
-    policy = TargetPolicy(loss, policy_age=args.policy_age)
+    policy = TargetPolicy(loss, policy_age=args.policy_age,
+                          task_frame=getattr(gym.make(env_id).unwrapped, "task_frame_features", None))
     result = behaviour_summary(evaluate_policy_on_goals(policy, env_id, goals, seed=EVAL_SEED).to_dict())
     ages = AGES if policy.age is not None else (args.policy_age,)
     result["weight_at_mean_state"] = {age: mean_state_weight(loss, policy, age) for age in ages}

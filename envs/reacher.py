@@ -45,6 +45,32 @@ GOAL_R_MIN, GOAL_R_MAX = 0.05, 0.20
 N_SECTORS = 8
 
 
+#: width of :func:`arm_frame_features`
+ARM_FRAME_DIM = 7
+
+
+def arm_frame_features(obs: Any) -> Any:
+    """ReacherGoal-v0 observations ``(..., 10)`` in the upper arm's frame, ``(..., 7)``, each about unit spread.
+
+    (cos, sin of the elbow; 5 |goal|; 0.2 x the two joint velocities; 10 x the fingertip-goal vector rotated
+    into the upper arm's frame). The shoulder angle and the goal's bearing are gone: rotating the arm and the
+    goal together about the base changes neither the dynamics nor the torques that reach the goal, so a
+    function of these features (a learned target, an expert) is the same on every goal of a given radius,
+    whatever its sector. Takes and returns a NumPy array or a torch tensor.
+    """
+    if obs.shape[-1] != 10:
+        raise ValueError(f"arm_frame_features reads ReacherGoal-v0 observations of width 10, got {tuple(obs.shape)}.")
+    numpy = isinstance(obs, np.ndarray)
+    if not numpy:
+        import torch
+    c0, c1, s0, s1 = obs[..., 0], obs[..., 1], obs[..., 2], obs[..., 3]
+    dx, dy = obs[..., 8], obs[..., 9]
+    radius = np.linalg.norm(obs[..., 4:6], axis=-1) if numpy else torch.linalg.vector_norm(obs[..., 4:6], dim=-1)
+    columns = [c1, s1, 5.0 * radius, 0.2 * obs[..., 6], 0.2 * obs[..., 7], 10.0 * (c0 * dx + s0 * dy),
+               10.0 * (-s0 * dx + c0 * dy)]
+    return np.stack(columns, -1) if numpy else torch.stack(columns, -1)
+
+
 class ReacherGoalEnv(GoalTaskMixin, ReacherEnv):
     """MuJoCo 2-link reacher with goal tasks and the paper's reward; see the module docstring.
 
@@ -62,6 +88,9 @@ class ReacherGoalEnv(GoalTaskMixin, ReacherEnv):
     #: an episode succeeds when its final fingertip-goal distance is below this (module docstring)
     success_threshold = 0.02
     _obs_dim = 10
+    #: the observation in the task's own frame (ML3's ``task_frame`` meta-input), from raw observations
+    task_frame_features = staticmethod(arm_frame_features)
+    task_frame_dim = ARM_FRAME_DIM
 
     def __init__(
         self, task_split: str = "train", goal: Any = None, render_mode: str | None = None, **kwargs: Any
@@ -153,6 +182,8 @@ class ReacherGoal4DEnv(ReacherGoalEnv):
     state_slice = slice(0, 4)
     goal_slice = slice(4, 6)
     _obs_dim = 6
+    task_frame_features = None  # no arm-frame features for this observation (yet)
+    task_frame_dim = None
 
     def _get_obs(self) -> np.ndarray:
         qpos, qvel = self.data.qpos, self.data.qvel

@@ -8,6 +8,9 @@ keeps, per step and env:
   by ML3 from the infos before SB3 adds the step, so that ML3 needs no ``collect_rollouts`` of its own;
 * ``valid``: whether the step's reward (and task reward) was finite;
 
+* ``task_frames``: the step's observation in the task's frame (the ``task_frame`` meta-input, width
+  ``task_frame_dim``; none when 0), staged by ML3 from the raw observation (:mod:`sb3_ml3.ml3.task_frame`);
+
 and per rollout ``policy_age``, the inner updates the collecting policy had had (set by ML3; every
 sample carries it as ``policy_ages``).
 
@@ -56,7 +59,7 @@ class ML3RolloutBufferSamples(NamedTuple):
 
 #: the per-step arrays that travel with the samples, flattened together by :meth:`ML3RolloutBuffer.finalize`
 _ARRAYS = ("observations", "actions", "values", "log_probs", "advantages", "returns", "rewards", "episode_starts",
-           "timesteps", "task_weights", "task_rewards", "valid")
+           "timesteps", "task_weights", "task_rewards", "valid", "task_frames")
 
 
 class ML3RolloutBuffer(RolloutBuffer):
@@ -65,16 +68,20 @@ class ML3RolloutBuffer(RolloutBuffer):
     :param max_invalid_in_row: raise :class:`NonFiniteRewardError` after this many consecutive env steps
         with a non-finite reward in some env.
     :param env_name: how errors name the env (its id).
+    :param task_frame_dim: width of the staged ``task_frames`` (0: none; minibatches then have no such key).
     """
 
     def __init__(self, buffer_size: int, observation_space: spaces.Space, action_space: spaces.Space,
                  device: torch.device | str = "auto", gae_lambda: float = 1, gamma: float = 0.99, n_envs: int = 1,
-                 max_invalid_in_row: int = MAX_INVALID_IN_ROW, env_name: str = "the env") -> None:
+                 max_invalid_in_row: int = MAX_INVALID_IN_ROW, env_name: str = "the env",
+                 task_frame_dim: int = 0) -> None:
         self.max_invalid_in_row = int(max_invalid_in_row)
         self.env_name = env_name
         self.n_invalid = 0  # over the buffer's life
         self._invalid_in_row = 0
         self._staged_task_reward: np.ndarray | None = None
+        self.task_frame_dim = int(task_frame_dim)
+        self._staged_task_frame: np.ndarray | None = None
         self._episode_t = np.zeros(n_envs, dtype=np.int64)  # carries over from one rollout to the next
         #: inner updates the collecting policy had had (the "policy_age" input of every sample); ML3 sets it
         self.policy_age = 0
@@ -87,12 +94,17 @@ class ML3RolloutBuffer(RolloutBuffer):
         self.task_rewards = np.zeros(shape, dtype=np.float64)
         self.task_weights = np.zeros(shape, dtype=np.float32)
         self.valid = np.ones(shape, dtype=bool)
+        self.task_frames = np.zeros((*shape, self.task_frame_dim), dtype=np.float32)
         self.has_task_rewards = False
         self._grid: dict[str, np.ndarray] = {}
 
     def stage_task_reward(self, values: np.ndarray) -> None:
         """The ``task_reward`` of the step SB3 is about to :meth:`add` (one value per env)."""
         self._staged_task_reward = np.asarray(values, dtype=np.float64).reshape(self.n_envs)
+
+    def stage_task_frame(self, values: np.ndarray) -> None:
+        """The task-frame features of the observation SB3 is about to :meth:`add` (one row per env)."""
+        self._staged_task_frame = np.asarray(values, dtype=np.float32).reshape(self.n_envs, self.task_frame_dim)
 
     def add(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, episode_start: np.ndarray,
             value: torch.Tensor, log_prob: torch.Tensor) -> None:
@@ -117,6 +129,11 @@ class ML3RolloutBuffer(RolloutBuffer):
             reward = np.where(bad, 0.0, reward).astype(np.float32)
         else:
             self._invalid_in_row = 0
+        if self.task_frame_dim:
+            if self._staged_task_frame is None:
+                raise RuntimeError("ML3RolloutBuffer: a step was added without its staged task_frame features.")
+            self.task_frames[self.pos] = self._staged_task_frame
+            self._staged_task_frame = None
         starts = np.asarray(episode_start).reshape(self.n_envs)
         t = np.where(starts > 0, 0, self._episode_t)
         self.timesteps[self.pos] = t
@@ -198,7 +215,7 @@ class ML3RolloutBuffer(RolloutBuffer):
     def tensors(self) -> dict[str, torch.Tensor]:
         """The valid samples of the (finalized) rollout as flat tensors keyed like the minibatches."""
         self.finalize()
-        return self._samples(self.valid_indices)._asdict()
+        return self._batch(self.valid_indices)
 
     def minibatches(self, batch_size: int, n_epochs: int) -> list[dict[str, torch.Tensor]]:
         """``n_epochs`` passes over a fresh permutation of the valid samples, in minibatches of ``batch_size``
@@ -209,7 +226,7 @@ class ML3RolloutBuffer(RolloutBuffer):
         for _ in range(n_epochs):
             order = valid[np.random.permutation(len(valid))]
             for start in range(0, len(order) - batch_size + 1, batch_size):
-                batches.append(self._samples(order[start:start + batch_size])._asdict())
+                batches.append(self._batch(order[start:start + batch_size]))
         return batches
 
     def get(self, batch_size: int | None = None) -> Iterator[ML3RolloutBufferSamples]:  # type: ignore[override]
@@ -220,6 +237,13 @@ class ML3RolloutBuffer(RolloutBuffer):
         order = valid[np.random.permutation(len(valid))]
         for start in range(0, len(order), size):
             yield self._samples(order[start:start + size])
+
+    def _batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+        """The samples at ``index`` as a dict of tensors, with ``task_frames`` where the buffer keeps them."""
+        batch = self._samples(index)._asdict()
+        if self.task_frame_dim:
+            batch["task_frames"] = self.to_torch(self.task_frames[index])
+        return batch
 
     def _samples(self, index: np.ndarray) -> ML3RolloutBufferSamples:
         data = (self.observations[index], self.actions[index].astype(np.float32, copy=False),
@@ -242,4 +266,4 @@ def _normalized(weights: np.ndarray, valid: np.ndarray, normalize: bool, centre:
     return np.where(valid, out, 0.0).astype(np.float32)
 
 
-__all__ = ["ML3RolloutBuffer", "ML3RolloutBufferSamples", "NonFiniteRewardError", "MAX_INVALID_IN_ROW"]
+__all__ = ["MAX_INVALID_IN_ROW", "ML3RolloutBuffer", "ML3RolloutBufferSamples", "NonFiniteRewardError"]

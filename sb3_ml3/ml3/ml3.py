@@ -47,8 +47,9 @@ from sb3_ml3.ml3.checks import (UntrainedMetaLossWarning, check_arguments, made_
                                 refuse_dict_observations)
 from sb3_ml3.ml3.inner_step import COMPILE_FROM_STEPS
 from sb3_ml3.ml3.updates import LearnedLossUpdates
+from sb3_ml3.ml3.task_frame import setup_task_frame
 from sb3_ml3.ml3.task_losses import ImitationTaskLoss, TaskCritic, TaskLoss, make_task_loss
-from sb3_ml3.ml3.meta_inputs import DEFAULT_META_INPUTS, OPTIONAL_META_INPUTS, MetaInputs
+from sb3_ml3.ml3.meta_inputs import DEFAULT_META_INPUTS, OPTIONAL_META_INPUTS, MetaInputs, env_goal_slice
 from sb3_ml3.ml3.persistence import ModelFiles
 from sb3_ml3.ml3.policies import ML3Policy
 from sb3_ml3.traced import InnerTrace
@@ -269,6 +270,8 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         self._meta_loss_source = meta_loss
         self._meta_loss_config: dict[str, Any] | None = None
         self.goal_slice: slice | None = None
+        #: width of the env's task-frame features (the ``task_frame`` meta-input), None if not read
+        self.task_frame_dim: int | None = None
         self._n_meta_updates = 0
         self._n_iterations = 0
         self.skipped_meta_steps = 0
@@ -280,7 +283,9 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
     # ------------------------------------------------------------------ set-up
     def _setup_model(self) -> None:
         env_id = self.env_id
-        self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "env_name": env_id or "the env"}
+        self._task_frame = setup_task_frame(self, env_id or "the env")
+        self.rollout_buffer_kwargs = {**self.rollout_buffer_kwargs, "env_name": env_id or "the env",
+                                      "task_frame_dim": self.task_frame_dim or 0}
         super()._setup_model()
         self.policy.env_name = env_id or "the env"
         # the live optimizer and the pure rule the outer step recomputes come from one object
@@ -297,9 +302,9 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         self.task_value: TaskCritic | None = TaskCritic(self) if self.task_critic else None
         self.objective: TaskLoss = make_task_loss(self)
         if self.env is not None:
-            self.goal_slice = self._goal_slice_of_env()
+            self.goal_slice = env_goal_slice(self.env, self.meta_inputs, self.observation_space)
         self.inputs = MetaInputs(self.meta_inputs, self.observation_space, self.action_space, self.goal_slice,
-                                 self.device)
+                                 self.device, task_frame_dim=self.task_frame_dim)
         self.meta_loss = build_meta_loss(self, self.inputs.spec).to(self.device)
         sync_observation_normalization(self)
         self.meta_loss.requires_grad_(self.meta_train)
@@ -316,28 +321,16 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
             assert isinstance(self.objective, ImitationTaskLoss)
             self.objective.expert = self.objective.load_expert(self.expert)
 
-    def _goal_slice_of_env(self) -> slice | None:
-        try:
-            goal_slice = self.env.get_attr("goal_slice")[0]
-        except AttributeError:
-            goal_slice = None
-        if goal_slice is None and "goal" in self.meta_inputs:
-            raise ValueError(
-                "The meta-loss input 'goal' needs a goal-conditioned env whose unwrapped env has a 'goal_slice' "
-                "attribute (where the goal lies in the observation), e.g. the sb3_ml3.envs environments. "
-                "For an env without goals pass meta_inputs without 'goal', e.g. ('obs', 'action', 'mean', 'std')."
-            )
-        if goal_slice is not None and not isinstance(self.observation_space, spaces.Box):
-            raise ValueError(f"ML3 reads the goal from a flat Box observation, got {self.observation_space}.")
-        return goal_slice
-
     def meta_input_spec(self) -> InputSpec:
         """The meta-loss inputs this setting provides, with their widths."""
         return self.inputs.spec
 
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
-        """SB3 calls this after every env step of a rollout, before adding the step: stage ``task_reward``."""
+        """SB3 calls this after every env step of a rollout, before adding the step: stage ``task_reward`` and the
+        task-frame features of the step."""
         super()._update_info_buffer(infos, dones)
+        if self._task_frame is not None:
+            self._task_frame.stage(self)
         if self.task_reward is not None and self.meta_train:
             missing = [i for i, info in enumerate(infos) if self.task_reward not in info]
             if missing:
@@ -367,7 +360,10 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         """SB3's set-up of a ``learn`` call (also the Ray workers'), deciding ``compile_inner_step="auto"`` for it."""
         self._compiling = self.compile_inner_step is True or (
             self.compile_inner_step == "auto" and total_timesteps >= COMPILE_FROM_STEPS)
-        return super()._setup_learn(total_timesteps, *args, **kwargs)
+        out = super()._setup_learn(total_timesteps, *args, **kwargs)
+        if self._task_frame is not None:
+            self._task_frame.start(self)
+        return out
 
     def learn(
         self: SelfML3,

@@ -151,6 +151,7 @@ def save_model(model: "ML3", path: str | os.PathLike) -> None:
         "action_space": space_to_json(model.action_space),
         "n_envs": int(model.n_envs),
         "goal_slice": None if model.goal_slice is None else [model.goal_slice.start, model.goal_slice.stop],
+        "task_frame_dim": model.task_frame_dim,
         "counters": {name: _value_to_json(getattr(model, name), name) for name in _COUNTERS},
         "meta_loss": model.meta_loss.config(),
         "state_dicts": model.state_dict_names(),
@@ -246,6 +247,8 @@ def load_model(cls: type["ML3"], path: str | os.PathLike, env: Any = None, devic
         model.n_envs = int(document.get("n_envs", 1))
         goal = document.get("goal_slice")
         model.goal_slice = None if goal is None else slice(int(goal[0]), int(goal[1]))
+        frame = document.get("task_frame_dim")
+        model.task_frame_dim = None if frame is None else int(frame)
     model._meta_loss_config = document["meta_loss"]
     model._setup_model()
     for name in state_dicts:

@@ -33,7 +33,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from sb3_ml3.functional import Params, apply_meta_gradient, inner_update, make_meta_optimizer, meta_gradient
+from sb3_ml3.envs.reacher import arm_frame_features
+from sb3_ml3.functional import (
+    Params,
+    apply_meta_gradient,
+    inner_update,
+    make_meta_optimizer,
+    meta_gradient,
+)
 from sb3_ml3.meta_loss import MetaLoss
 from sb3_ml3.model_based.experts import Demonstrations, ReacherIKPDExpert
 from sb3_ml3.model_based.reacher_experts_env import GoalRollouts, Trajectories
@@ -128,19 +135,9 @@ def scale_obs(obs: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def arm_frame(obs: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """ReacherGoal-v0's observation in the upper arm's frame, ``(..., 7)``, each feature about unit spread.
-
-    (cos, sin of the elbow; 5 |goal|; 0.2 x the two joint velocities; 10 x the fingertip-goal vector
-    rotated into the upper arm's frame). The shoulder angle and the goal's bearing are gone: rotating
-    the arm and the goal together about the base changes neither the dynamics nor the IK + PD expert's
-    torques, so a function of these features is the same on every target of a given radius.
-    """
-    x = _obs_tensor(obs)
-    c0, c1, s0, s1 = x[..., 0], x[..., 1], x[..., 2], x[..., 3]
-    dx, dy = x[..., 8], x[..., 9]
-    radius = torch.linalg.vector_norm(x[..., 4:6], dim=-1)
-    local = (c0 * dx + s0 * dy, -s0 * dx + c0 * dy)
-    return torch.stack([c1, s1, 5.0 * radius, 0.2 * x[..., 6], 0.2 * x[..., 7], 10.0 * local[0], 10.0 * local[1]], -1)
+    """ReacherGoal-v0's observation in the upper arm's frame, ``(..., 7)`` (:func:`sb3_ml3.envs.reacher.arm_frame_features`):
+    a function of these features is the same on every target of a given radius."""
+    return arm_frame_features(_obs_tensor(obs))
 
 
 def observation_features(obs: np.ndarray | torch.Tensor, kind: str = "obs") -> torch.Tensor:
@@ -321,7 +318,7 @@ class ReacherExpertsLearner:
         params = {k: v[0].clone().requires_grad_(True) for k, v in init_policies(self.policy, 1, generator).items()}
         optimizer = torch.optim.Adam(params.values(), lr=cfg.bc_lr)
         rollouts = {name: GoalRollouts(g) for name, g in eval_goals.items()}
-        steps = [s for s in range(0, cfg.bc_steps + 1) if s % cfg.bc_eval_every == 0 or s == cfg.bc_steps]
+        steps = [s for s in range(cfg.bc_steps + 1) if s % cfg.bc_eval_every == 0 or s == cfg.bc_steps]
         curves: dict[str, list[Trajectories]] = {name: [] for name in eval_goals}
         gradient = grad(self.bc_loss)
         for s in range(cfg.bc_steps + 1):
@@ -343,5 +340,18 @@ class ReacherExpertsLearner:
                    "metric": np.stack([-e.distances.sum(1) for e in c], axis=1)} for name, c in curves.items()}}
 
 
-__all__ = ["OBS_SCALE", "META_FORMS", "FEATURES", "TASK_STATES", "DEMO_STARTS", "ReacherExpertsConfig", "ReacherPolicy",
-           "ReacherExpertsLearner", "scale_obs", "arm_frame", "observation_features", "init_policies", "make_meta_loss"]
+__all__ = [
+    "DEMO_STARTS",
+    "FEATURES",
+    "META_FORMS",
+    "OBS_SCALE",
+    "TASK_STATES",
+    "ReacherExpertsConfig",
+    "ReacherExpertsLearner",
+    "ReacherPolicy",
+    "arm_frame",
+    "init_policies",
+    "make_meta_loss",
+    "observation_features",
+    "scale_obs",
+]
