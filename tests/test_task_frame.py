@@ -85,6 +85,9 @@ def test_every_sample_carries_the_features_of_its_raw_observation(normalize):
     mean, std = model.policy.actor_mean_std(None, batch["observations"])
     fields = model.inputs.fields(batch, mean, std)
     assert fields["task_frame"].shape == (len(batch["observations"]), ARM_FRAME_DIM)
+    if not normalize:  # each minibatch row carries the features of its own observation
+        expected = arm_frame_features(batch["observations"].double()).float()
+        assert torch.allclose(fields["task_frame"], expected, atol=1e-5)
 
 
 def test_a_task_frame_loss_meta_trains_saves_and_loads_with_and_without_an_env(tmp_path):
