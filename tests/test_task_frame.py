@@ -104,6 +104,11 @@ def test_a_task_frame_loss_meta_trains_saves_and_loads_with_and_without_an_env(t
     again = ML3.load(tmp_path / "m.zip", env=_vec())
     again.learn(16 * 2)  # collecting again stages the features from the new env's raw observations
     assert np.isfinite(again.rollout_buffer.grid("task_frames")).all()
+    env = _vec()
+    bare.set_env(env)  # an env given after loading: learn() starts staging from it
+    bare.learn(2 * 16 * 2)
+    raw = np.stack(env.get_attr("seen")[0][16:32])
+    assert np.allclose(bare.rollout_buffer.grid("task_frames")[:, 0], arm_frame_features(raw), atol=1e-5)
 
 
 def test_an_env_without_task_frame_features_gets_a_message_that_says_what_to_do():

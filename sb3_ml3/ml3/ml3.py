@@ -361,6 +361,8 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
         self._compiling = self.compile_inner_step is True or (
             self.compile_inner_step == "auto" and total_timesteps >= COMPILE_FROM_STEPS)
         out = super()._setup_learn(total_timesteps, *args, **kwargs)
+        if self._task_frame is None and self.task_frame_dim is not None:  # an env given later, by set_env
+            self._task_frame = setup_task_frame(self, self.env_id or "the env")
         if self._task_frame is not None:
             self._task_frame.start(self)
         return out

@@ -51,6 +51,8 @@ def setup_task_frame(model: Any, env_name: str) -> TaskFrameStager | None:
             raise ValueError("The meta-loss input 'task_frame' needs an env, or a model file that recorded its width.")
         return None
     features, dim = env_task_frame(model.env, env_name)
+    if model.task_frame_dim is not None and model.task_frame_dim != dim:
+        raise ValueError(f"The meta-loss reads task_frame features of width {model.task_frame_dim}; {env_name} gives {dim}.")
     model.task_frame_dim = dim
     return TaskFrameStager(features)
 
