@@ -44,9 +44,10 @@ class TargetPolicy:
         norm = md.get("obs_normalization")
         self.meta_loss, self.low, self.high = meta_loss, low, high
         self.age = policy_age_feature(policy_age) if "policy_age" in meta_loss.correction_fields else None
-        self.task_frame = task_frame if "task_frame" in meta_loss.correction_fields else None
-        if "task_frame" in meta_loss.correction_fields and task_frame is None:
+        reads_frame = "task_frame" in meta_loss.correction_fields
+        if reads_frame and task_frame is None:
             raise SystemExit("this target reads 'task_frame': pass the env's task_frame_features.")
+        self.task_frame = task_frame if reads_frame else None
         self.mean = None if norm is None else np.asarray(norm["mean"])
         self.std = None if norm is None else np.sqrt(np.asarray(norm["var"]) + norm["epsilon"])
         self.clip = None if norm is None else float(norm["clip_obs"])

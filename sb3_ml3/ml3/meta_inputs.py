@@ -32,9 +32,9 @@ OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "times
 TIMESTEP_SCALE = 100.0
 #: ``policy_age`` k enters as k / (k + POLICY_AGE_HALF) (0 for a new policy, 1/2 after this many updates, below 1);
 #: defined beside the target correction (``policy_age_feature``), whose ``pull_updates`` reads it back
-#: the minibatch key each width-1 input reads
+#: the minibatch key each input read straight from the batch reads
 _BATCH_KEYS = {"reward": "rewards", "return": "returns", "advantage": "task_weights", "episode_start": "episode_starts",
-               "old_log_prob": "old_log_prob"}
+               "old_log_prob": "old_log_prob", "task_frame": "task_frames"}
 
 
 def check_meta_inputs(names: Sequence[str]) -> None:
@@ -122,8 +122,6 @@ class MetaInputs:
                 fields[name] = batch["timesteps"] / TIMESTEP_SCALE
             elif name == "policy_age":
                 fields[name] = policy_age_feature(batch["policy_ages"])
-            elif name == "task_frame":
-                fields[name] = batch["task_frames"]
             else:
                 fields[name] = batch[_BATCH_KEYS[name]]
         return fields
