@@ -91,17 +91,18 @@ def meta_train(args: argparse.Namespace) -> None:
 
 
 def derived_loss(source: str, inputs: list[str], target_bound: float | None = None,
-                 pull_updates: int | None = None) -> MetaLoss:
+                 pull_updates: int | None = None, pull_scale: float | None = None) -> MetaLoss:
     """The target loss in ``source`` reading ``inputs`` (new ones with zero weights, :func:`widen_target_context`),
-    with its target bound and pull horizon set where given: the same learned weights, other fixed settings."""
+    with its target bound, pull horizon and pull scale set where given: the same learned weights, other fixed
+    settings."""
     loss = MetaLoss.load(source)
     added = [name for name in inputs if name not in loss.spec.names]
     if [name for name in inputs if name in loss.spec.names] != list(loss.spec.names):
         raise SystemExit(f"{source} reads [{loss.spec}]: the inputs {inputs} must extend them.")
     if added:
         loss = widen_target_context(loss, [(name, 1) for name in added])
-    changes = {key: value for key, value in (("target_bound", target_bound), ("pull_updates", pull_updates))
-               if value is not None}
+    changes = {key: value for key, value in (("target_bound", target_bound), ("pull_updates", pull_updates),
+                                             ("pull_scale", pull_scale)) if value is not None}
     if changes:
         loss = MetaLoss.from_config({**loss.config(), **changes}, loss.state_dict())
     loss.metadata["derived_from"] = {"file": os.path.basename(source), "added_inputs": added, **changes}
@@ -123,11 +124,12 @@ def derive(args: argparse.Namespace) -> None:
     source = MetaLoss.load(args.loss)
     inputs = list(source.spec.names) + [name for name in args.extra_inputs if name not in source.spec.names]
     try:
-        loss = derived_loss(args.loss, inputs, args.target_bound, args.pull_updates)
+        loss = derived_loss(args.loss, inputs, args.target_bound, args.pull_updates, args.pull_scale)
     except MetaLossSpecError as exc:
         raise SystemExit(str(exc)) from exc
     loss.save(args.out)
-    print(f"{args.out}: {loss.spec}; target_bound {loss.target_bound}, pull_updates {loss.pull_updates}")
+    print(f"{args.out}: {loss.spec}; target_bound {loss.target_bound}, pull_updates {loss.pull_updates}, "
+          f"pull_scale {loss.pull_scale}")
 
 
 class PullSwitch(BaseCallback):
@@ -384,6 +386,8 @@ def main() -> None:
     change.add_argument("--target-bound", type=float, default=None, help="t = B tanh(the loss's raw target)")
     change.add_argument("--pull-updates", type=int, default=None,
                         help="the pull acts on a policy's first K inner updates only (needs policy_age)")
+    change.add_argument("--pull-scale", type=float, default=None,
+                        help="multiply the learned pull weight w(c) by this (how hard a new policy is pulled)")
     change.add_argument("--force", action="store_true")
     ratio = sub.add_parser("ratios", help="samples to 50%% / 80%% of PPO's plateau and PPO's ratio, per run")
     ratio.add_argument("results", nargs="+", help="meta-test result files")

@@ -23,24 +23,20 @@ against the setting it is loaded into, and says what differs.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
-import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import torch
 from torch import nn
 
-from sb3_ml3.atomic import atomic_path
 from sb3_ml3.input_spec import InputSpec, MetaLossSpecError
+from sb3_ml3.meta_loss_file import read_archive, write_archive
 from sb3_ml3.surrogates import (PENALTY_BIAS, TARGET_WEIGHT_BIAS, check_family, check_target_options, ppo_surrogate,
                                 pull_gate)
 
 FORMAT_VERSION = 1
-_SPEC_FILE = "meta_loss.json"
-_WEIGHTS_FILE = "phi.pt"
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -96,6 +92,7 @@ class MetaLoss(nn.Module):
         correction: str = "free",
         target_bound: float | None = None,
         pull_updates: int | None = None,
+        pull_scale: float | None = None,
     ) -> None:
         super().__init__()
         self.spec = InputSpec.parse(inputs)
@@ -104,8 +101,8 @@ class MetaLoss(nn.Module):
         self.correction = correction
         self.correction_fields = check_family(self.spec, surrogate, self.clip_range, correction, correction_fields,
                                               bool(quadratic))
-        self.target_bound, self.pull_updates = check_target_options(correction, self.correction_fields, target_bound,
-                                                                    pull_updates)
+        self.target_bound, self.pull_updates, self.pull_scale = check_target_options(
+            correction, self.correction_fields, target_bound, pull_updates, pull_scale)
         widths = dict(self.spec.fields)  # what a target reads, in order (width-1 fields may come as (B,))
         self._context = (InputSpec(tuple((f, widths[f]) for f in self.correction_fields)) if correction == "target"
                          else None)
@@ -244,6 +241,8 @@ class MetaLoss(nn.Module):
         out = self.net(self._context.concat({f: fields[f] for f in self.correction_fields}).to(self.net[0].weight.dtype))
         target = out[..., 1:] if self.target_bound is None else self.target_bound * torch.tanh(out[..., 1:])
         weight = nn.functional.softplus(out[..., 0])
+        if self.pull_scale is not None:
+            weight = weight * self.pull_scale
         if self.pull_updates is not None:
             weight = weight * pull_gate(fields["policy_age"].reshape(weight.shape).to(weight.dtype), self.pull_updates)
         return target, weight
@@ -295,25 +294,18 @@ class MetaLoss(nn.Module):
             "correction": self.correction,
             "target_bound": self.target_bound,
             "pull_updates": self.pull_updates,
+            "pull_scale": self.pull_scale,
             "dtype": str(self.net[0].weight.dtype).replace("torch.", ""),
             "metadata": self.metadata,
         }
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write the meta-loss to ``path`` (a zip archive: JSON spec + weights).
+        """Write the meta-loss to ``path`` (a zip archive: JSON spec + weights; :mod:`sb3_ml3.meta_loss_file`).
 
         The archive is written to a temporary file and renamed over ``path``, so an interrupted
         save leaves an earlier file at ``path`` whole.
         """
-        try:
-            spec_text = json.dumps(self.config(), indent=2, sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise MetaLossSpecError(f"Meta-loss metadata must be JSON-serialisable and finite: {exc}") from exc
-        buffer = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, buffer)
-        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(_SPEC_FILE, spec_text)
-            archive.writestr(_WEIGHTS_FILE, buffer.getvalue())
+        write_archive(path, self.config(), self.state_dict())
 
     @classmethod
     def load(
@@ -327,22 +319,8 @@ class MetaLoss(nn.Module):
         :param inputs: when given, the input spec of the setting it is loaded into; a mismatch raises
             :class:`MetaLossSpecError` naming both specs.
         """
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No meta-loss file at {path!r}.")
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = set(archive.namelist())
-                if _SPEC_FILE not in names or _WEIGHTS_FILE not in names:
-                    raise MetaLossSpecError(
-                        f"{path!r} is not a meta-loss archive: it lacks {_SPEC_FILE} or {_WEIGHTS_FILE}. "
-                        "Save meta-losses with MetaLoss.save() (or ML3.save_meta_loss())."
-                    )
-                config = json.loads(archive.read(_SPEC_FILE).decode("utf-8"))
-                weights = archive.read(_WEIGHTS_FILE)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
-            raise MetaLossSpecError(f"Cannot read meta-loss file {path!r}: it is corrupted or not a meta-loss ({exc}).") from exc
-        return cls.from_config(config, weights, map_location=map_location, inputs=inputs, source=path)
+        config, weights = read_archive(path)
+        return cls.from_config(config, weights, map_location=map_location, inputs=inputs, source=os.fspath(path))
 
     @classmethod
     def from_config(
@@ -378,6 +356,7 @@ class MetaLoss(nn.Module):
                 correction=config.get("correction", "free"),
                 target_bound=config.get("target_bound"),
                 pull_updates=config.get("pull_updates"),
+                pull_scale=config.get("pull_scale"),
                 metadata=config.get("metadata") or {},
             )
         except KeyError as exc:

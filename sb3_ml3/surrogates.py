@@ -127,12 +127,15 @@ def widen_target_context(meta_loss: Any, extra: Sequence[tuple[str, int]]) -> An
 
 
 def check_target_options(correction: str, fields: Sequence[str] | None, target_bound: float | None,
-                         pull_updates: int | None) -> tuple[float | None, int | None]:
-    """Check a target correction's options; return them as (float, int) or None.
+                         pull_updates: int | None, pull_scale: float | None = None
+                         ) -> tuple[float | None, int | None, float | None]:
+    """Check a target correction's options; return them as (float, int, float) or None.
 
     ``target_bound`` b makes the target b tanh(.), inside an action box [-b, b]: a pulled policy mean then keeps PPO's
     gradient, which a mean far past the bounds (every sample of it clipped by the env) loses. ``pull_updates`` K
-    lets the pull act on a policy's first K inner updates only, read from the ``policy_age`` input.
+    lets the pull act on a policy's first K inner updates only, read from the ``policy_age`` input. ``pull_scale`` k
+    multiplies the learned weight w(c): a fixed setting of a derived loss (how hard a new policy is pulled to the
+    same learned target), chosen like ``pull_updates`` on train-split goals.
     """
     number = isinstance(target_bound, (int, float)) and not isinstance(target_bound, bool)
     if target_bound is not None and (correction != "target" or not number or not 0 < target_bound < math.inf):
@@ -142,7 +145,12 @@ def check_target_options(correction: str, fields: Sequence[str] | None, target_b
                                      or correction != "target"):
         raise MetaLossSpecError(f"pull_updates needs a target correction that reads policy_age and a count >= 1, got "
                                 f"{pull_updates!r} with context {None if fields is None else list(fields)}.")
-    return (None if target_bound is None else float(target_bound)), (None if pull_updates is None else int(pull_updates))
+    scale = isinstance(pull_scale, (int, float)) and not isinstance(pull_scale, bool)
+    if pull_scale is not None and (correction != "target" or not scale or not 0 < pull_scale < math.inf):
+        raise MetaLossSpecError(f"pull_scale must be a positive finite number for correction='target', got "
+                                f"{pull_scale!r}.")
+    return ((None if target_bound is None else float(target_bound)), (None if pull_updates is None else int(pull_updates)),
+            (None if pull_scale is None else float(pull_scale)))
 
 
 def policy_age_feature(updates: Any) -> Any:

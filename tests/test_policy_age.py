@@ -107,3 +107,35 @@ def test_pull_updates_lets_the_target_act_on_a_policys_first_updates_only(tmp_pa
     for bad in (0, 2.7, True, "3"):  # a count, not something that int() would cut or coerce
         with pytest.raises(MetaLossSpecError, match="pull_updates"):
             MetaLoss(spec, surrogate="ppo", correction="target", pull_updates=bad)
+
+
+def test_pull_scale_multiplies_the_learned_pull_weight_and_nothing_else(tmp_path):
+    """pull_scale k: w(c) is k times the learned weight for every context, the target and PPO's surrogate are
+    unchanged, the gate still cuts at pull_updates; the setting round-trips and nonsense values are refused."""
+    spec = "obs:3, action:2, mean:2, std:2, goal:2, advantage:1, old_log_prob:1, policy_age:1"
+    plain = MetaLoss(spec, hidden_sizes=(8,), surrogate="ppo", correction="target", pull_updates=3)
+    with torch.no_grad():
+        for p in plain.net.parameters():
+            p.normal_()
+    scaled = MetaLoss.from_config({**plain.config(), "pull_scale": 7.5}, plain.state_dict())
+    g = torch.Generator().manual_seed(2)
+    fields = {name: torch.randn(5, width, generator=g) for name, width in plain.spec.fields}
+    fields["std"] = fields["std"].abs() + 0.1
+    for k in (0, 2, 3):
+        age = dict(fields, policy_age=torch.full((5,), k / (k + POLICY_AGE_HALF)))
+        (t0, w0), (t1, w1) = plain.pull_target(age), scaled.pull_target(age)
+        torch.testing.assert_close(t1, t0)
+        torch.testing.assert_close(w1, 7.5 * w0)
+        assert (w1 > 0).all() if k < 3 else torch.equal(w1, torch.zeros(5))
+        (s0, c0), (s1, c1) = plain.surrogate_parts(age), scaled.surrogate_parts(age)
+        torch.testing.assert_close(s1, s0)
+        torch.testing.assert_close(c1, 7.5 * c0)
+    scaled.save(tmp_path / "scaled.zip")
+    loaded = MetaLoss.load(tmp_path / "scaled.zip")
+    assert loaded.pull_scale == 7.5 and plain.pull_scale is None
+    torch.testing.assert_close(loaded.pull_target(fields)[1], scaled.pull_target(fields)[1])
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "2"):
+        with pytest.raises(MetaLossSpecError, match="pull_scale"):
+            MetaLoss(spec, surrogate="ppo", correction="target", pull_scale=bad)
+    with pytest.raises(MetaLossSpecError, match="pull_scale"):
+        MetaLoss(spec, surrogate="ppo", correction="penalty", pull_scale=2.0)

@@ -125,15 +125,16 @@ def test_derive_sets_a_target_losss_bound_and_pull_horizon_and_keeps_its_weights
             p.normal_(std=2.0)
     source.save(tmp_path / "source.zip")
     cmd = [sys.executable, str(SCRIPT), "derive", str(tmp_path / "source.zip"), "--out", str(tmp_path / "gated.zip")]
-    subprocess.run(cmd + ["--extra-inputs", "policy_age", "--target-bound", "1", "--pull-updates", "5"], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(cmd + ["--extra-inputs", "policy_age", "--target-bound", "1", "--pull-updates", "5", "--pull-scale",
+                          "4"], check=True, capture_output=True, timeout=600)
     gated = MetaLoss.load(tmp_path / "gated.zip")
-    assert (gated.target_bound, gated.pull_updates, gated.correction_fields) == (1.0, 5, ("obs", "goal", "policy_age"))
+    assert (gated.target_bound, gated.pull_updates, gated.pull_scale, gated.correction_fields) == (
+        1.0, 5, 4.0, ("obs", "goal", "policy_age"))
     assert gated.metadata["meta_inputs"][-1] == "policy_age" and gated.metadata["derived_from"]["file"] == "source.zip"
     fields = {name: torch.randn(6, width) for name, width in source.spec.fields}
     young = dict(fields, policy_age=torch.zeros(6))
     torch.testing.assert_close(gated.pull_target(young)[0], torch.tanh(source.pull_target(fields)[0]))
-    torch.testing.assert_close(gated.pull_target(young)[1], source.pull_target(fields)[1])
+    torch.testing.assert_close(gated.pull_target(young)[1], 4 * source.pull_target(fields)[1])
     refused = subprocess.run(cmd[:-1] + [str(tmp_path / "other.zip"), "--pull-updates", "5"], capture_output=True,
                              text=True, timeout=600)
     assert refused.returncode != 0 and "reads policy_age" in refused.stderr and not (tmp_path / "other.zip").exists()
