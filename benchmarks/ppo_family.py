@@ -91,10 +91,11 @@ def meta_train(args: argparse.Namespace) -> None:
 
 
 def derived_loss(source: str, inputs: list[str], target_bound: float | None = None,
-                 pull_updates: int | None = None, pull_scale: float | None = None) -> MetaLoss:
+                 pull_updates: int | None = None, pull_scale: float | None = None,
+                 pull_learning_rate: float | None = None) -> MetaLoss:
     """The target loss in ``source`` reading ``inputs`` (new ones with zero weights, :func:`widen_target_context`),
-    with its target bound, pull horizon and pull scale set where given: the same learned weights, other fixed
-    settings."""
+    with its target bound, pull horizon, pull scale and pull learning rate set where given: the same learned
+    weights, other fixed settings."""
     loss = MetaLoss.load(source)
     added = [name for name in inputs if name not in loss.spec.names]
     if [name for name in inputs if name in loss.spec.names] != list(loss.spec.names):
@@ -102,7 +103,8 @@ def derived_loss(source: str, inputs: list[str], target_bound: float | None = No
     if added:
         loss = widen_target_context(loss, [(name, 1) for name in added])
     changes = {key: value for key, value in (("target_bound", target_bound), ("pull_updates", pull_updates),
-                                             ("pull_scale", pull_scale)) if value is not None}
+                                             ("pull_scale", pull_scale), ("pull_learning_rate", pull_learning_rate))
+               if value is not None}
     if changes:
         loss = MetaLoss.from_config({**loss.config(), **changes}, loss.state_dict())
     loss.metadata["derived_from"] = {"file": os.path.basename(source), "added_inputs": added, **changes}
@@ -124,17 +126,19 @@ def derive(args: argparse.Namespace) -> None:
     source = MetaLoss.load(args.loss)
     inputs = list(source.spec.names) + [name for name in args.extra_inputs if name not in source.spec.names]
     try:
-        loss = derived_loss(args.loss, inputs, args.target_bound, args.pull_updates, args.pull_scale)
+        loss = derived_loss(args.loss, inputs, args.target_bound, args.pull_updates, args.pull_scale,
+                            args.pull_learning_rate)
     except MetaLossSpecError as exc:
         raise SystemExit(str(exc)) from exc
     loss.save(args.out)
     print(f"{args.out}: {loss.spec}; target_bound {loss.target_bound}, pull_updates {loss.pull_updates}, "
-          f"pull_scale {loss.pull_scale}")
+          f"pull_scale {loss.pull_scale}, pull_learning_rate {loss.pull_learning_rate}")
 
 
 class PullSwitch(BaseCallback):
-    """Turns the model's target-loss pull off (w = softplus(-30) ~ 1e-13, so M = PPO's surrogate) from the first
-    rollout that ends at or after ``steps`` env steps: a hand-set schedule to compare a learned one with."""
+    """Turns the model's target-loss pull off (w = softplus(-30) ~ 1e-13, so M = PPO's surrogate, and the inner step
+    back to ML3's own learning rate) from the first rollout that ends at or after ``steps`` env steps: a hand-set
+    schedule to compare a learned one with."""
 
     def __init__(self, steps: int) -> None:
         super().__init__()
@@ -149,6 +153,7 @@ class PullSwitch(BaseCallback):
             with torch.no_grad():
                 self.model.meta_loss.net[-1].weight[0].zero_()
                 self.model.meta_loss.net[-1].bias[0] = -30.0
+            self.model.meta_loss.pull_learning_rate = None
 
     def _on_step(self) -> bool:
         return True
@@ -388,6 +393,8 @@ def main() -> None:
                         help="the pull acts on a policy's first K inner updates only (needs policy_age)")
     change.add_argument("--pull-scale", type=float, default=None,
                         help="multiply the learned pull weight w(c) by this (how hard a new policy is pulled)")
+    change.add_argument("--pull-learning-rate", type=float, default=None,
+                        help="ML3's inner step size while the pull acts (needs pull_updates)")
     change.add_argument("--force", action="store_true")
     ratio = sub.add_parser("ratios", help="samples to 50%% / 80%% of PPO's plateau and PPO's ratio, per run")
     ratio.add_argument("results", nargs="+", help="meta-test result files")

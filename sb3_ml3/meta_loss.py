@@ -93,6 +93,7 @@ class MetaLoss(nn.Module):
         target_bound: float | None = None,
         pull_updates: int | None = None,
         pull_scale: float | None = None,
+        pull_learning_rate: float | None = None,
     ) -> None:
         super().__init__()
         self.spec = InputSpec.parse(inputs)
@@ -101,8 +102,8 @@ class MetaLoss(nn.Module):
         self.correction = correction
         self.correction_fields = check_family(self.spec, surrogate, self.clip_range, correction, correction_fields,
                                               bool(quadratic))
-        self.target_bound, self.pull_updates, self.pull_scale = check_target_options(
-            correction, self.correction_fields, target_bound, pull_updates, pull_scale)
+        self.target_bound, self.pull_updates, self.pull_scale, self.pull_learning_rate = check_target_options(
+            correction, self.correction_fields, target_bound, pull_updates, pull_scale, pull_learning_rate)
         widths = dict(self.spec.fields)  # what a target reads, in order (width-1 fields may come as (B,))
         self._context = (InputSpec(tuple((f, widths[f]) for f in self.correction_fields)) if correction == "target"
                          else None)
@@ -295,6 +296,7 @@ class MetaLoss(nn.Module):
             "target_bound": self.target_bound,
             "pull_updates": self.pull_updates,
             "pull_scale": self.pull_scale,
+            "pull_learning_rate": self.pull_learning_rate,
             "dtype": str(self.net[0].weight.dtype).replace("torch.", ""),
             "metadata": self.metadata,
         }
@@ -357,6 +359,7 @@ class MetaLoss(nn.Module):
                 target_bound=config.get("target_bound"),
                 pull_updates=config.get("pull_updates"),
                 pull_scale=config.get("pull_scale"),
+                pull_learning_rate=config.get("pull_learning_rate"),
                 metadata=config.get("metadata") or {},
             )
         except KeyError as exc:

@@ -127,15 +127,18 @@ def widen_target_context(meta_loss: Any, extra: Sequence[tuple[str, int]]) -> An
 
 
 def check_target_options(correction: str, fields: Sequence[str] | None, target_bound: float | None,
-                         pull_updates: int | None, pull_scale: float | None = None
-                         ) -> tuple[float | None, int | None, float | None]:
-    """Check a target correction's options; return them as (float, int, float) or None.
+                         pull_updates: int | None, pull_scale: float | None = None,
+                         pull_learning_rate: float | None = None
+                         ) -> tuple[float | None, int | None, float | None, float | None]:
+    """Check a target correction's options; return them as (float, int, float, float) or None.
 
     ``target_bound`` b makes the target b tanh(.), inside an action box [-b, b]: a pulled policy mean then keeps PPO's
     gradient, which a mean far past the bounds (every sample of it clipped by the env) loses. ``pull_updates`` K
     lets the pull act on a policy's first K inner updates only, read from the ``policy_age`` input. ``pull_scale`` k
     multiplies the learned weight w(c): a fixed setting of a derived loss (how hard a new policy is pulled to the
-    same learned target), chosen like ``pull_updates`` on train-split goals.
+    same learned target), chosen like ``pull_updates`` on train-split goals. ``pull_learning_rate`` is the inner
+    step size ML3 uses for the K pulled updates (then its own schedule again): the pull is a regression onto the
+    target, which takes larger steps than PPO's surrogate; it needs ``pull_updates``.
     """
     number = isinstance(target_bound, (int, float)) and not isinstance(target_bound, bool)
     if target_bound is not None and (correction != "target" or not number or not 0 < target_bound < math.inf):
@@ -149,8 +152,13 @@ def check_target_options(correction: str, fields: Sequence[str] | None, target_b
     if pull_scale is not None and (correction != "target" or not scale or not 0 < pull_scale < math.inf):
         raise MetaLossSpecError(f"pull_scale must be a positive finite number for correction='target', got "
                                 f"{pull_scale!r}.")
+    rate = isinstance(pull_learning_rate, (int, float)) and not isinstance(pull_learning_rate, bool)
+    if pull_learning_rate is not None and (pull_updates is None or not rate or not 0 < pull_learning_rate < math.inf):
+        raise MetaLossSpecError(f"pull_learning_rate must be a positive finite number for a target loss with "
+                                f"pull_updates, got {pull_learning_rate!r} (pull_updates {pull_updates!r}).")
     return ((None if target_bound is None else float(target_bound)), (None if pull_updates is None else int(pull_updates)),
-            (None if pull_scale is None else float(pull_scale)))
+            (None if pull_scale is None else float(pull_scale)),
+            (None if pull_learning_rate is None else float(pull_learning_rate)))
 
 
 def policy_age_feature(updates: Any) -> Any:

@@ -139,3 +139,32 @@ def test_pull_scale_multiplies_the_learned_pull_weight_and_nothing_else(tmp_path
             MetaLoss(spec, surrogate="ppo", correction="target", pull_scale=bad)
     with pytest.raises(MetaLossSpecError, match="pull_scale"):
         MetaLoss(spec, surrogate="ppo", correction="penalty", pull_scale=2.0)
+
+
+def test_pull_learning_rate_is_the_inner_step_size_of_the_pulled_updates_only_and_the_outer_step_uses_it():
+    """With pull_updates K and pull_learning_rate r, the inner updates of a policy aged 0..K-1 take steps of size r
+    (the optimizer's lr and the step the outer step differentiates), later ones ML3's own; a reset actor is pulled
+    again. A loss without it, or without pull_updates, is refused or left alone."""
+    kwargs = dict(SMALL, learning_rate=1e-3,
+                  meta_loss_kwargs=dict(SMALL["meta_loss_kwargs"], pull_updates=1, pull_learning_rate=0.05))
+    for meta_train, expected in ((False, [0.05, 1e-3, 1e-3]), (True, [0.05, 1e-3, 0.05, 1e-3])):
+        model = ML3("MlpPolicy", _vec(), seed=0, meta_train=meta_train, policy_reset_interval=3 if meta_train else None,
+                    **kwargs)
+        rates, pending = [], []
+        inner_step = model.inner_step
+
+        def recording(minibatches, trace=None, model=model, inner_step=inner_step):
+            rates.append(model.policy.optimizer.param_groups[0]["lr"])
+            if model._pending is not None:
+                pending.append(model._pending[2])
+            return inner_step(minibatches, trace)
+
+        model.inner_step = recording
+        model.learn((5 if meta_train else 3) * 16 * 2)
+        assert rates == pytest.approx(expected)
+        assert pending == (pytest.approx(expected) if meta_train else [])
+    plain = ML3("MlpPolicy", _vec(), seed=0, meta_train=False, **dict(SMALL, learning_rate=1e-3))
+    assert plain.meta_loss.pull_learning_rate is None
+    with pytest.raises(MetaLossSpecError, match="pull_learning_rate"):
+        MetaLoss("obs:3, action:2, mean:2, std:2, goal:2, advantage:1, old_log_prob:1, policy_age:1",
+                 surrogate="ppo", correction="target", pull_learning_rate=0.05)  # no pull_updates: it would never end

@@ -147,6 +147,18 @@ class LearnedLossUpdates(InnerStep):
                 batch["task_weights"] = _standardized(batch["task_weights"])
         return minibatches
 
+    def _pull_learning_rate(self, inner_lr: float) -> float:
+        """The inner step size of this update: the meta-loss's ``pull_learning_rate`` while its pull acts on the live
+        policy (``actor_age < pull_updates``, as the pull's gate reads the rollout's ``policy_age``), written into the
+        policy optimizer, else ``inner_lr``, the schedule's value that SB3 has already written there."""
+        rate = getattr(self.meta_loss, "pull_learning_rate", None)
+        if rate is None or self._actor_age >= self.meta_loss.pull_updates:
+            return inner_lr
+        for group in self.policy.optimizer.param_groups:
+            group["lr"] = rate
+        self.logger.record("train/pull_learning_rate", rate)
+        return rate
+
     # ------------------------------------------------------------------ the halves of train()
     def prepare_rollout(self) -> dict[str, torch.Tensor] | None:
         """The last rollout as the tensors both steps read (:meth:`rollout_tensors`, ``task_reward``'s weights,
@@ -180,7 +192,7 @@ class LearnedLossUpdates(InnerStep):
         the inner step remembers its own."""
         stats = dict(stats or {})
         self._pending = self._trace = None
-        inner_lr = float(self.lr_schedule(self._current_progress_remaining))
+        inner_lr = self._pull_learning_rate(float(self.lr_schedule(self._current_progress_remaining)))
         reset = (self.meta_train and self.policy_reset_interval is not None
                  and self._n_iterations % self.policy_reset_interval == 0)
         frozen = self.policy_frozen
