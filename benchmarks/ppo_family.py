@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 
 import numpy as np
-import torch
-from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_ml3 import MetaLoss, MetaLossSpecError
 from sb3_ml3.envs import sample_tasks
@@ -39,6 +38,7 @@ from sb3_ml3.experiments import (PPO_FAMILY_INPUTS, TASK_SEED, atomic_write_json
                                  meta_train_loss, ppo_family_meta_train, ppo_family_settings, run_one)
 from sb3_ml3.evaluation import evaluate_policy_on_goals
 from sb3_ml3.experiments.meta_train import meta_train_fingerprint
+from sb3_ml3.experiments.probes import PullSwitch, WarmLearningRate
 from sb3_ml3.experiments.runs import EVAL_SEED, behaviour_summary
 from sb3_ml3.ml3.meta_inputs import OPTIONAL_META_INPUTS
 from sb3_ml3.surrogates import widen_target_context
@@ -135,36 +135,17 @@ def derive(args: argparse.Namespace) -> None:
           f"pull_scale {loss.pull_scale}, pull_learning_rate {loss.pull_learning_rate}")
 
 
-class PullSwitch(BaseCallback):
-    """Turns the model's target-loss pull off (w = softplus(-30) ~ 1e-13, so M = PPO's surrogate, and the inner step
-    back to ML3's own learning rate) from the first rollout that ends at or after ``steps`` env steps: a hand-set
-    schedule to compare a learned one with."""
-
-    def __init__(self, steps: int) -> None:
-        super().__init__()
-        self.steps = steps
-
-    def _on_training_start(self) -> None:
-        if self.model.meta_loss.correction != "target":
-            raise SystemExit(f"--pull-until needs target-correction losses, not {self.model.meta_loss.correction!r}.")
-
-    def _on_rollout_end(self) -> None:  # before the update of this rollout
-        if self.num_timesteps >= self.steps:
-            with torch.no_grad():
-                self.model.meta_loss.net[-1].weight[0].zero_()
-                self.model.meta_loss.net[-1].bias[0] = -30.0
-            self.model.meta_loss.pull_learning_rate = None
-
-    def _on_step(self) -> bool:
-        return True
-
-
 def clip_path(clip_dir: str, name: str, seed: int) -> str:
     """Where ``--clip-dir`` puts the clip of loss (or ``ppo``/``fresh``) ``name`` trained with ``seed``."""
     return os.path.join(clip_dir, f"clip_{os.path.splitext(os.path.basename(name))[0]}_seed{seed}.gif")
 
 
 def meta_test(args: argparse.Namespace) -> None:
+    if args.ppo_warm_lr is not None:
+        rate, updates = args.ppo_warm_lr
+        if not (0 < rate < math.inf and updates >= 1 and updates == int(updates)):
+            raise SystemExit(f"--ppo-warm-lr needs a positive step size and a whole number of updates >= 1, got "
+                             f"{rate:g} {updates:g}.")
     if os.path.exists(args.out) and not args.force:
         raise SystemExit(f"{args.out} exists: pass --force to overwrite it.")
     if args.clip_dir is not None and not args.force:
@@ -186,8 +167,9 @@ def meta_test(args: argparse.Namespace) -> None:
             t0 = time.time()
             if name == "ppo":
                 recipe = {**load_recipe(args.env)["ppo"], **args.ppo_overrides}
+                warm = [WarmLearningRate(args.ppo_warm_lr[0], int(args.ppo_warm_lr[1]))] if args.ppo_warm_lr else []
                 record, model = run_one(args.env, "ppo", recipe, seed, args.net_arch, goals,
-                                        schedule, args.timesteps, keep_model=keep, split=args.split)
+                                        schedule, args.timesteps, keep_model=keep, split=args.split, callbacks=warm)
             else:
                 test_kwargs = {**test, "compile_inner_step": args.compile, **args.ml3_overrides}
                 settings = {"n_envs": n_envs, "normalize": True, "meta_test": test_kwargs}
@@ -200,6 +182,8 @@ def meta_test(args: argparse.Namespace) -> None:
                 record["behaviour_outside"] = behaviour_summary(evaluate_policy_on_goals(
                     model, args.env, extra, seed=EVAL_SEED, vec_normalize=model.get_vec_normalize_env()).to_dict())
             record["name"] = name if name != "ppo" or not args.ppo_overrides else f"ppo {json.dumps(args.ppo_overrides)}"
+            if name == "ppo" and args.ppo_warm_lr:
+                record["name"] += f" warm lr {args.ppo_warm_lr[0]:g} x{int(args.ppo_warm_lr[1])}"
             if args.pull_until is not None and name not in ("ppo", "fresh"):
                 record["name"] = f"{name} pull until {args.pull_until}"
             if args.ml3_overrides and name != "ppo":
@@ -365,6 +349,9 @@ def main() -> None:
     test.add_argument("--ppo-overrides", type=json.loads, default={},
                       help='JSON of changes to the recipe\'s PPO settings for --loss ppo, e.g. \'{"learning_rate": 1e-3}\' '
                            "(a probe of the update's speed; the runs are named after the change)")
+    test.add_argument("--ppo-warm-lr", type=float, nargs=2, default=None, metavar=("RATE", "UPDATES"),
+                      help="--loss ppo's first UPDATES updates at step size RATE, then the recipe's: the control for a "
+                           "target loss's pull_learning_rate")
     test.add_argument("--ml3-overrides", type=json.loads, default={},
                       help='JSON of changes to ML3\'s inner-step settings (PPO\'s recipe by default), e.g. '
                            '\'{"learning_rate": 1e-3}\' (the runs are named after the change; state the PPO beside it)')

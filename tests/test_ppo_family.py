@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from sb3_ml3 import MetaLoss
@@ -155,3 +156,28 @@ def test_ratios_are_ppos_samples_over_the_runs_on_the_seeds_both_have(tmp_path: 
     # m_0 = -10, m_ref = -2: 80% of the way is -3.6, crossed at 8 samples by the loss and at 28 by PPO
     row = out[1].split()
     assert row[0] == "loss.zip" and row[1] == "1,2" and row[-3:] == ["8", "28", "3.5"]
+
+
+def test_warm_learning_rate_gives_ppo_a_step_size_for_its_first_updates_then_its_own() -> None:
+    """The control for pull_learning_rate: SB3's PPO takes its first K updates at the warm step size, then the
+    recipe's; nonsense settings are refused."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_ml3.experiments.probes import WarmLearningRate
+
+    model = PPO("MlpPolicy", make_vec_env("PointmassGoal-v0", n_envs=2, seed=0), n_steps=16, batch_size=32, n_epochs=1,
+                learning_rate=1e-4, policy_kwargs={"net_arch": [8]}, seed=0)
+    rates = []
+    update = model._update_learning_rate
+
+    def recording(optimizers):
+        update(optimizers)
+        rates.append(model.policy.optimizer.param_groups[0]["lr"])
+
+    model._update_learning_rate = recording
+    model.learn(5 * 32, callback=WarmLearningRate(3e-3, 2))
+    assert rates == pytest.approx([3e-3, 3e-3, 1e-4, 1e-4, 1e-4])
+    for bad in ((0.0, 2), (float("nan"), 2), (1e-3, 0), (1e-3, 2.5), (1e-3, True)):
+        with pytest.raises(ValueError, match="WarmLearningRate"):
+            WarmLearningRate(*bad)
