@@ -279,8 +279,9 @@ def ratios(args: argparse.Namespace) -> None:
         return schedule, named
 
     x, reference = curves(args.reference)
-    if "ppo" not in reference:
-        raise SystemExit("--reference must hold PPO's runs (named 'ppo').")
+    if args.reference_name not in reference:
+        raise SystemExit(f"--reference must hold runs named {args.reference_name!r}; it has {sorted(reference)}.")
+    reference["ppo"] = reference[args.reference_name]
     x_runs, named = curves(args.results)
     if x_runs != x:
         raise SystemExit("The result files and the reference have different evaluation schedules.")
@@ -386,6 +387,8 @@ def main() -> None:
     ratio = sub.add_parser("ratios", help="samples to 50%% / 80%% of PPO's plateau and PPO's ratio, per run")
     ratio.add_argument("results", nargs="+", help="meta-test result files")
     ratio.add_argument("--reference", nargs="+", required=True, help="result files with PPO's runs on the same seeds")
+    ratio.add_argument("--reference-name", default="ppo",
+                       help="the reference runs' name in those files, e.g. 'ppo warm lr 0.003 x5' (default: ppo)")
     figure = sub.add_parser("plot")
     figure.add_argument("results", nargs="+", help="meta-test result files")
     figure.add_argument("--out", required=True, help="PNG")

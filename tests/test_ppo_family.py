@@ -156,6 +156,14 @@ def test_ratios_are_ppos_samples_over_the_runs_on_the_seeds_both_have(tmp_path: 
     # m_0 = -10, m_ref = -2: 80% of the way is -3.6, crossed at 8 samples by the loss and at 28 by PPO
     row = out[1].split()
     assert row[0] == "loss.zip" and row[1] == "1,2" and row[-3:] == ["8", "28", "3.5"]
+    # another reference by its name (e.g. PPO with a warm step size): it reaches -3.6 at 18 samples
+    warm = write("warm.json", [("ppo warm", seed, [-10, -10, -2, -2, -2, -2]) for seed in (1, 2)])
+    out = subprocess.run([sys.executable, str(SCRIPT), "ratios", ours, "--reference", warm, "--reference-name",
+                          "ppo warm"], check=True, capture_output=True, text=True, timeout=600).stdout.splitlines()
+    assert out[1].split()[-3:] == ["8", "18", "2.25"]
+    refused = subprocess.run([sys.executable, str(SCRIPT), "ratios", ours, "--reference", warm], capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode != 0 and "'ppo'" in refused.stderr and "ppo warm" in refused.stderr
 
 
 def test_warm_learning_rate_gives_ppo_a_step_size_for_its_first_updates_then_its_own() -> None:
