@@ -66,9 +66,9 @@ def test_the_zoo_loss_trains_a_fresh_policy_toward_held_out_goals():
     before = distance()
     model.learn(8 * 256 * 8)  # 8 updates
     after = distance()
-    # measured with the arm-frame target loss (r15): 0.204 m -> 0.072 m mean final distance after 16k samples
-    # (the 300k runs end at 0.002 m); the earlier penalty loss (r4) went 0.211 m -> 0.153 m
-    assert after < 0.6 * before, (before, after)
+    # measured with the arm-frame target pulled at step size 3e-3 (r17): 0.217 m -> 0.030 m mean final distance
+    # after 16k samples (the 300k runs end at 0.002 m); r15 went 0.204 m -> 0.072 m, the penalty loss r4 0.211 -> 0.153
+    assert after < 0.35 * before, (before, after)
     assert model.n_policy_updates == 8
 
 
