@@ -71,6 +71,24 @@ def test_a_crafted_class_name_is_refused(tmp_path):
         ML3.load(path)
 
 
+def test_crafted_counts_and_slices_are_refused_with_the_files_error(tmp_path):
+    """n_envs, goal_slice and task_frame_dim come from the file's JSON when no env is given: a value int() would cut or
+    coerce, or a slice outside the observation, is a ModelFileError that names it, not a silently different model."""
+    model = ML3("MlpPolicy", _vec(), seed=0, **SMALL)
+    path = tmp_path / "model.zip"
+    model.save(path)
+    with zipfile.ZipFile(path) as zf:
+        document = json.loads(zf.read("ml3.json"))
+    loaded = ML3.load(path)
+    assert loaded.goal_slice == model.goal_slice and loaded.n_envs == 2 and loaded.task_frame_dim is None
+    for key, bad in (("n_envs", 2.5), ("n_envs", "2"), ("n_envs", 0), ("task_frame_dim", 7.9), ("task_frame_dim", -1),
+                     ("task_frame_dim", True), ("goal_slice", [0.5, 2]), ("goal_slice", [2]), ("goal_slice", "2:4"),
+                     ("goal_slice", [3, 2]), ("goal_slice", [0, 99])):
+        _rewrite(path, "ml3.json", json.dumps(dict(document, **{key: bad})))
+        with pytest.raises(ModelFileError, match=key):
+            ML3.load(path)
+
+
 def test_load_checks_what_the_constructor_checks_and_refuses_non_finite_weights(tmp_path):
     model = ML3("MlpPolicy", _vec(n=4), seed=0, **dict(SMALL, batch_size=64))
     path = tmp_path / "model.zip"

@@ -244,11 +244,17 @@ def load_model(cls: type["ML3"], path: str | os.PathLike, env: Any = None, devic
     model = cls("MlpPolicy", env, device=device, _init_setup_model=False, **settings)
     if env is None:
         model.observation_space, model.action_space = observation_space, action_space
-        model.n_envs = int(document.get("n_envs", 1))
+        model.n_envs = _count(document.get("n_envs", 1), "n_envs", source)
         goal = document.get("goal_slice")
-        model.goal_slice = None if goal is None else slice(int(goal[0]), int(goal[1]))
+        if goal is not None and not (isinstance(goal, list) and len(goal) == 2):
+            raise ModelFileError(f"{source!r}: goal_slice must be [start, stop], got {goal!r}.")
+        model.goal_slice = None if goal is None else slice(_count(goal[0], "goal_slice", source, 0),
+                                                           _count(goal[1], "goal_slice", source))
+        if goal is not None and not goal[0] < goal[1] <= int(np.prod(observation_space.shape)):
+            raise ModelFileError(f"{source!r}: goal_slice {goal} does not fit the observation space "
+                                 f"{observation_space.shape}.")
         frame = document.get("task_frame_dim")
-        model.task_frame_dim = None if frame is None else int(frame)
+        model.task_frame_dim = None if frame is None else _count(frame, "task_frame_dim", source)
     model._meta_loss_config = document["meta_loss"]
     model._setup_model()
     for name in state_dicts:
@@ -291,6 +297,14 @@ def _read_tensors(blob: bytes, source: str, name: str) -> Any:
         return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for damaged or crafted pickles
         raise ModelFileError(f"{source!r}: {name} is corrupted or holds more than tensors ({error}).") from error
+
+
+def _count(value: Any, name: str, source: str, minimum: int = 1) -> int:
+    """``value`` from a file's JSON as a whole number >= ``minimum``; anything else (a float that int() would cut, a
+    string, a bool) is a ModelFileError naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ModelFileError(f"{source!r}: {name} must be a whole number >= {minimum}, got {value!r}.")
+    return value
 
 
 __all__ = ["ModelFileError", "load_model", "save_model", "space_from_json", "space_to_json"]
