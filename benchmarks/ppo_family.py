@@ -64,7 +64,7 @@ def meta_train(args: argparse.Namespace) -> None:
     meta_train_kwargs["meta_epochs"] = args.meta_epochs
     meta_train_kwargs["meta_inputs"] = list(meta_train_kwargs["meta_inputs"]) + args.extra_inputs
     for key, name in (("target_bound", "target_bound"), ("pull_updates", "pull_updates"),
-                      ("target_context", "correction_fields")):
+                      ("pull_learning_rate", "pull_learning_rate"), ("target_context", "correction_fields")):
         if getattr(args, key) is not None:
             meta_train_kwargs["meta_loss_kwargs"][name] = getattr(args, key)
     meta_train_kwargs.update(args.ml3_kwargs)
@@ -113,7 +113,8 @@ def derived_loss(source: str, inputs: list[str], target_bound: float | None = No
 
 def init_loss_file(args: argparse.Namespace, meta_train_kwargs: dict) -> str:
     """``--init-from``'s loss with the meta-train inputs and ``--target-bound`` (:func:`derived_loss`), in ``--out``."""
-    loss = derived_loss(args.init_from, list(meta_train_kwargs["meta_inputs"]), args.target_bound, args.pull_updates)
+    loss = derived_loss(args.init_from, list(meta_train_kwargs["meta_inputs"]), args.target_bound, args.pull_updates,
+                        pull_learning_rate=args.pull_learning_rate)
     loss.metadata["initialised_from"] = os.path.basename(args.init_from)
     path = os.path.join(args.out, f"init_meta_loss_seed{args.seed}.zip")
     loss.save(path)
@@ -327,6 +328,9 @@ def main() -> None:
     train.add_argument("--pull-updates", type=int, default=None,
                        help="the target's pull acts on a policy's first K inner updates only (needs policy_age); "
                             "outer steps on older policies then have no gradient, so keep --policy-reset-interval near K")
+    train.add_argument("--pull-learning-rate", type=float, default=None,
+                       help="ML3's inner step size for the K pulled updates (needs --pull-updates); the outer step "
+                            "differentiates that step")
     train.add_argument("--init-from", default=None,
                        help="start from this target-correction loss (new inputs read with zero weights at first)")
     train.add_argument("--eval-freq", type=int, default=100_000)
