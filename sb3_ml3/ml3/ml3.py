@@ -74,7 +74,7 @@ class ML3(LearnedLossUpdates, ModelFiles, OnPolicyAlgorithm):
     :param policy: ``"MlpPolicy"`` (an :class:`~sb3_ml3.ml3.policies.ML3Policy`) or a subclass of it.
     :param env: the environment or its registered id (e.g. ``"ReacherGoal-v0"``).
     :param learning_rate: the inner step size alpha of the step on the meta-loss (or a schedule); *(from the
-        loss)* [3e-2].
+        loss)* [3e-2]. A target loss's ``pull_learning_rate`` replaces it for a policy's pulled updates.
     :param n_steps: steps per environment per rollout; *(from the loss)* [128].
     :param batch_size: minibatch size of the inner steps; *(from the loss)* [128].
     :param n_epochs: passes over each rollout for the inner steps; *(from the loss)* [1].
