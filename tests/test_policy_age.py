@@ -141,7 +141,7 @@ def test_pull_scale_multiplies_the_learned_pull_weight_and_nothing_else(tmp_path
         MetaLoss(spec, surrogate="ppo", correction="penalty", pull_scale=2.0)
 
 
-def test_pull_learning_rate_is_the_inner_step_size_of_the_pulled_updates_only_and_the_outer_step_uses_it():
+def test_pull_learning_rate_is_the_inner_step_size_of_the_pulled_updates_only_and_the_outer_step_uses_it(tmp_path):
     """With pull_updates K and pull_learning_rate r, the inner updates of a policy aged 0..K-1 take steps of size r
     (the optimizer's lr and the step the outer step differentiates), later ones ML3's own; a reset actor is pulled
     again. A loss without it, or without pull_updates, is refused or left alone."""
@@ -163,6 +163,9 @@ def test_pull_learning_rate_is_the_inner_step_size_of_the_pulled_updates_only_an
         model.learn((5 if meta_train else 3) * 16 * 2)
         assert rates == pytest.approx(expected)
         assert pending == (pytest.approx(expected) if meta_train else [])
+    model.save(tmp_path / "m.zip")  # the setting travels with the model's meta-loss
+    loaded = ML3.load(tmp_path / "m.zip", env=_vec())
+    assert (loaded.meta_loss.pull_learning_rate, loaded.meta_loss.pull_updates) == (0.05, 1)
     plain = ML3("MlpPolicy", _vec(), seed=0, meta_train=False, **dict(SMALL, learning_rate=1e-3))
     assert plain.meta_loss.pull_learning_rate is None
     with pytest.raises(MetaLossSpecError, match="pull_learning_rate"):
