@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -142,11 +141,15 @@ def clip_path(clip_dir: str, name: str, seed: int) -> str:
 
 
 def meta_test(args: argparse.Namespace) -> None:
-    if args.ppo_warm_lr is not None:
+    warm_lr = None
+    if args.ppo_warm_lr is not None:  # (rate, whole count), checked once by the callback it configures
         rate, updates = args.ppo_warm_lr
-        if not (0 < rate < math.inf and updates >= 1 and updates == int(updates)):
-            raise SystemExit(f"--ppo-warm-lr needs a positive step size and a whole number of updates >= 1, got "
-                             f"{rate:g} {updates:g}.")
+        try:
+            warm_lr = (rate, int(updates) if updates == int(updates) else updates)
+            WarmLearningRate(*warm_lr)
+        except (ValueError, OverflowError) as exc:
+            raise SystemExit(f"--ppo-warm-lr needs a positive finite step size and a whole number of updates >= 1, got "
+                             f"{rate:g} {updates:g} ({exc}).") from exc
     if os.path.exists(args.out) and not args.force:
         raise SystemExit(f"{args.out} exists: pass --force to overwrite it.")
     if args.clip_dir is not None and not args.force:
@@ -168,7 +171,7 @@ def meta_test(args: argparse.Namespace) -> None:
             t0 = time.time()
             if name == "ppo":
                 recipe = {**load_recipe(args.env)["ppo"], **args.ppo_overrides}
-                warm = [WarmLearningRate(args.ppo_warm_lr[0], int(args.ppo_warm_lr[1]))] if args.ppo_warm_lr else []
+                warm = [WarmLearningRate(*warm_lr)] if warm_lr else []  # a fresh one per run: it counts rollouts
                 record, model = run_one(args.env, "ppo", recipe, seed, args.net_arch, goals,
                                         schedule, args.timesteps, keep_model=keep, split=args.split, callbacks=warm)
             else:
@@ -183,8 +186,8 @@ def meta_test(args: argparse.Namespace) -> None:
                 record["behaviour_outside"] = behaviour_summary(evaluate_policy_on_goals(
                     model, args.env, extra, seed=EVAL_SEED, vec_normalize=model.get_vec_normalize_env()).to_dict())
             record["name"] = name if name != "ppo" or not args.ppo_overrides else f"ppo {json.dumps(args.ppo_overrides)}"
-            if name == "ppo" and args.ppo_warm_lr:
-                record["name"] += f" warm lr {args.ppo_warm_lr[0]:g} x{int(args.ppo_warm_lr[1])}"
+            if name == "ppo" and warm_lr:
+                record["name"] += f" warm lr {warm_lr[0]:g} x{warm_lr[1]}"
             if args.pull_until is not None and name not in ("ppo", "fresh"):
                 record["name"] = f"{name} pull until {args.pull_until}"
             if args.ml3_overrides and name != "ppo":

@@ -140,25 +140,27 @@ def check_target_options(correction: str, fields: Sequence[str] | None, target_b
     step size ML3 uses for the K pulled updates (then its own schedule again): the pull is a regression onto the
     target, which takes larger steps than PPO's surrogate; it needs ``pull_updates``.
     """
-    number = isinstance(target_bound, (int, float)) and not isinstance(target_bound, bool)
-    if target_bound is not None and (correction != "target" or not number or not 0 < target_bound < math.inf):
+    if target_bound is not None and (correction != "target" or not _positive_number(target_bound)):
         raise MetaLossSpecError(f"target_bound must be a positive number for correction='target', got {target_bound!r}.")
     count = isinstance(pull_updates, int) and not isinstance(pull_updates, bool)  # 2.7 or "3" is refused, not cut
     if pull_updates is not None and (not count or pull_updates < 1 or "policy_age" not in (fields or ())
                                      or correction != "target"):
         raise MetaLossSpecError(f"pull_updates needs a target correction that reads policy_age and a count >= 1, got "
                                 f"{pull_updates!r} with context {None if fields is None else list(fields)}.")
-    scale = isinstance(pull_scale, (int, float)) and not isinstance(pull_scale, bool)
-    if pull_scale is not None and (correction != "target" or not scale or not 0 < pull_scale < math.inf):
+    if pull_scale is not None and (correction != "target" or not _positive_number(pull_scale)):
         raise MetaLossSpecError(f"pull_scale must be a positive finite number for correction='target', got "
                                 f"{pull_scale!r}.")
-    rate = isinstance(pull_learning_rate, (int, float)) and not isinstance(pull_learning_rate, bool)
-    if pull_learning_rate is not None and (pull_updates is None or not rate or not 0 < pull_learning_rate < math.inf):
+    if pull_learning_rate is not None and (pull_updates is None or not _positive_number(pull_learning_rate)):
         raise MetaLossSpecError(f"pull_learning_rate must be a positive finite number for a target loss with "
                                 f"pull_updates, got {pull_learning_rate!r} (pull_updates {pull_updates!r}).")
     return ((None if target_bound is None else float(target_bound)), (None if pull_updates is None else int(pull_updates)),
             (None if pull_scale is None else float(pull_scale)),
             (None if pull_learning_rate is None else float(pull_learning_rate)))
+
+
+def _positive_number(value: Any) -> bool:
+    """A real number (not a bool or a string) in (0, inf): NaN and inf are refused."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def policy_age_feature(updates: Any) -> Any:

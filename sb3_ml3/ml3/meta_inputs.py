@@ -32,7 +32,7 @@ OPTIONAL_META_INPUTS = ("reward", "return", "advantage", "episode_start", "times
 TIMESTEP_SCALE = 100.0
 #: ``policy_age`` k enters as k / (k + POLICY_AGE_HALF) (0 for a new policy, 1/2 after this many updates, below 1);
 #: defined beside the target correction (``policy_age_feature``), whose ``pull_updates`` reads it back
-#: the minibatch key each input read straight from the batch reads
+#: the minibatch key of each input that is read straight from the batch
 _BATCH_KEYS = {"reward": "rewards", "return": "returns", "advantage": "task_weights", "episode_start": "episode_starts",
                "old_log_prob": "old_log_prob", "task_frame": "task_frames"}
 

@@ -151,7 +151,7 @@ class LearnedLossUpdates(InnerStep):
         """The inner step size of this update: the meta-loss's ``pull_learning_rate`` while its pull acts on the live
         policy (``actor_age < pull_updates``, as the pull's gate reads the rollout's ``policy_age``), written into the
         policy optimizer, else ``inner_lr``, the schedule's value that SB3 has already written there."""
-        rate = getattr(self.meta_loss, "pull_learning_rate", None)
+        rate = self.meta_loss.pull_learning_rate
         if rate is None or self._actor_age >= self.meta_loss.pull_updates:
             return inner_lr
         for group in self.policy.optimizer.param_groups:
