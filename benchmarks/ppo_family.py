@@ -42,17 +42,18 @@ from sb3_ml3.experiments.runs import EVAL_SEED, behaviour_summary
 from sb3_ml3.ml3.meta_inputs import OPTIONAL_META_INPUTS
 from sb3_ml3.surrogates import widen_target_context
 
-#: goals outside both splits' radii (inside the reach / arena): rings (r_min, r_max) inside and outside the annulus
-OUTSIDE_RINGS = {"ReacherGoal-v0": ((0.02, 0.05), (0.20, 0.21)), "PointmassGoal-v0": ((0.1, 0.5), (2.0, 2.4))}
-
-
 def outside_goals(env_id: str, n: int, seed: int = TASK_SEED) -> np.ndarray:
-    """``n`` goals with radii outside the train and test splits' annulus, half inside it, half beyond it."""
-    from sb3_ml3.envs.tasks import AnnulusSectors, sample_goals
+    """``n`` goals of the env's "outside" split (radii outside the train and test splits' annulus): half on the ring
+    inside it (drawn with ``seed``), half on the ring beyond it (``seed + 1``), the same goals in every report."""
+    import gymnasium as gym
 
-    if env_id not in OUTSIDE_RINGS:
-        raise SystemExit(f"--outside-goals is defined for {sorted(OUTSIDE_RINGS)}, not {env_id}.")
-    inner, outer = (AnnulusSectors(lo, hi, [(0.0, 2 * np.pi)]) for lo, hi in OUTSIDE_RINGS[env_id])
+    from sb3_ml3.envs.tasks import OUTSIDE_SPLIT, sample_goals
+
+    owner = type(gym.make(env_id).unwrapped)
+    if OUTSIDE_SPLIT not in owner.task_splits:
+        raise SystemExit(f"{env_id} has no {OUTSIDE_SPLIT!r} split (goals outside both splits' radii); "
+                         "ReacherGoal-v0 and PointmassGoal-v0 have one.")
+    inner, outer = owner.build_task_regions()[OUTSIDE_SPLIT].regions
     return np.concatenate([sample_goals(inner, n // 2, seed), sample_goals(outer, n - n // 2, seed + 1)])
 
 
@@ -158,7 +159,8 @@ def meta_test(args: argparse.Namespace) -> None:
         if taken:
             raise SystemExit(f"{taken[0]} exists: pass --force to overwrite the clips in {args.clip_dir}.")
     test, n_envs = ppo_family_settings(args.env, args.update)
-    goals = np.asarray(sample_tasks(args.env, 10, args.split, seed=TASK_SEED))
+    goals = (outside_goals(args.env, 10) if args.split == "outside"
+             else np.asarray(sample_tasks(args.env, 10, args.split, seed=TASK_SEED)))
     dense = max(1, min(2_000, args.timesteps // 4))  # 2k steps, or finer for a smoke run
     schedule = evaluation_schedule(args.timesteps, 10_000, 20_000, dense)
     results = {"env_id": args.env, "split": args.split, "schedule": schedule, "runs": []}
@@ -166,6 +168,12 @@ def meta_test(args: argparse.Namespace) -> None:
     keep = extra is not None or args.clip_dir is not None
     if extra is not None:
         results["outside_goals"] = extra.tolist()
+    if args.references:  # METRICS.md's reference policies on the same goals and evaluation seeds
+        from sb3_ml3.experiments.references import evaluate_references
+
+        results["references"] = evaluate_references(args.env, goals, seed=EVAL_SEED)
+        print("references: " + ", ".join(f"{name} {row['metric']:.2f} ({row['final_distance']:.3f} m)"
+                                          for name, row in results["references"].items()), flush=True)
     for name in args.loss:
         for seed in args.seeds:
             t0 = time.time()
@@ -366,6 +374,8 @@ def main() -> None:
     test.add_argument("--pull-until", type=int, default=None,
                       help="a probe: turn a target loss's pull off from the first rollout that ends at or after this "
                            "many env steps, so that PPO's update carries on from there (the runs are named after it)")
+    test.add_argument("--references", action="store_true",
+                      help="also score the reference policies (zero, random, best constant action, oracle) on the goals")
     test.add_argument("--outside-goals", type=int, default=0,
                       help="also evaluate each final policy on this many goals outside both splits' radii")
     test.add_argument("--update", choices=["ppo", "separate", "auto"], default="ppo",
@@ -373,9 +383,10 @@ def main() -> None:
                            "each loss file records ('auto')")
     test.add_argument("--clip-dir", default=None,
                       help="also render each final policy on 3 of the goals into a GIF in this folder")
-    test.add_argument("--split", choices=["test", "train"], default="test",
-                      help="the goals trained and evaluated on: held-out (default) or train-split ones, to choose "
-                           "among candidate losses without looking at held-out goals")
+    test.add_argument("--split", choices=["test", "train", "outside"], default="test",
+                      help="the goals trained and evaluated on: held-out (default), train-split ones (to choose "
+                           "among candidate losses without looking at held-out goals), or 'outside': goals outside "
+                           "both splits' radii (new policies trained there: does the loss carry over?)")
     for command in (train, test):
         command.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                              help="ML3's compile_inner_step (default on: these runs are long enough to repay it)")

@@ -41,13 +41,15 @@ from gymnasium import spaces
 
 from .base import NumpyGoalEnv
 from .rendering import Canvas
-from .tasks import AnnulusSectors
+from .tasks import OUTSIDE_SPLIT, TASK_SPLITS, AnnulusSectors, GoalRegion, outside_rings
 
 DT = 0.1
 MAX_ACCEL = 1.0
 MAX_SPEED = 2.0
 ARENA = 2.5  # half-width of the square arena
 GOAL_R_MIN, GOAL_R_MAX = 0.5, 2.0
+#: the "outside" split's rings: radii inside the splits' annulus and beyond it (inside the arena)
+OUTSIDE_RINGS = ((0.1, GOAL_R_MIN), (GOAL_R_MAX, 2.4))
 CTRL_COST_WEIGHT = 0.01
 
 
@@ -101,7 +103,8 @@ class PointmassGoalEnv(NumpyGoalEnv):
     """2-D point mass reaching a goal; see the module docstring for dynamics, reward and tasks.
 
     Args:
-        task_split: "train" (goals with x > 0), "test" (x < 0) or "all".
+        task_split: "train" (goals with x > 0), "test" (x < 0) or "all", or "outside": radii 0.1-0.5 and
+            2.0-2.4, outside both splits (a generalisation check).
         goal: pin this goal from the start (same as calling ``set_task(goal)``).
         ctrl_cost_weight: weight of the squared-action cost in the reward.
         reset_noise_scale: initial position uniform in ``[-scale, scale]^2``.
@@ -141,13 +144,16 @@ class PointmassGoalEnv(NumpyGoalEnv):
         action_space = spaces.Box(-MAX_ACCEL, MAX_ACCEL, shape=(2,), dtype=np.float32)
         return action_space, spaces.Box(-high, high, dtype=np.float32)
 
+    task_splits = (*TASK_SPLITS, OUTSIDE_SPLIT)
+
     @classmethod
-    def build_task_regions(cls) -> dict[str, AnnulusSectors]:
+    def build_task_regions(cls) -> dict[str, GoalRegion]:
         half = math.pi / 2
         return {
             "train": AnnulusSectors(GOAL_R_MIN, GOAL_R_MAX, [(-half, half)]),
             "test": AnnulusSectors(GOAL_R_MIN, GOAL_R_MAX, [(half, 3 * half)]),
             "all": AnnulusSectors(GOAL_R_MIN, GOAL_R_MAX, [(-math.pi, math.pi)]),
+            OUTSIDE_SPLIT: outside_rings(*OUTSIDE_RINGS),
         }
 
     def _check_goal_feasible(self, goal: np.ndarray) -> None:

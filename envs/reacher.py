@@ -38,11 +38,13 @@ import numpy as np
 from gymnasium import spaces, utils
 from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 
-from .tasks import AnnulusSectors, GoalTaskMixin, alternating_sectors
+from .tasks import OUTSIDE_SPLIT, TASK_SPLITS, AnnulusSectors, GoalRegion, GoalTaskMixin, alternating_sectors, outside_rings
 
 REACH = 0.21  # link0 (0.1) + fingertip offset on link1 (0.11)
 GOAL_R_MIN, GOAL_R_MAX = 0.05, 0.20
 N_SECTORS = 8
+#: the "outside" split's rings: radii inside the splits' annulus (the elbow near its limit) and beyond it
+OUTSIDE_RINGS = ((0.02, GOAL_R_MIN), (GOAL_R_MAX, REACH))
 
 
 #: width of :func:`arm_frame_features`
@@ -75,7 +77,8 @@ class ReacherGoalEnv(GoalTaskMixin, ReacherEnv):
     """MuJoCo 2-link reacher with goal tasks and the paper's reward; see the module docstring.
 
     Args:
-        task_split: "train", "test" or "all" (alternating 45-degree sectors, see module docstring).
+        task_split: "train", "test" or "all" (alternating 45-degree sectors, see module docstring), or
+            "outside": radii 0.02-0.05 and 0.20-0.21, outside both splits (a generalisation check).
         goal: pin this goal from the start (same as ``set_task(goal)``).
         render_mode: None, "rgb_array" (headless GL, see ``sb3_ml3.envs.rendering``), "human", ...
         **kwargs: passed to Reacher-v5's constructor (e.g. ``frame_skip``, ``width``, ``height``);
@@ -103,12 +106,15 @@ class ReacherGoalEnv(GoalTaskMixin, ReacherEnv):
         self._init_tasks(task_split, goal)
         self._initial_distance = float("nan")
 
+    task_splits = (*TASK_SPLITS, OUTSIDE_SPLIT)
+
     @classmethod
-    def build_task_regions(cls) -> dict[str, AnnulusSectors]:
+    def build_task_regions(cls) -> dict[str, GoalRegion]:
         return {
             "train": AnnulusSectors(GOAL_R_MIN, GOAL_R_MAX, alternating_sectors(N_SECTORS, 0)),
             "test": AnnulusSectors(GOAL_R_MIN, GOAL_R_MAX, alternating_sectors(N_SECTORS, 1)),
             "all": AnnulusSectors(GOAL_R_MIN, GOAL_R_MAX, [(0.0, 2 * np.pi)]),
+            OUTSIDE_SPLIT: outside_rings(*OUTSIDE_RINGS),
         }
 
     def _check_goal_feasible(self, goal: np.ndarray) -> None:

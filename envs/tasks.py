@@ -32,12 +32,19 @@ import numpy as np
 TASK_SPLITS: tuple[str, ...] = ("train", "test", "all")
 
 
-def check_split(split: Any) -> str:
-    """Return ``split`` if it names a task split, else raise a ValueError that says what to do."""
-    if not isinstance(split, str) or split not in TASK_SPLITS:
+#: the extra split of the envs whose goals have a radius: goals outside both splits' radii
+OUTSIDE_SPLIT = "outside"
+
+
+def check_split(split: Any, splits: Sequence[str] = TASK_SPLITS) -> str:
+    """Return ``split`` if it is one of ``splits`` (an env's task splits), else raise a ValueError that says what
+    to do."""
+    if not isinstance(split, str) or split not in splits:
+        extra = (f", {OUTSIDE_SPLIT!r} for goals outside both splits' radii (a generalisation check)"
+                 if OUTSIDE_SPLIT in splits else "")
         raise ValueError(
-            f"task_split must be one of {TASK_SPLITS!r}; got {split!r}. Use 'train' for the "
-            "meta-training tasks, 'test' for the held-out meta-test tasks, 'all' for both."
+            f"task_split must be one of {tuple(splits)!r}; got {split!r}. Use 'train' for the "
+            f"meta-training tasks, 'test' for the held-out meta-test tasks, 'all' for both{extra}."
         )
     return split
 
@@ -171,6 +178,13 @@ def sample_goals(region: GoalRegion, n: int, seed: int | np.random.Generator | N
     return out
 
 
+def outside_rings(inner: tuple[float, float], outer: tuple[float, float]) -> Union:
+    """Goals outside an annulus' radii: the ring ``inner`` inside it and the ring ``outer`` beyond it, each drawn
+    half of the time (so a draw of 2n goals holds about n of each, whatever the rings' areas)."""
+    full = [(0.0, 2 * math.pi)]
+    return Union([AnnulusSectors(*inner, full), AnnulusSectors(*outer, full)], [0.5, 0.5])
+
+
 # --------------------------------------------------------------------------- the mixin
 
 
@@ -202,7 +216,8 @@ class GoalTaskMixin:
 
     Public API (on ``env.unwrapped``):
 
-    * ``task_split`` -- "train", "test" or "all";
+    * ``task_split`` -- "train", "test" or "all" (ReacherGoal and PointmassGoal also have "outside": goals
+      outside both splits' radii, for generalisation checks; ``task_splits`` lists an env's splits);
     * ``goal`` -- the current episode's goal (copy), ``goal_dim``, ``goal_slice``;
     * ``set_task(goal)`` -- pin a goal: it stays for every later reset until ``clear_task()``;
     * ``pinned_task`` -- the pinned goal or None;
@@ -225,7 +240,7 @@ class GoalTaskMixin:
 
     # ---- set-up -------------------------------------------------------------------
     def _init_tasks(self, task_split: str, goal: Any = None, **task_kwargs: Any) -> None:
-        self.task_split = check_split(task_split)
+        self.task_split = check_split(task_split, type(self).task_splits)
         self.task_kwargs = dict(task_kwargs)
         self.task_regions = type(self).build_task_regions(**task_kwargs)
         self._pinned_goal: np.ndarray | None = None
@@ -270,7 +285,7 @@ class GoalTaskMixin:
         options, or those given as keywords) and on an instance (``env.unwrapped.sample_tasks(...)``,
         that env's task options).
         """
-        check_split(split)
+        check_split(split, owner.task_splits)
         if isinstance(owner, type):
             regions = owner.build_task_regions(**task_kwargs)
         elif task_kwargs:

@@ -206,6 +206,33 @@ def test_angular_splits_cover_interleaved_sectors():
     env = gym.make("AntGoal-v0", goal_radius=3.0)
     np.testing.assert_array_equal(env.unwrapped.sample_tasks(50, "test", seed=0), ant)
 
+@pytest.mark.parametrize("env_id,inner,outer", [("ReacherGoal-v0", (0.02, 0.05), (0.20, 0.21)),
+                                                ("PointmassGoal-v0", (0.1, 0.5), (2.0, 2.4))])
+def test_outside_split_lies_outside_both_splits_radii(env_id, inner, outer):
+    goals = envs.sample_tasks(env_id, 2000, "outside", seed=0)
+    radius = np.linalg.norm(goals, axis=1)
+    on_inner = (radius >= inner[0] - 1e-12) & (radius <= inner[1] + 1e-12)
+    on_outer = (radius >= outer[0] - 1e-12) & (radius <= outer[1] + 1e-12)
+    assert (on_inner | on_outer).all()
+    assert 0.45 < on_inner.mean() < 0.55  # each ring half of the time, whatever its area
+    regions = envs.env_class(env_id).build_task_regions()
+    assert not regions["all"].contains(goals).any()
+    assert len(set(np.round(np.degrees(np.arctan2(goals[:, 1], goals[:, 0])) // 45))) == 8  # every bearing
+    env = gym.make(env_id, task_split="outside")
+    drawn = np.array([env.reset(seed=s)[1]["goal"] for s in range(20)])
+    assert regions["outside"].contains(drawn).all()
+
+
+def test_envs_without_radii_refuse_the_outside_split():
+    for env_id in ("AntGoal-v0", "MountainCarGoal-v0"):
+        with pytest.raises(ValueError, match="one of .*'train'"):
+            gym.make(env_id, task_split="outside")
+        with pytest.raises(ValueError, match="task_split"):
+            envs.sample_tasks(env_id, 3, "outside", seed=0)
+    with pytest.raises(ValueError, match="'outside' for goals outside"):
+        gym.make("ReacherGoal-v0", task_split="inside")
+
+
 
 @pytest.mark.parametrize("env_id", ALL_IDS)
 def test_set_task_pins_until_cleared(env_id):

@@ -59,6 +59,27 @@ def test_meta_test_writes_both_rows_and_refuses_to_overwrite(tmp_path: Path) -> 
     assert finals == sorted(finals, reverse=True)
 
 
+def test_meta_test_on_the_outside_split_trains_and_scores_on_goals_outside_both_splits_radii(tmp_path: Path) -> None:
+    import numpy as np
+
+    out = tmp_path / "outside.json"
+    subprocess.run([sys.executable, str(SCRIPT), "meta-test", "--env", "PointmassGoal-v0", "--timesteps", "2048",
+                    "--seeds", "0", "--out", str(out), "--loss", "ppo", "--split", "outside", "--references"],
+                   check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    run = result["runs"][0]
+    refs = result["references"]  # scored on the same goals: the oracle far above doing nothing
+    assert set(refs) == {"zero_action", "random", "best_constant_action", "oracle"}
+    assert refs["oracle"]["metric"] > refs["best_constant_action"]["metric"] >= refs["zero_action"]["metric"]
+    assert refs["oracle"]["success_rate"] == 1.0 and len(refs["zero_action"]["per_goal"]) == 10
+    goals = np.asarray(run["goals"])
+    np.testing.assert_array_equal(goals, _script().outside_goals("PointmassGoal-v0", 10))  # the zero-shot goals
+    radius = np.linalg.norm(goals, axis=1)
+    assert ((radius < 0.5) | (radius > 2.0)).all() and (radius < 0.5).sum() == 5
+    with pytest.raises(SystemExit, match="no 'outside' split"):
+        _script().outside_goals("AntGoal-v0", 10)
+
+
 def test_the_fresh_loss_is_the_surrogate_family_at_zero_correction() -> None:
     loss = _script().fresh_loss("ReacherGoal-v0")
     assert loss.surrogate == "ppo" and all(float(p.abs().sum()) == 0 for p in loss.net[-1].parameters())
