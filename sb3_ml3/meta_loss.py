@@ -103,7 +103,8 @@ class MetaLoss(nn.Module):
         self.correction_fields = check_family(self.spec, surrogate, self.clip_range, correction, correction_fields,
                                               bool(quadratic))
         self.target_bound, self.pull_updates, self.pull_scale, self.pull_learning_rate = check_target_options(
-            correction, self.correction_fields, target_bound, pull_updates, pull_scale, pull_learning_rate)
+            correction, self.correction_fields, target_bound, pull_updates, pull_scale, pull_learning_rate,
+            quadratic=bool(quadratic))
         widths = dict(self.spec.fields)  # what a target reads, in order (width-1 fields may come as (B,))
         self._context = (InputSpec(tuple((f, widths[f]) for f in self.correction_fields)) if correction == "target"
                          else None)
@@ -252,8 +253,8 @@ class MetaLoss(nn.Module):
         """(q, t(c), w(c)) of a quadratic meta-loss M = sum_j w_j(c) (q_j - t_j(c))^2, each ``(..., width)``.
 
         q is the concatenation of the ``quadratic`` fields, t the target the learned loss pulls them to
-        (``r + t(c)`` for a field with a ``quadratic_reference`` r) and w = softplus of the net's second
-        half. Lets one inspect what a learned loss teaches, e.g. how far its target for the policy mean
+        (``r + t(c)`` for a field with a ``quadratic_reference`` r; ``target_bound`` b makes t(c) b tanh(.)) and
+        w = softplus of the net's second half. Lets one inspect what a learned loss teaches, e.g. how far its target for the policy mean
         is from an expert's actions.
         """
         if not self.quadratic:
@@ -264,6 +265,8 @@ class MetaLoss(nn.Module):
         q = torch.cat([x[..., offsets[n]] for n in self.quadratic], dim=-1)
         out = self.net(context)
         target, weight = out[..., : self._quadratic_dim], out[..., self._quadratic_dim :]
+        if self.target_bound is not None:  # inside [-b, b] (a tanh policy's box for b < 1), or a bounded change
+            target = self.target_bound * torch.tanh(target)
         if self.quadratic_reference:
             reference = [
                 x[..., offsets[self.quadratic_reference[n]]] if n in self.quadratic_reference

@@ -128,7 +128,7 @@ def widen_target_context(meta_loss: Any, extra: Sequence[tuple[str, int]]) -> An
 
 def check_target_options(correction: str, fields: Sequence[str] | None, target_bound: float | None,
                          pull_updates: int | None, pull_scale: float | None = None,
-                         pull_learning_rate: float | None = None
+                         pull_learning_rate: float | None = None, quadratic: bool = False
                          ) -> tuple[float | None, int | None, float | None, float | None]:
     """Check a target correction's options; return them as (float, int, float, float) or None.
 
@@ -138,10 +138,12 @@ def check_target_options(correction: str, fields: Sequence[str] | None, target_b
     multiplies the learned weight w(c): a fixed setting of a derived loss (how hard a new policy is pulled to the
     same learned target), chosen like ``pull_updates`` on train-split goals. ``pull_learning_rate`` is the inner
     step size ML3 uses for the K pulled updates (then its own schedule again): the pull is a regression onto the
-    target, which takes larger steps than PPO's surrogate; it needs ``pull_updates``.
+    target, which takes larger steps than PPO's surrogate; it needs ``pull_updates``. A ``quadratic`` loss takes
+    ``target_bound`` too: its target t(c) becomes b tanh(.) (the change from a ``quadratic_reference``, where it has one).
     """
-    if target_bound is not None and (correction != "target" or not _positive_number(target_bound)):
-        raise MetaLossSpecError(f"target_bound must be a positive number for correction='target', got {target_bound!r}.")
+    if target_bound is not None and ((correction != "target" and not quadratic) or not _positive_number(target_bound)):
+        raise MetaLossSpecError(f"target_bound must be a positive number for correction='target' or a quadratic loss, "
+                                f"got {target_bound!r}.")
     count = isinstance(pull_updates, int) and not isinstance(pull_updates, bool)  # 2.7 or "3" is refused, not cut
     if pull_updates is not None and (not count or pull_updates < 1 or "policy_age" not in (fields or ())
                                      or correction != "target"):

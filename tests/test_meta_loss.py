@@ -159,6 +159,33 @@ def test_quadratic_reference_moves_the_target_by_the_reference_field(tmp_path):
     assert torch.equal(loaded(x), referenced(x))
 
 
+def test_a_quadratic_losss_bounded_target_is_b_tanh_of_the_free_one_and_round_trips(tmp_path):
+    torch.manual_seed(4)
+    free = MetaLoss("obs:3, mean:2, action:2", hidden_sizes=(8,), quadratic=["mean"])
+    with torch.no_grad():
+        for p in free.net.parameters():
+            p.normal_(std=3.0)
+    bounded = MetaLoss.from_config({**free.config(), "target_bound": 0.9}, free.state_dict())
+    x = _quadratic_inputs(32)
+    _, raw, weight = free.quadratic_form(x)
+    _, target, same_weight = bounded.quadratic_form(x)
+    assert raw.abs().max() > 2 and target.abs().max() <= 0.9
+    torch.testing.assert_close(target, 0.9 * torch.tanh(raw))
+    torch.testing.assert_close(same_weight, weight)
+    torch.testing.assert_close(bounded(x), (weight * (x["mean"] - target) ** 2).sum(-1))
+    referenced = MetaLoss.from_config({**bounded.config(), "quadratic_reference": {"mean": "action"}},
+                                      bounded.state_dict())  # the change from the reference is bounded
+    torch.testing.assert_close(referenced.quadratic_form(x)[1], x["action"] + target)
+    bounded.save(tmp_path / "bounded.zip")
+    back = MetaLoss.load(tmp_path / "bounded.zip")
+    assert back.target_bound == 0.9 and torch.equal(back(x), bounded(x))
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(MetaLossSpecError, match="target_bound"):
+            MetaLoss("obs:3, mean:2, action:2", quadratic=["mean"], target_bound=bad)
+    with pytest.raises(MetaLossSpecError, match="target_bound"):  # a plain MLP loss has no target to bound
+        MetaLoss("obs:3, mean:2, action:2", target_bound=1.0)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"quadratic": ["velocity"]}, "distinct input fields"),
     ({"quadratic": ["mean", "mean"]}, "distinct input fields"),
