@@ -262,7 +262,7 @@ def test_final_speed_weight_adds_the_final_speed_to_the_task_loss():
         theta = {k: v * 20.0 for k, v in theta.items()}  # moving policies
         phi = {k: v.detach() for k, v in experiment.meta_loss.named_parameters()}
         start, goals = torch.zeros(2, 4), torch.tensor([[1.0, 0.0], [0.0, -1.0]])
-        value, (updated, _) = experiment.meta_objective(phi, theta, start, goals)
+        value, (updated, _, _) = experiment.meta_objective(phi, theta, start, goals)
         with torch.no_grad():
             states, _ = unroll(experiment.model, experiment.policy, updated, experiment.env, start, goals, 5)
         values.append((float(value.detach()), float(torch.linalg.vector_norm(states[:, -1, 2:4], dim=-1).mean())))
@@ -310,3 +310,88 @@ def test_free_loss_form_is_an_mlp_of_context_and_action_and_round_trips(tmp_path
         LossAndRate(6, 2, loss_form="cubic")
     with pytest.raises(ValueError, match="relative_target"):
         LossAndRate(6, 2, loss_form="free", relative_target=True)
+
+
+def _adam_setup(eps: float = 1e-2):
+    from sb3_ml3.model_based.mbrl_inner import InnerStep
+
+    policy = PolicyBatch(6, 2, (8,))
+    meta = LossAndRate(6, 2, (8,), alpha_max=0.1, alpha_init=0.02, generator=torch.Generator().manual_seed(1),
+                       target_bound=0.9).double()
+    with torch.no_grad():
+        meta.rate_net[-1].weight.normal_()  # a rate that differs between trajectories
+    theta = _double(policy.init(3, torch.Generator().manual_seed(2)))
+    context = torch.randn(3, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    recorded = policy(theta, context).detach()
+    return InnerStep(policy, meta, "adam", adam_eps=eps), policy, meta, theta, context, recorded
+
+
+def test_adam_inner_step_is_per_policy_adam_whose_step_size_is_the_learned_rate():
+    step, policy, meta, theta, context, recorded = _adam_setup()
+    phi = {k: v.detach() for k, v in meta.named_parameters()}
+    once, alpha, state = step(theta, phi, context, recorded)
+    twice, alpha2, _ = step(once, phi, context, recorded, state)
+    assert alpha.std() > 0 and (alpha > 0).all() and (alpha < 0.1).all()
+    for b in range(3):  # torch.optim.Adam on policy b alone, its lr set to that policy's rate before each step
+        single = {k: v[b:b + 1].clone().requires_grad_(True) for k, v in theta.items()}
+        optimizer = torch.optim.Adam(single.values(), lr=float(alpha[b]), eps=1e-2)
+        for expected, rate in ((once, alpha), (twice, alpha2)):
+            optimizer.param_groups[0]["lr"] = float(rate[b])
+            optimizer.zero_grad()
+            meta(context[b:b + 1], policy(single, context[b:b + 1]), recorded[b:b + 1])[0].sum().backward()
+            optimizer.step()
+            for name, value in single.items():
+                torch.testing.assert_close(expected[name][b:b + 1].detach(), value.detach(), rtol=1e-6, atol=1e-9)
+
+
+def test_adam_inner_steps_meta_gradient_matches_finite_differences_and_needs_a_large_eps():
+    step, policy, meta, theta, context, recorded = _adam_setup()
+    wanted = torch.full((3, 5, 2), 0.3, dtype=torch.float64)
+
+    def outer(phi, inner=step):
+        params, state = theta, None
+        for _ in range(2):
+            params, _, state = inner(params, phi, context, recorded, state)
+        return ((policy(params, context) - wanted) ** 2).sum()
+
+    phi = {k: v.detach().clone() for k, v in meta.named_parameters()}
+    grads = torch.func.grad(outer)(phi)
+    for name in ("loss_net.net.0.weight", "rate_net.0.weight", "rate_net.2.bias"):
+        for index in [(0,) * phi[name].dim(), tuple(s - 1 for s in phi[name].shape)]:
+            plus, minus = dict(phi), dict(phi)
+            bump = torch.zeros_like(phi[name])
+            bump[index] = 1e-6
+            plus[name], minus[name] = phi[name] + bump, phi[name] - bump
+            numeric = float((outer(plus) - outer(minus)) / 2e-6)
+            assert float(grads[name][index]) == pytest.approx(numeric, rel=1e-4, abs=1e-9)
+    # one step at PyTorch's eps is about rate * sign(grad): its direction passes (almost) no meta-gradient to the
+    # loss's target (measured: 6e-4 of the large eps's; only components with |grad| near 1e-8 pass any)
+    tiny, *_ = _adam_setup(eps=1e-8)
+    first = {k: g for k, g in torch.func.grad(lambda p: ((policy(tiny(theta, p, context, recorded)[0], context)
+                                                            - wanted) ** 2).sum())(phi).items() if "loss_net" in k}
+    large = {k: g for k, g in torch.func.grad(lambda p: ((policy(step(theta, p, context, recorded)[0], context)
+                                                            - wanted) ** 2).sum())(phi).items() if "loss_net" in k}
+    assert max(float(g.abs().max()) for g in first.values()) < 1e-2 * max(float(g.abs().max()) for g in large.values())
+
+
+def test_adam_settings_are_checked_and_the_bounded_target_round_trips(tmp_path):
+    from sb3_ml3.model_based.mbrl_inner import InnerStep
+
+    with pytest.raises(ValueError, match="Adam's step size"):
+        MBRLExperiment("PointmassGoal-v0", MBRLConfig(inner_optimizer="adam"), seed=0)  # alpha_max 10 is no Adam lr
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        InnerStep(PolicyBatch(6, 2), LossAndRate(6, 2), "rmsprop")
+    with pytest.raises(ValueError, match="free form"):
+        LossAndRate(6, 2, loss_form="free", target_bound=0.9)
+    _, _, meta, _, context, recorded = _adam_setup()
+    _, target, _ = meta.loss_net.quadratic_form({"context": context, "action": recorded})
+    assert target.abs().max() <= 0.9
+    meta.save(tmp_path / "m.zip")
+    back = LossAndRate.load(tmp_path / "m.zip").double()
+    assert back.loss_net.target_bound == 0.9 and torch.equal(back(context, recorded, recorded)[0],
+                                                             meta(context, recorded, recorded)[0])
+    config = MBRLConfig(inner_optimizer="adam", alpha_max=0.1, alpha_init=0.02, target_bound=0.9, horizon=5,
+                        n_outer=2, model_every=100, random_episodes=8, model_epochs=1, batch_goals=2,
+                        inner_steps=2, policy_reset_every=2)
+    log = MBRLExperiment("PointmassGoal-v0", config, seed=0).meta_train()  # Adam's state lives with the policies
+    assert np.isfinite(log["task_loss"]).all() and all(0 < a < 0.1 for a in log["alpha"])

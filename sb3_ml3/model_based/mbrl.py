@@ -35,9 +35,10 @@ import torch
 from torch.func import functional_call, grad_and_value
 
 from sb3_ml3.envs import sample_tasks
-from sb3_ml3.functional import Params, apply_meta_gradient, inner_update, make_meta_optimizer
+from sb3_ml3.functional import Params, apply_meta_gradient, make_meta_optimizer
 from sb3_ml3.model_based.dynamics import EnsembleDynamics, RealEnvs, TransitionBuffer, random_action_rollouts
 from sb3_ml3.model_based.mbrl_envs import MBRLEnv, mbrl_env
+from sb3_ml3.model_based.mbrl_inner import InnerStep, make_learned_loss, state_as_tensors, state_from_tensors
 from sb3_ml3.model_based.mbrl_nets import LossAndRate, PolicyBatch
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -76,6 +77,11 @@ class MBRLConfig:
     policy_init: str = "fresh"
     # "quadratic": M = mean_t sum_j w_j(c_t) (a_t,j - t_j(c_t))^2; "free": an ELU MLP of (c_t, a_t), the authors' form
     loss_form: str = "quadratic"
+    # the inner step (mbrl_inner): "sgd" (the paper's, step alpha) or "adam" (a differentiable Adam whose step size is
+    # alpha: set alpha_max / alpha_init in Adam's units, e.g. 0.1 / 0.02), with Adam's eps
+    inner_optimizer: str = "sgd"
+    adam_eps: float = 1e-2
+    target_bound: float | None = None  # the quadratic form's target t = b tanh(.), inside the action box for b < 1
     model_epochs: int = 60  # epochs of the first fit (a refit: a third of it)
     model_hidden: tuple[int, ...] = (64, 64)
     model_members: int = 3
@@ -109,34 +115,6 @@ def final_distance(env: MBRLEnv, states: torch.Tensor, goals: torch.Tensor) -> t
     return torch.linalg.vector_norm(env.position(states[:, -1]) - goals, dim=-1)
 
 
-def make_learned_loss(policy: PolicyBatch, meta_loss: LossAndRate, pre_tanh: bool = False
-                      ) -> Callable[[Params, Params, Any], torch.Tensor]:
-    """``(theta, phi, (context, recorded actions)) -> sum_b alpha_b M_b``: its theta-gradient is alpha_b grad M_b per policy.
-
-    ``pre_tanh``: M reads the policy's pre-tanh output u in place of the action, and u's current value (no
-    gradient) in place of the recorded actions (equal to them up to the tanh: the same policy made them).
-    """
-
-    def learned_loss(params: Params, phi: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        context, recorded = batch
-        if pre_tanh:
-            action = policy(params, context, pre_tanh=True)
-            recorded = action.detach()
-        else:
-            action = policy(params, context)
-        loss, alpha = functional_call(meta_loss, phi, (context, action, recorded))
-        return (alpha * loss).sum()
-
-    return learned_loss
-
-
-def rate_of(meta_loss: LossAndRate, policy: PolicyBatch, params: Params, context: torch.Tensor,
-            pre_tanh: bool = False) -> torch.Tensor:
-    with torch.no_grad():
-        actions = policy(params, context, pre_tanh=pre_tanh)
-        return meta_loss(context, actions, actions)[1]
-
-
 class MBRLExperiment:
     """One seed of model-based ML3 on one env: meta-train (Alg. 3), then meta-test (Alg. 5) beside the baselines."""
 
@@ -150,11 +128,17 @@ class MBRLExperiment:
                                      config.alpha_init, generator=self.generator,
                                      metadata={"env_id": env_id, "horizon": self.horizon, "seed": self.seed,
                                                "policy_hidden": list(config.policy_hidden)},
-                                     relative_target=config.relative_target, loss_form=config.loss_form)
+                                     relative_target=config.relative_target, loss_form=config.loss_form,
+                                     target_bound=config.target_bound)
+        if config.inner_optimizer == "adam" and config.alpha_max > 1.0:
+            raise ValueError(f"with inner_optimizer='adam' the learned rate is Adam's step size: alpha_max "
+                             f"{config.alpha_max:g} would let it take steps of that size; use e.g. alpha_max 0.1 and "
+                             "alpha_init 0.02 (--alpha-max 0.1 --alpha-init 0.02).")
         self.model = EnsembleDynamics(self.env.state_dim, self.env.action_dim, config.model_hidden,
                                       config.model_members, generator=self.generator)
         self.buffer = TransitionBuffer(self.env.state_dim, self.env.action_dim)
-        self.learned_loss = make_learned_loss(self.policy, self.meta_loss, config.loss_on_pre_tanh)
+        self.inner = InnerStep(self.policy, self.meta_loss, config.inner_optimizer, config.adam_eps,
+                               config.loss_on_pre_tanh)
         if config.policy_init not in ("fresh", "fixed"):
             raise ValueError(f"policy_init must be 'fresh' or 'fixed', got {config.policy_init!r}.")
         self.fixed_policy = (self.policy.init(1, torch.Generator().manual_seed(self.seed * 7 + 3))
@@ -199,21 +183,21 @@ class MBRLExperiment:
         return act
 
     # ------------------------------------------------------------------ Algorithm 3
-    def meta_objective(self, phi: Params, theta: Params, start: torch.Tensor, goals: torch.Tensor
-                       ) -> tuple[torch.Tensor, tuple[Params, torch.Tensor]]:
+    def meta_objective(self, phi: Params, theta: Params, start: torch.Tensor, goals: torch.Tensor,
+                       state: dict[str, Any] | None = None
+                       ) -> tuple[torch.Tensor, tuple[Params, torch.Tensor, dict[str, Any]]]:
         """L_T = mean_k mean_b |position(s_H) - g| after each of the K inner steps, a function of phi (with
         ``task_loss_steps`` n > 1: the mean over the last n states s_H-n+1..s_H; plus ``final_speed_weight`` times
-        the mean speed |v_H| of the last state)."""
-        losses, alphas = [], []
+        the mean speed |v_H| of the last state). ``state``: the inner rule's state of these policies
+        (:func:`~.mbrl_inner.state_as_tensors`); the aux holds theta_K, the rates and the state after the K steps."""
+        losses, alphas, rule_state = [], [], state_from_tensors(state or {})
         for _ in range(self.config.inner_steps):
             with torch.no_grad():  # tau_k: the states are data, as they are at meta-test
                 states, recorded = unroll(self.model, self.policy, {k: v.detach() for k, v in theta.items()},
                                           self.env, start, goals, self.horizon)
             context = self.env.features(states[:, :-1], goals[:, None].expand(-1, self.horizon, -1))
-            rate_input = (self.policy(theta, context, pre_tanh=True).detach() if self.config.loss_on_pre_tanh
-                          else recorded)
-            alphas.append(functional_call(self.meta_loss, phi, (context, rate_input, rate_input))[1])
-            theta = inner_update(self.learned_loss, theta, phi, (context, recorded), inner_lr=1.0)
+            theta, alpha, rule_state = self.inner(theta, phi, context, recorded, rule_state)
+            alphas.append(alpha)
             states, _ = unroll(self.model, self.policy, theta, self.env, start, goals, self.horizon)
             n = min(self.config.task_loss_steps, self.horizon)
             last = states[:, -n:]
@@ -222,7 +206,8 @@ class MBRLExperiment:
                 speed = torch.linalg.vector_norm(states[:, -1, 2:4], dim=-1).mean()
                 loss = loss + self.config.final_speed_weight * speed
             losses.append(loss)
-        return torch.stack(losses).mean(), ({k: v.detach() for k, v in theta.items()}, torch.stack(alphas).detach())
+        return torch.stack(losses).mean(), ({k: v.detach() for k, v in theta.items()}, torch.stack(alphas).detach(),
+                                            state_as_tensors(rule_state))
 
     def meta_train(self, progress: Callable[[int, float], None] | None = None) -> dict[str, Any]:
         cfg = self.config
@@ -240,21 +225,22 @@ class MBRLExperiment:
         history, skipped, alpha_trace = [], 0, []
         reset_seed = self.seed * 31 + 5
         theta: Params = {}
+        rule_state: dict[str, Any] = {}  # the inner rule's state (Adam's), as long as the policies live
         for outer in range(1, cfg.n_outer + 1):
             if (outer - 1) % cfg.policy_reset_every == 0 or not all(bool(v.isfinite().all()) for v in theta.values()):
                 goals_np = self._train_goals(cfg.batch_goals, 10 + outer)  # fresh goals and policies
                 goals = torch.as_tensor(goals_np, dtype=torch.float32)
-                theta = self.initial_policies(cfg.batch_goals, self.generator)
+                theta, rule_state = self.initial_policies(cfg.batch_goals, self.generator), {}
             start = torch.as_tensor(self._start_states(goals_np, reset_seed + outer), dtype=torch.float32)
             phi = {k: v.detach() for k, v in self.meta_loss.named_parameters()}
-            grads, (value, (theta, alphas)) = objective(phi, theta, start, goals)
+            grads, (value, (theta, alphas, rule_state)) = objective(phi, theta, start, goals, rule_state)
             result = apply_meta_gradient(optimizer, self.meta_loss, grads, value, cfg.meta_max_grad_norm)
             skipped += not result.applied
             history.append(result.task_loss)
             alpha_trace.append(float(alphas.mean()))
             if outer % cfg.model_every == 0 and outer < cfg.n_outer:
                 if not all(bool(v.isfinite().all()) for v in theta.values()):  # diverged: NaN states would poison P
-                    theta = self.initial_policies(cfg.batch_goals, self.generator)
+                    theta, rule_state = self.initial_policies(cfg.batch_goals, self.generator), {}
                 real_distance = self.collect_policy(theta, goals_np, reset_seed + outer)
                 for p in self.model.parameters():
                     p.requires_grad_(True)
@@ -282,7 +268,7 @@ class MBRLExperiment:
         """Algorithm 5: real rollout, step on M_phi (no model), repeated; the real final distance after each update."""
         phi = {k: v.detach() for k, v in self.meta_loss.named_parameters()}
         goals = torch.as_tensor(envs.goals, dtype=torch.float32)
-        curve, alphas = [], []
+        curve, alphas, rule_state = [], [], None
         for j in range(updates + 1):
             roll = envs.rollout(self.actor(theta), self.horizon, self.config.eval_seed)
             curve.append(roll.final_distance.tolist())
@@ -290,10 +276,11 @@ class MBRLExperiment:
                 break
             states = torch.as_tensor(roll.states[:, :-1], dtype=torch.float32)
             context = self.env.features(states, goals[:, None].expand(-1, self.horizon, -1))
-            alphas.append(rate_of(self.meta_loss, self.policy, theta, context, self.config.loss_on_pre_tanh).tolist())
             recorded = torch.as_tensor(roll.actions, dtype=torch.float32)
-            theta = inner_update(self.learned_loss, theta, phi, (context, recorded), 1.0)
+            theta, alpha, rule_state = self.inner(theta, phi, context, recorded, rule_state)
+            alphas.append(alpha.detach().tolist())
             theta = {k: v.detach() for k, v in theta.items()}
+            rule_state = state_from_tensors(state_as_tensors(rule_state))  # detached
         return {"final_distance": curve, "alpha": alphas, "states": roll.states.tolist()}
 
     def optimise_task_loss(self, envs: RealEnvs, theta: Params, updates: int, optimizer: str, lr: float,

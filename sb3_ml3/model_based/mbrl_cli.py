@@ -232,6 +232,15 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--inner-steps", type=positive_int, default=d.inner_steps, help="K inner steps per outer iteration")
     p.add_argument("--meta-lr", type=positive_float, default=d.meta_lr, help="eta, the outer step (Adam)")
     p.add_argument("--alpha-max", type=positive_float, default=d.alpha_max, help="bound of the learned learning rate")
+    p.add_argument("--alpha-init", type=positive_float, default=d.alpha_init,
+                   help="the learned learning rate before meta-training (below --alpha-max)")
+    p.add_argument("--inner-optimizer", choices=["sgd", "adam"], default=d.inner_optimizer,
+                   help="the inner step: SGD with the learned rate (the paper's), or a differentiable Adam whose step "
+                        "size is the learned rate (then e.g. --alpha-max 0.1 --alpha-init 0.02)")
+    p.add_argument("--adam-eps", type=positive_float, default=d.adam_eps,
+                   help="Adam's eps for --inner-optimizer adam (large, so the first steps pass a meta-gradient)")
+    p.add_argument("--target-bound", type=positive_float, default=None,
+                   help="the quadratic loss's target becomes b tanh(.) (e.g. 0.9: inside the action box)")
     p.add_argument("--horizon", type=positive_int, default=None, help="unroll/rollout length (default: the env's)")
     p.add_argument("--policy-reset-every", type=positive_int, default=d.policy_reset_every,
                    help="outer iterations each batch of meta-train policies lives (1: fresh every iteration)")
@@ -261,8 +270,8 @@ def run(args: Any) -> dict[str, Any]:
     for name in ("n_outer", "test_updates", "model_every"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    if args.alpha_max <= MBRLConfig.alpha_init:
-        raise ValueError(f"--alpha-max must exceed the initial rate {MBRLConfig.alpha_init}, got {args.alpha_max}.")
+    if args.alpha_max <= args.alpha_init:
+        raise ValueError(f"--alpha-max must exceed the initial rate --alpha-init {args.alpha_init:g}, got {args.alpha_max:g}.")
     if not 0.0 <= args.random_amplitude_min <= 1.0:
         raise ValueError(f"--random-amplitude-min must lie in [0, 1], got {args.random_amplitude_min}.")
     config = MBRLConfig(horizon=args.horizon, inner_steps=args.inner_steps, meta_lr=args.meta_lr,
@@ -270,7 +279,8 @@ def run(args: Any) -> dict[str, Any]:
                         random_amplitude_min=args.random_amplitude_min, relative_target=args.relative_target,
                         loss_on_pre_tanh=args.loss_on_pre_tanh, task_loss_steps=args.task_loss_steps,
                         final_speed_weight=args.final_speed_weight, policy_init=args.policy_init, loss_form=args.loss_form,
-                        **settings)
+                        alpha_init=args.alpha_init, inner_optimizer=args.inner_optimizer, adam_eps=args.adam_eps,
+                        target_bound=args.target_bound, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)
     out = run_mbrl(args.envs, seeds, config, progress=not args.no_progress)

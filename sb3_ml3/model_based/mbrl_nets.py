@@ -87,16 +87,20 @@ class LossAndRate(nn.Module):
         relative_target: the loss's target is the recorded action plus a learned change (module docstring);
             that change's head starts at a tenth of the Xavier scale, so the first steps are small.
         loss_form: ``"quadratic"`` (the target form above) or ``"free"`` (an ELU MLP of the context and action).
+        target_bound: the quadratic form's target becomes b tanh(.) (b < 1: inside the tanh policy's action box, where
+            a pulled action keeps its gradient); ``None``: unbounded.
         metadata: JSON-able facts saved with the weights (env id, horizon, ...).
     """
 
     def __init__(self, feature_dim: int, action_dim: int, hidden_sizes: tuple[int, ...] = (64, 64),
                  alpha_max: float = 10.0, alpha_init: float = 1.0, metadata: dict[str, Any] | None = None,
                  generator: torch.Generator | None = None, relative_target: bool = False,
-                 loss_form: str = "quadratic") -> None:
+                 loss_form: str = "quadratic", target_bound: float | None = None) -> None:
         super().__init__()
         if loss_form not in LOSS_FORMS:
             raise ValueError(f"loss_form must be one of {list(LOSS_FORMS)}, got {loss_form!r}.")
+        if loss_form == "free" and target_bound is not None:
+            raise ValueError("target_bound bounds the quadratic form's target; the free form has none.")
         if loss_form == "free" and relative_target:
             raise ValueError("relative_target shapes the quadratic form's target; the free form has none.")
         self.loss_form = loss_form
@@ -112,7 +116,8 @@ class LossAndRate(nn.Module):
             self.loss_net = MetaLoss(spec, hidden_sizes=self.hidden_sizes, activation="elu")
         else:
             self.loss_net = MetaLoss(spec, hidden_sizes=self.hidden_sizes, activation="tanh", quadratic=["action"],
-                                     quadratic_reference={"action": "recorded"} if relative_target else None)
+                                     quadratic_reference={"action": "recorded"} if relative_target else None,
+                                     target_bound=target_bound)
         self.loss_net.reset_parameters(generator)
         if relative_target:
             with torch.no_grad():
@@ -177,9 +182,11 @@ class LossAndRate(nn.Module):
             raise MetaLossSpecError(f"{path!r} is not a model-based ML3 loss written by LossAndRate.save ({exc}).") from exc
         if config.get("format") != FORMAT:
             raise MetaLossSpecError(f"{path!r} has format {config.get('format')!r}, expected {FORMAT!r}.")
+        loss_net = config.get("loss_net")
         module = cls(config["feature_dim"], config["action_dim"], tuple(config["hidden_sizes"]), config["alpha_max"],
                      config["alpha_init"], config.get("metadata"), relative_target=config.get("relative_target", False),
-                     loss_form=config.get("loss_form", "quadratic"))
+                     loss_form=config.get("loss_form", "quadratic"),
+                     target_bound=loss_net.get("target_bound") if isinstance(loss_net, dict) else None)
         module.load_state_dict(state)
         return module
 
