@@ -395,3 +395,27 @@ def test_adam_settings_are_checked_and_the_bounded_target_round_trips(tmp_path):
                         inner_steps=2, policy_reset_every=2)
     log = MBRLExperiment("PointmassGoal-v0", config, seed=0).meta_train()  # Adam's state lives with the policies
     assert np.isfinite(log["task_loss"]).all() and all(0 < a < 0.1 for a in log["alpha"])
+
+
+def test_arm_frame_loss_features_turn_with_arm_and_goal_and_feed_only_the_loss():
+    from sb3_ml3.model_based.mbrl_envs import reacher_arm_frame
+
+    state = torch.tensor([[0.3, 1.1, 2.0, -1.5], [-2.0, -0.4, 0.1, 0.7]])
+    goal = torch.tensor([[0.12, -0.05], [-0.03, 0.15]])
+    turn = 0.9  # the shoulder and the goal turned together about the base: the same task
+    rot = torch.tensor([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]], dtype=torch.float32)
+    turned = state.clone()
+    turned[:, 0] += turn
+    torch.testing.assert_close(reacher_arm_frame(turned, goal @ rot.T), reacher_arm_frame(state, goal), atol=1e-5,
+                               rtol=1e-5)
+    assert not torch.allclose(reacher_arm_frame(state, goal @ rot.T), reacher_arm_frame(state, goal), atol=1e-3)
+    config = MBRLConfig(horizon=5, n_outer=2, model_every=100, random_episodes=4, model_epochs=1, batch_goals=2,
+                        inner_steps=1, loss_features="arm-frame", inner_optimizer="adam", alpha_max=0.1,
+                        alpha_init=0.02, target_bound=0.9)
+    experiment = MBRLExperiment("ReacherGoal4D-v0", config, seed=0)
+    assert experiment.meta_loss.feature_dim == 7 and experiment.policy.widths[0] == experiment.env.feature_dim
+    features, context = experiment.contexts(state[:, None].expand(-1, 3, -1), goal)
+    assert features.shape == (2, 3, 10) and context.shape == (2, 3, 7)
+    assert np.isfinite(experiment.meta_train()["task_loss"]).all()
+    with pytest.raises(ValueError, match="not defined for PointmassGoal"):
+        MBRLExperiment("PointmassGoal-v0", MBRLConfig(loss_features="arm-frame"), seed=0)

@@ -37,7 +37,7 @@ from torch.func import functional_call, grad_and_value
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.functional import Params, apply_meta_gradient, make_meta_optimizer
 from sb3_ml3.model_based.dynamics import EnsembleDynamics, RealEnvs, TransitionBuffer, random_action_rollouts
-from sb3_ml3.model_based.mbrl_envs import MBRLEnv, mbrl_env
+from sb3_ml3.model_based.mbrl_envs import LOSS_FEATURES, MBRLEnv, mbrl_env
 from sb3_ml3.model_based.mbrl_inner import InnerStep, make_learned_loss, state_as_tensors, state_from_tensors
 from sb3_ml3.model_based.mbrl_nets import LossAndRate, PolicyBatch
 
@@ -82,6 +82,9 @@ class MBRLConfig:
     inner_optimizer: str = "sgd"
     adam_eps: float = 1e-2
     target_bound: float | None = None  # the quadratic form's target t = b tanh(.), inside the action box for b < 1
+    # what M_phi reads besides the actions: "state" (the policy's features) or "arm-frame" (ReacherGoal4D: the arm's
+    # own frame, mbrl_envs.reacher_arm_frame; the policy still reads its features)
+    loss_features: str = "state"
     model_epochs: int = 60  # epochs of the first fit (a refit: a third of it)
     model_hidden: tuple[int, ...] = (64, 64)
     model_members: int = 3
@@ -124,10 +127,18 @@ class MBRLExperiment:
         self.horizon = self.env.horizon
         self.generator = torch.Generator().manual_seed(self.seed)
         self.policy = PolicyBatch(self.env.feature_dim, self.env.action_dim, config.policy_hidden)
-        self.meta_loss = LossAndRate(self.env.feature_dim, self.env.action_dim, config.meta_hidden, config.alpha_max,
+        if config.loss_features != "state" and (config.loss_features not in LOSS_FEATURES
+                                                or LOSS_FEATURES[config.loss_features][0] != env_id):
+            raise ValueError(f"loss_features {config.loss_features!r} is not defined for {env_id}: 'state' or one of "
+                             f"{[k for k, v in LOSS_FEATURES.items() if v[0] == env_id]}.")
+        self.loss_context, loss_dim = ((None, self.env.feature_dim) if config.loss_features == "state"
+                                       else LOSS_FEATURES[config.loss_features][1:])
+        self.meta_loss = LossAndRate(loss_dim, self.env.action_dim, config.meta_hidden, config.alpha_max,
                                      config.alpha_init, generator=self.generator,
                                      metadata={"env_id": env_id, "horizon": self.horizon, "seed": self.seed,
-                                               "policy_hidden": list(config.policy_hidden)},
+                                               "policy_hidden": list(config.policy_hidden),
+                                               "loss_features": config.loss_features,
+                                               "inner_optimizer": config.inner_optimizer},
                                      relative_target=config.relative_target, loss_form=config.loss_form,
                                      target_bound=config.target_bound)
         if config.inner_optimizer == "adam" and config.alpha_max > 1.0:
@@ -182,6 +193,12 @@ class MBRLExperiment:
 
         return act
 
+    def contexts(self, states: torch.Tensor, goals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the policy's features, M_phi's context) of trajectories' states ``(B, T, S)`` and goals ``(B, 2)``."""
+        g = goals[:, None].expand(-1, states.shape[1], -1)
+        features = self.env.features(states, g)
+        return features, (features if self.loss_context is None else self.loss_context(states, g))
+
     # ------------------------------------------------------------------ Algorithm 3
     def meta_objective(self, phi: Params, theta: Params, start: torch.Tensor, goals: torch.Tensor,
                        state: dict[str, Any] | None = None
@@ -195,8 +212,8 @@ class MBRLExperiment:
             with torch.no_grad():  # tau_k: the states are data, as they are at meta-test
                 states, recorded = unroll(self.model, self.policy, {k: v.detach() for k, v in theta.items()},
                                           self.env, start, goals, self.horizon)
-            context = self.env.features(states[:, :-1], goals[:, None].expand(-1, self.horizon, -1))
-            theta, alpha, rule_state = self.inner(theta, phi, context, recorded, rule_state)
+            features, context = self.contexts(states[:, :-1], goals)
+            theta, alpha, rule_state = self.inner(theta, phi, features, recorded, rule_state, context)
             alphas.append(alpha)
             states, _ = unroll(self.model, self.policy, theta, self.env, start, goals, self.horizon)
             n = min(self.config.task_loss_steps, self.horizon)
@@ -275,9 +292,9 @@ class MBRLExperiment:
             if j == updates:
                 break
             states = torch.as_tensor(roll.states[:, :-1], dtype=torch.float32)
-            context = self.env.features(states, goals[:, None].expand(-1, self.horizon, -1))
+            features, context = self.contexts(states, goals)
             recorded = torch.as_tensor(roll.actions, dtype=torch.float32)
-            theta, alpha, rule_state = self.inner(theta, phi, context, recorded, rule_state)
+            theta, alpha, rule_state = self.inner(theta, phi, features, recorded, rule_state, context)
             alphas.append(alpha.detach().tolist())
             theta = {k: v.detach() for k, v in theta.items()}
             rule_state = state_from_tensors(state_as_tensors(rule_state))  # detached

@@ -239,6 +239,8 @@ def add_arguments(p: Any) -> None:
                         "size is the learned rate (then e.g. --alpha-max 0.1 --alpha-init 0.02)")
     p.add_argument("--adam-eps", type=positive_float, default=d.adam_eps,
                    help="Adam's eps for --inner-optimizer adam (large, so the first steps pass a meta-gradient)")
+    p.add_argument("--loss-features", choices=["state", "arm-frame"], default=d.loss_features,
+                   help="what the meta-loss reads: the policy's features, or (ReacherGoal4D) the arm's own frame")
     p.add_argument("--target-bound", type=positive_float, default=None,
                    help="the quadratic loss's target becomes b tanh(.) (e.g. 0.9: inside the action box)")
     p.add_argument("--horizon", type=positive_int, default=None, help="unroll/rollout length (default: the env's)")
@@ -280,7 +282,7 @@ def run(args: Any) -> dict[str, Any]:
                         loss_on_pre_tanh=args.loss_on_pre_tanh, task_loss_steps=args.task_loss_steps,
                         final_speed_weight=args.final_speed_weight, policy_init=args.policy_init, loss_form=args.loss_form,
                         alpha_init=args.alpha_init, inner_optimizer=args.inner_optimizer, adam_eps=args.adam_eps,
-                        target_bound=args.target_bound, **settings)
+                        target_bound=args.target_bound, loss_features=args.loss_features, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)
     out = run_mbrl(args.envs, seeds, config, progress=not args.no_progress)

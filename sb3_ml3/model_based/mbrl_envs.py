@@ -52,6 +52,24 @@ def reacher_features(state: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
                       reacher_position(state) / 0.2, goal / 0.2], dim=-1)
 
 
+def reacher_arm_frame(state: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """The reacher's state and goal in the upper arm's frame, ``(..., 7)``: ReacherGoal's ``arm_frame_features``
+    (elbow cos/sin, goal radius, joint velocities, fingertip-goal vector rotated by the shoulder angle). Invariant
+    to turning arm and goal together about the base, so a function of it (a learned target) is the same for every
+    goal of a radius, whatever its bearing: what a loss meta-trained on some bearings needs on others."""
+    from sb3_ml3.envs.reacher import arm_frame_features
+
+    q1, q2 = state[..., 0], state[..., 1]
+    tip = reacher_position(state)
+    obs = torch.stack([torch.cos(q1), torch.cos(q2), torch.sin(q1), torch.sin(q2), goal[..., 0], goal[..., 1],
+                       state[..., 2], state[..., 3], tip[..., 0] - goal[..., 0], tip[..., 1] - goal[..., 1]], -1)
+    return arm_frame_features(obs)
+
+
+#: what the meta-loss may read besides the policy's features: name -> (env id, function, width)
+LOSS_FEATURES = {"arm-frame": ("ReacherGoal4D-v0", reacher_arm_frame, 7)}
+
+
 class MujocoStep(torch.autograd.Function):
     """One ReacherGoal4D step (``frame_skip`` MuJoCo steps) of a batch of arm states, differentiable.
 
@@ -166,5 +184,5 @@ def mbrl_env(env_id: str, horizon: int | None = None) -> MBRLEnv:
     return env
 
 
-__all__ = ["ENV_IDS", "MBRLEnv", "MujocoSimulator", "MujocoStep", "mbrl_env", "pointmass_features",
+__all__ = ["ENV_IDS", "LOSS_FEATURES", "MBRLEnv", "reacher_arm_frame", "MujocoSimulator", "MujocoStep", "mbrl_env", "pointmass_features",
            "pointmass_position", "reacher_features", "reacher_position"]

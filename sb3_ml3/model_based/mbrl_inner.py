@@ -31,19 +31,20 @@ INNER_OPTIMIZERS = ("sgd", "adam")
 
 def make_learned_loss(policy: PolicyBatch, meta_loss: LossAndRate, pre_tanh: bool = False
                       ) -> Callable[[Params, Params, Any], torch.Tensor]:
-    """``(theta, phi, (context, recorded actions)) -> sum_b alpha_b M_b``: its theta-gradient is alpha_b grad M_b per policy.
+    """``(theta, phi, batch) -> sum_b alpha_b M_b``: its theta-gradient is alpha_b grad M_b per policy.
 
-    ``pre_tanh``: M reads the policy's pre-tanh output u in place of the action, and u's current value (no
-    gradient) in place of the recorded actions (equal to them up to the tanh: the same policy made them).
+    ``batch`` is ``(context, recorded actions)``, the policy reading the loss's context, or ``(policy features,
+    context, recorded actions)``. ``pre_tanh``: M reads the policy's pre-tanh output u in place of the action, and
+    u's current value (no gradient) in place of the recorded actions (equal to them up to the tanh).
     """
 
-    def learned_loss(params: Params, phi: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        context, recorded = batch
+    def learned_loss(params: Params, phi: Params, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        features, context, recorded = batch if len(batch) == 3 else (batch[0], *batch)
         if pre_tanh:
-            action = policy(params, context, pre_tanh=True)
+            action = policy(params, features, pre_tanh=True)
             recorded = action.detach()
         else:
-            action = policy(params, context)
+            action = policy(params, features)
         loss, alpha = functional_call(meta_loss, phi, (context, action, recorded))
         return (alpha * loss).sum()
 
@@ -79,28 +80,31 @@ class InnerStep:
         self.learned_loss = make_learned_loss(policy, meta_loss, pre_tanh)
         self._loss_gradient = grad(self._loss)
 
-    def _loss(self, params: Params, phi: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """sum_b M_b, without the rate (Adam's step size carries it)."""
-        context, recorded = batch
-        action = self.policy(params, context, pre_tanh=self.pre_tanh)
+    def _loss(self, params: Params, phi: Params, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """sum_b M_b, without the rate (Adam's step size carries it); ``batch`` as in :func:`make_learned_loss`."""
+        features, context, recorded = batch
+        action = self.policy(params, features, pre_tanh=self.pre_tanh)
         if self.pre_tanh:
             recorded = action.detach()
         return functional_call(self.meta_loss, phi, (context, action, recorded))[0].sum()
 
-    def rate(self, params: Params, phi: Params, context: torch.Tensor, recorded: torch.Tensor) -> torch.Tensor:
+    def rate(self, params: Params, phi: Params, features: torch.Tensor, context: torch.Tensor,
+             recorded: torch.Tensor) -> torch.Tensor:
         """alpha per policy ``(B,)``, differentiable in phi (the rate net reads the context and the actions taken)."""
         if self.pre_tanh:
-            recorded = self.policy({k: v.detach() for k, v in params.items()}, context, pre_tanh=True)
+            recorded = self.policy({k: v.detach() for k, v in params.items()}, features, pre_tanh=True)
         return functional_call(self.meta_loss, phi, (context, recorded, recorded))[1]
 
-    def __call__(self, params: Params, phi: Params, context: torch.Tensor, recorded: torch.Tensor,
-                 state: Any = None) -> tuple[Params, torch.Tensor, Any]:
-        """``(theta', alpha (B,), the rule's state after the step)``; ``state`` is what the last call returned for
-        these policies (``None``: fresh policies). Differentiable in phi (and theta)."""
-        alpha = self.rate(params, phi, context, recorded)
+    def __call__(self, params: Params, phi: Params, features: torch.Tensor, recorded: torch.Tensor,
+                 state: Any = None, context: torch.Tensor | None = None) -> tuple[Params, torch.Tensor, Any]:
+        """``(theta', alpha (B,), the rule's state after the step)`` on a trajectory's policy ``features``
+        ``(B, T, F)`` and recorded actions; M reads ``context`` (default: the same features). ``state`` is what the
+        last call returned for these policies (``None``: fresh ones). Differentiable in phi (and theta)."""
+        context = features if context is None else context
+        alpha = self.rate(params, phi, features, context, recorded)
         if self.rule is None:
-            return inner_update(self.learned_loss, params, phi, (context, recorded), 1.0), alpha, state
-        grads = self._loss_gradient(params, phi, (context, recorded))
+            return inner_update(self.learned_loss, params, phi, (features, context, recorded), 1.0), alpha, state
+        grads = self._loss_gradient(params, phi, (features, context, recorded))
         updated, state = self.rule.step(params, grads, alpha.reshape(-1, *([1] * (grads["w0"].dim() - 1))), state)
         return updated, alpha, state
 
