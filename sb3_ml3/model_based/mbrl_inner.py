@@ -51,14 +51,6 @@ def make_learned_loss(policy: PolicyBatch, meta_loss: LossAndRate, pre_tanh: boo
     return learned_loss
 
 
-def rate_of(meta_loss: LossAndRate, policy: PolicyBatch, params: Params, context: torch.Tensor,
-            pre_tanh: bool = False) -> torch.Tensor:
-    """The learned rate alpha per policy ``(B,)`` on a trajectory's contexts, without gradient (for the logs)."""
-    with torch.no_grad():
-        actions = policy(params, context, pre_tanh=pre_tanh)
-        return meta_loss(context, actions, actions)[1]
-
-
 class InnerStep:
     """theta' = step(theta; M_phi, alpha) of one policy batch on one trajectory each (module docstring).
 
@@ -125,4 +117,4 @@ def state_from_tensors(packed: dict[str, Any]) -> Any:
     return int(packed["step"]), packed["exp_avg"], packed["exp_avg_sq"]
 
 
-__all__ = ["INNER_OPTIMIZERS", "InnerStep", "make_learned_loss", "rate_of", "state_as_tensors", "state_from_tensors"]
+__all__ = ["INNER_OPTIMIZERS", "InnerStep", "make_learned_loss", "state_as_tensors", "state_from_tensors"]
