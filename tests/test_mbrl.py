@@ -419,3 +419,35 @@ def test_arm_frame_loss_features_turn_with_arm_and_goal_and_feed_only_the_loss()
     assert np.isfinite(experiment.meta_train()["task_loss"]).all()
     with pytest.raises(ValueError, match="not defined for PointmassGoal"):
         MBRLExperiment("PointmassGoal-v0", MBRLConfig(loss_features="arm-frame"), seed=0)
+
+
+def test_meta_validation_scores_on_train_goals_and_restores_the_best_weights(monkeypatch):
+    from sb3_ml3.model_based import mbrl_validation
+
+    config = MBRLConfig(horizon=5, n_outer=6, model_every=100, random_episodes=4, model_epochs=1, batch_goals=2,
+                        inner_steps=1, n_test_goals=2, val_every=2, val_updates=2)
+    experiment = MBRLExperiment("PointmassGoal-v0", config, seed=0)
+    seen_goals, snapshots = [], []
+    scores = iter([0.5, 0.3, 0.4, 0.9])  # outer 0, 2, 4, 6: the best is at outer 2
+    original = mbrl_validation.KeepBest.score
+
+    def fake_score(self):
+        original(self)  # the real meta-test runs (and counts its env steps)
+        snapshots.append({k: v.clone() for k, v in self.experiment.meta_loss.state_dict().items()})
+        return next(scores)
+
+    monkeypatch.setattr(mbrl_validation.KeepBest, "score", fake_score)
+    real_envs = mbrl_validation.RealEnvs
+    monkeypatch.setattr(mbrl_validation, "RealEnvs", lambda env_id, goals: seen_goals.append(goals) or
+                        real_envs(env_id, goals))
+    log = experiment.meta_train()["validation"]
+    assert [h["outer"] for h in log["scores"]] == [0, 2, 4, 6] and log["kept_outer"] == 2
+    assert log["env_steps"] == 4 * 3 * 2 * 5  # 4 scores x 3 rollouts x 2 goals x 5 steps
+    state = experiment.meta_loss.state_dict()
+    assert all(torch.equal(state[k], snapshots[1][k]) for k in state)
+    assert not all(torch.equal(snapshots[1][k], snapshots[3][k]) for k in state)  # meta-training moved it after
+    train = sample_tasks("PointmassGoal-v0", 2, "train", seed=0 * 100_003 + mbrl_validation.VALIDATION_GOALS_OFFSET)
+    assert all(np.array_equal(g, train) for g in seen_goals)  # the same train-split goals every time
+    off = MBRLExperiment("PointmassGoal-v0", MBRLConfig(horizon=5, n_outer=2, model_every=100, random_episodes=4,
+                                                        model_epochs=1, batch_goals=2, inner_steps=1), seed=0)
+    assert off.meta_train()["validation"] == {}

@@ -40,6 +40,7 @@ from sb3_ml3.model_based.dynamics import EnsembleDynamics, RealEnvs, TransitionB
 from sb3_ml3.model_based.mbrl_envs import LOSS_FEATURES, MBRLEnv, mbrl_env
 from sb3_ml3.model_based.mbrl_inner import InnerStep, make_learned_loss, state_as_tensors, state_from_tensors
 from sb3_ml3.model_based.mbrl_nets import LossAndRate, PolicyBatch
+from sb3_ml3.model_based.mbrl_validation import KeepBest
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -85,6 +86,10 @@ class MBRLConfig:
     # what M_phi reads besides the actions: "state" (the policy's features) or "arm-frame" (ReacherGoal4D: the arm's
     # own frame, mbrl_envs.reacher_arm_frame; the policy still reads its features)
     loss_features: str = "state"
+    # meta-validation (mbrl_validation): every val_every outer iterations score the loss by val_updates real updates
+    # on train goals and keep the best (0: off, the last weights, Alg. 3 as written)
+    val_every: int = 0
+    val_updates: int = 20
     model_epochs: int = 60  # epochs of the first fit (a refit: a third of it)
     model_hidden: tuple[int, ...] = (64, 64)
     model_members: int = 3
@@ -243,6 +248,8 @@ class MBRLExperiment:
         reset_seed = self.seed * 31 + 5
         theta: Params = {}
         rule_state: dict[str, Any] = {}  # the inner rule's state (Adam's), as long as the policies live
+        keeper = KeepBest(self, cfg.val_every, cfg.val_updates)
+        keeper(0)
         for outer in range(1, cfg.n_outer + 1):
             if (outer - 1) % cfg.policy_reset_every == 0 or not all(bool(v.isfinite().all()) for v in theta.values()):
                 goals_np = self._train_goals(cfg.batch_goals, 10 + outer)  # fresh goals and policies
@@ -268,10 +275,12 @@ class MBRLExperiment:
                                   "one_step_rmse": self.model.one_step_error(self.buffer),
                                   "real_final_distance_of_latest_policies": real_distance,
                                   "model_final_distance_of_latest_policies": float(value)})
+            keeper(outer)
             if progress is not None:
                 progress(outer, result.task_loss)
         return {"task_loss": history, "alpha": alpha_trace, "skipped_meta_steps": skipped, "model": model_log,
-                "meta_train_real_transitions": len(self.buffer), "wall_s": time.time() - start_time}
+                "meta_train_real_transitions": len(self.buffer), "validation": keeper.finish(),
+                "wall_s": time.time() - start_time}
 
     def _start_states(self, goals: np.ndarray, seed: int) -> np.ndarray:
         """Start states drawn as the env's reset draws them (PointmassGoal at rest near 0; the reacher's noise)."""

@@ -241,6 +241,10 @@ def add_arguments(p: Any) -> None:
                    help="Adam's eps for --inner-optimizer adam (large, so the first steps pass a meta-gradient)")
     p.add_argument("--loss-features", choices=["state", "arm-frame"], default=d.loss_features,
                    help="what the meta-loss reads: the policy's features, or (ReacherGoal4D) the arm's own frame")
+    p.add_argument("--val-every", type=int, default=d.val_every,
+                   help="meta-validation: every n outer iterations score the loss by real updates on train goals and "
+                        "keep the best (0: off, the last weights)")
+    p.add_argument("--val-updates", type=positive_int, default=d.val_updates, help="real updates per validation score")
     p.add_argument("--target-bound", type=positive_float, default=None,
                    help="the quadratic loss's target becomes b tanh(.) (e.g. 0.9: inside the action box)")
     p.add_argument("--horizon", type=positive_int, default=None, help="unroll/rollout length (default: the env's)")
@@ -274,6 +278,8 @@ def run(args: Any) -> dict[str, Any]:
             settings[name] = getattr(args, name)
     if args.alpha_max <= args.alpha_init:
         raise ValueError(f"--alpha-max must exceed the initial rate --alpha-init {args.alpha_init:g}, got {args.alpha_max:g}.")
+    if args.val_every < 0:
+        raise ValueError(f"--val-every must be 0 (off) or a number of outer iterations, got {args.val_every}.")
     if not 0.0 <= args.random_amplitude_min <= 1.0:
         raise ValueError(f"--random-amplitude-min must lie in [0, 1], got {args.random_amplitude_min}.")
     config = MBRLConfig(horizon=args.horizon, inner_steps=args.inner_steps, meta_lr=args.meta_lr,
@@ -282,7 +288,8 @@ def run(args: Any) -> dict[str, Any]:
                         loss_on_pre_tanh=args.loss_on_pre_tanh, task_loss_steps=args.task_loss_steps,
                         final_speed_weight=args.final_speed_weight, policy_init=args.policy_init, loss_form=args.loss_form,
                         alpha_init=args.alpha_init, inner_optimizer=args.inner_optimizer, adam_eps=args.adam_eps,
-                        target_bound=args.target_bound, loss_features=args.loss_features, **settings)
+                        target_bound=args.target_bound, loss_features=args.loss_features, val_every=args.val_every,
+                        val_updates=args.val_updates, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)
     out = run_mbrl(args.envs, seeds, config, progress=not args.no_progress)
