@@ -45,11 +45,10 @@ from sb3_ml3.surrogates import widen_target_context
 def outside_goals(env_id: str, n: int, seed: int = TASK_SEED) -> np.ndarray:
     """``n`` goals of the env's "outside" split (radii outside the train and test splits' annulus): half on the ring
     inside it (drawn with ``seed``), half on the ring beyond it (``seed + 1``), the same goals in every report."""
-    import gymnasium as gym
-
+    from sb3_ml3.envs import env_class
     from sb3_ml3.envs.tasks import OUTSIDE_SPLIT, sample_goals
 
-    owner = type(gym.make(env_id).unwrapped)
+    owner = env_class(env_id)
     if OUTSIDE_SPLIT not in owner.task_splits:
         raise SystemExit(f"{env_id} has no {OUTSIDE_SPLIT!r} split (goals outside both splits' radii); "
                          "ReacherGoal-v0 and PointmassGoal-v0 have one.")

@@ -38,7 +38,8 @@ import numpy as np
 from gymnasium import spaces, utils
 from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 
-from .tasks import OUTSIDE_SPLIT, TASK_SPLITS, AnnulusSectors, GoalRegion, GoalTaskMixin, alternating_sectors, outside_rings
+from .tasks import (OUTSIDE_SPLIT, TASK_SPLITS, AnnulusSectors, GoalRegion, GoalTaskMixin, alternating_sectors,
+                    outside_rings)
 
 REACH = 0.21  # link0 (0.1) + fingertip offset on link1 (0.11)
 GOAL_R_MIN, GOAL_R_MAX = 0.05, 0.20

@@ -254,8 +254,8 @@ class MetaLoss(nn.Module):
 
         q is the concatenation of the ``quadratic`` fields, t the target the learned loss pulls them to
         (``r + t(c)`` for a field with a ``quadratic_reference`` r; ``target_bound`` b makes t(c) b tanh(.)) and
-        w = softplus of the net's second half. Lets one inspect what a learned loss teaches, e.g. how far its target for the policy mean
-        is from an expert's actions.
+        w = softplus of the net's second half. Lets one inspect what a learned loss teaches, e.g. how far its
+        target for the policy mean is from an expert's actions.
         """
         if not self.quadratic:
             raise MetaLossSpecError("quadratic_form needs a quadratic meta-loss (built with quadratic=[...]).")

@@ -206,6 +206,7 @@ def test_angular_splits_cover_interleaved_sectors():
     env = gym.make("AntGoal-v0", goal_radius=3.0)
     np.testing.assert_array_equal(env.unwrapped.sample_tasks(50, "test", seed=0), ant)
 
+
 @pytest.mark.parametrize("env_id,inner,outer", [("ReacherGoal-v0", (0.02, 0.05), (0.20, 0.21)),
                                                 ("PointmassGoal-v0", (0.1, 0.5), (2.0, 2.4))])
 def test_outside_split_lies_outside_both_splits_radii(env_id, inner, outer):

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad_and_value
+from torch.func import grad_and_value
 
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.functional import Params, apply_meta_gradient, make_meta_optimizer
@@ -128,6 +128,10 @@ class MBRLExperiment:
 
     def __init__(self, env_id: str, config: MBRLConfig, seed: int) -> None:
         self.config, self.seed = config, int(seed)
+        if config.inner_optimizer == "adam" and config.alpha_max > 1.0:
+            raise ValueError(f"with inner_optimizer='adam' the learned rate is Adam's step size: alpha_max "
+                             f"{config.alpha_max:g} would let it take steps of that size; use e.g. alpha_max 0.1 and "
+                             "alpha_init 0.02 (--alpha-max 0.1 --alpha-init 0.02).")
         self.env = mbrl_env(env_id, config.horizon)
         self.horizon = self.env.horizon
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -146,10 +150,6 @@ class MBRLExperiment:
                                                "inner_optimizer": config.inner_optimizer},
                                      relative_target=config.relative_target, loss_form=config.loss_form,
                                      target_bound=config.target_bound)
-        if config.inner_optimizer == "adam" and config.alpha_max > 1.0:
-            raise ValueError(f"with inner_optimizer='adam' the learned rate is Adam's step size: alpha_max "
-                             f"{config.alpha_max:g} would let it take steps of that size; use e.g. alpha_max 0.1 and "
-                             "alpha_init 0.02 (--alpha-max 0.1 --alpha-init 0.02).")
         self.model = EnsembleDynamics(self.env.state_dim, self.env.action_dim, config.model_hidden,
                                       config.model_members, generator=self.generator)
         self.buffer = TransitionBuffer(self.env.state_dim, self.env.action_dim)

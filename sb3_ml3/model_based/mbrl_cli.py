@@ -277,7 +277,8 @@ def run(args: Any) -> dict[str, Any]:
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.alpha_max <= args.alpha_init:
-        raise ValueError(f"--alpha-max must exceed the initial rate --alpha-init {args.alpha_init:g}, got {args.alpha_max:g}.")
+        raise ValueError(f"--alpha-max must exceed the initial rate --alpha-init {args.alpha_init:g}, got "
+                         f"{args.alpha_max:g}.")
     if args.val_every < 0:
         raise ValueError(f"--val-every must be 0 (off) or a number of outer iterations, got {args.val_every}.")
     if not 0.0 <= args.random_amplitude_min <= 1.0:

@@ -184,5 +184,5 @@ def mbrl_env(env_id: str, horizon: int | None = None) -> MBRLEnv:
     return env
 
 
-__all__ = ["ENV_IDS", "LOSS_FEATURES", "MBRLEnv", "reacher_arm_frame", "MujocoSimulator", "MujocoStep", "mbrl_env", "pointmass_features",
-           "pointmass_position", "reacher_features", "reacher_position"]
+__all__ = ["ENV_IDS", "LOSS_FEATURES", "MBRLEnv", "MujocoSimulator", "MujocoStep", "mbrl_env", "pointmass_features",
+           "pointmass_position", "reacher_arm_frame", "reacher_features", "reacher_position"]

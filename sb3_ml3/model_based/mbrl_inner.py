@@ -29,13 +29,14 @@ from sb3_ml3.model_based.mbrl_nets import LossAndRate, PolicyBatch
 INNER_OPTIMIZERS = ("sgd", "adam")
 
 
-def make_learned_loss(policy: PolicyBatch, meta_loss: LossAndRate, pre_tanh: bool = False
+def make_learned_loss(policy: PolicyBatch, meta_loss: LossAndRate, pre_tanh: bool = False, rate: bool = True
                       ) -> Callable[[Params, Params, Any], torch.Tensor]:
     """``(theta, phi, batch) -> sum_b alpha_b M_b``: its theta-gradient is alpha_b grad M_b per policy.
 
     ``batch`` is ``(context, recorded actions)``, the policy reading the loss's context, or ``(policy features,
     context, recorded actions)``. ``pre_tanh``: M reads the policy's pre-tanh output u in place of the action, and
-    u's current value (no gradient) in place of the recorded actions (equal to them up to the tanh).
+    u's current value (no gradient) in place of the recorded actions (equal to them up to the tanh). ``rate=False``:
+    sum_b M_b, for a rule whose step size carries the rate (Adam's).
     """
 
     def learned_loss(params: Params, phi: Params, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -46,7 +47,7 @@ def make_learned_loss(policy: PolicyBatch, meta_loss: LossAndRate, pre_tanh: boo
         else:
             action = policy(params, features)
         loss, alpha = functional_call(meta_loss, phi, (context, action, recorded))
-        return (alpha * loss).sum()
+        return (alpha * loss).sum() if rate else loss.sum()
 
     return learned_loss
 
@@ -70,15 +71,7 @@ class InnerStep:
         self.policy, self.meta_loss, self.optimizer, self.pre_tanh = policy, meta_loss, optimizer, bool(pre_tanh)
         self.rule = Adam(eps=adam_eps) if optimizer == "adam" else None
         self.learned_loss = make_learned_loss(policy, meta_loss, pre_tanh)
-        self._loss_gradient = grad(self._loss)
-
-    def _loss(self, params: Params, phi: Params, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """sum_b M_b, without the rate (Adam's step size carries it); ``batch`` as in :func:`make_learned_loss`."""
-        features, context, recorded = batch
-        action = self.policy(params, features, pre_tanh=self.pre_tanh)
-        if self.pre_tanh:
-            recorded = action.detach()
-        return functional_call(self.meta_loss, phi, (context, action, recorded))[0].sum()
+        self._loss_gradient = grad(make_learned_loss(policy, meta_loss, pre_tanh, rate=False))  # Adam's: no rate
 
     def rate(self, params: Params, phi: Params, features: torch.Tensor, context: torch.Tensor,
              recorded: torch.Tensor) -> torch.Tensor:
