@@ -209,7 +209,7 @@ def test_the_authors_protocol_deep_linear_policy_free_loss_frobenius_task_loss()
     fd = _central_difference(lambda p: model.meta_objective("shaped", p, copies, batch), phi, "net.0.weight", 3)
     assert meta_grads["net.0.weight"].reshape(-1)[3].item() == pytest.approx(fd, rel=1e-4, abs=1e-9) and abs(fd) > 1e-9
     # no clip: the inner step is plain SGD on the learned loss
-    stepped = model.inner_step(copies, phi, batch)
+    stepped, _ = model.inner_step(copies, phi, batch)
     assert torch.allclose(stepped["d1"], copies["d1"] - config.inner_lr * grads["d1"])
 
 
@@ -244,7 +244,9 @@ def test_fixed_policy_init_is_shared_by_meta_training_and_every_method(tmp_path)
 
 @pytest.mark.parametrize("bad, match", [(dict(task_norm="l1"), "task_norm"), (dict(policy_init="zero"), "policy_init"),
                                         (dict(inner_max_grad_norm=float("inf")), "inner_max_grad_norm"),
-                                        (dict(meta_activation="swish"), "meta_activation")])
+                                        (dict(meta_activation="swish"), "meta_activation"),
+                                        (dict(inner_optimizer="rmsprop"), "inner_optimizer"),
+                                        (dict(adam_eps=0.0), "adam_eps")])
 def test_config_refuses_unknown_protocol_options(bad, match):
     with pytest.raises(ValueError, match=match):
         MountainCarConfig(**bad)
@@ -264,3 +266,61 @@ def test_start_states_are_options_and_unseen_ones_must_stay_outside_the_train_ra
     with pytest.raises(SystemExit):
         main(["mountain-car", "--quick", "--out", str(tmp_path / "bad"), "--no-progress", "--test-starts", "-0.55"])
     assert "must lie outside train_start_range" in capsys.readouterr().err
+
+
+def test_adam_inner_step_is_torch_adam_per_policy_and_its_meta_gradient_matches_finite_differences():
+    """--inner-optimizer adam: each policy takes torch.optim.Adam's steps on its own learned loss (statistics carried
+    across the K inner steps), and the meta-gradient through those steps matches central differences."""
+    config = MountainCarConfig(**{**SMALL, "inner_steps": 2}, inner_optimizer="adam", adam_eps=1e-3, inner_lr=0.05,
+                               inner_max_grad_norm=None)
+    meta_loss = make_meta_loss(config, "shaped", torch.Generator().manual_seed(0)).double()
+    model = MountainCarML3(config, meta_loss)
+    params = {k: v.double() for k, v in init_policy(2, config.policy_hidden, torch.Generator().manual_seed(1), 1.0).items()}
+    batch = (torch.tensor([[-0.55, 0.0], [-0.5, 0.1]], dtype=torch.float64), torch.full((2, 1), 0.5, dtype=torch.float64))
+    phi = {k: v.detach() for k, v in meta_loss.named_parameters()}
+    stepped, state = model.inner_step(params, phi, batch)
+    stepped, state = model.inner_step(stepped, phi, batch, state)
+    for b in range(2):  # policy b alone, with torch's Adam on its own loss (the loss is B x the mean: b's own term)
+        mine = {k: v[b: b + 1].clone().requires_grad_() for k, v in params.items()}
+        optimizer = torch.optim.Adam(mine.values(), lr=config.inner_lr, eps=config.adam_eps)
+        one = (batch[0][b: b + 1], batch[1][b: b + 1])
+        for _ in range(2):
+            optimizer.zero_grad()
+            model.learned_loss(mine, phi, one).backward()
+            optimizer.step()
+        for k in params:
+            assert torch.allclose(stepped[k][b: b + 1], mine[k].detach(), atol=1e-10)
+    assert state[0] == 2 and not torch.equal(stepped["w2"], params["w2"])
+    grads, _ = model.meta_gradient("shaped", phi, params, batch)
+    checked = 0
+    for name in ("net.0.weight", "net.2.weight"):
+        fd = _central_difference(lambda p: model.meta_objective("shaped", p, params, batch), phi, name, 2)
+        assert grads[name].reshape(-1)[2].item() == pytest.approx(fd, rel=1e-4, abs=1e-9)
+        checked += abs(fd) > 1e-8
+    assert checked >= 1
+
+
+def test_adam_meta_test_carries_the_statistics_from_one_update_to_the_next(tmp_path):
+    """At meta-test the Adam state lives as long as the policies: five updates of the CLI's evaluation equal five
+    stateful steps, not five first steps; the CLI takes --inner-optimizer adam --adam-eps and records them."""
+    from sb3_ml3.cli import main
+    from sb3_ml3.model_based.mountain_car_experiment import _stateful_update
+
+    _, model, params, batch, phi = _setting()
+    model.config = MountainCarConfig(**SMALL, inner_optimizer="adam", inner_lr=0.05)
+    update = _stateful_update(model, phi)
+    carried, fresh, state = params, params, None
+    for _ in range(3):
+        carried = update(carried, batch)
+        fresh = model.inner_step(fresh, phi, batch)[0]  # every step a first step: Adam without memory
+    expected = params
+    for _ in range(3):
+        expected, state = model.inner_step(expected, phi, batch, state)
+    assert all(torch.allclose(carried[k], expected[k]) for k in params)
+    assert not torch.allclose(carried["w0"], fresh["w0"])
+    out = tmp_path / "adam"
+    main(["mountain-car", "--quick", "--out", str(out), "--no-progress", "--inner-optimizer", "adam", "--adam-eps",
+          "1e-3", "--inner-lr", "0.02"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["inner_optimizer"] == "adam" and results["config"]["adam_eps"] == 1e-3
+    assert len(results["per_seed"][0]["curve_train_ml3_shaped"]) == results["config"]["test_updates"] + 1

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.func import grad, grad_and_value
@@ -38,6 +39,7 @@ from torch.func import grad, grad_and_value
 from sb3_ml3.atomic import jsonable
 from sb3_ml3.envs.mountain_car import MAX_FORCE, MAX_POSITION, MIN_POSITION, PAPER_GOAL, torch_step
 from sb3_ml3.functional import SGD, Params
+from sb3_ml3.inner_optimizers import Adam
 from sb3_ml3.meta_loss import ACTIVATIONS, MetaLoss
 
 TASK_LOSSES = ("shaped", "unshaped")
@@ -59,6 +61,8 @@ TASK_NORMS = ("mean", "frobenius")
 #: where meta-training's policies start: a fresh draw every outer step, or one draw per seed reused at every outer
 #: step and at meta-test (the authors' protocol)
 POLICY_INITS = ("fresh", "fixed")
+#: the inner step's rule: the paper's SGD, or a differentiable Adam (its statistics live as long as the policy)
+INNER_OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass
@@ -88,6 +92,8 @@ class MountainCarConfig:
     inner_steps: int = 5  # K inner steps per outer step; the task loss of every theta_k (k = 1..K) is summed
     inner_lr: float = 0.5  # alpha, also the meta-test step on M_phi
     inner_max_grad_norm: float | None = 1.0  # each policy's inner gradient clipped to this norm; None: no clip
+    inner_optimizer: str = "sgd"  # "sgd" (the paper's) or "adam": inner_lr is then Adam's step size
+    adam_eps: float = 1e-2  # Adam's eps in the inner step: large, so that its step stays smooth in phi
     meta_lr: float = 0.03  # eta (Adam; the meta-gradient is clipped to norm 1)
     test_updates: int = 5  # policy updates at meta-test (the paper's claim: the goal within 5)
     baseline_updates: int = 50  # updates (iterations) of the baselines: iLQR and GD on the unshaped task loss
@@ -105,10 +111,11 @@ class MountainCarConfig:
             raise ValueError(f"intermediate_steps ({self.intermediate_steps}) must be below the horizon ({self.horizon}).")
         for name, allowed in (("meta_form", META_FORMS), ("policy", POLICY_KINDS), ("task_state", ("position", "state")),
                               ("task_norm", TASK_NORMS), ("policy_init", POLICY_INITS),
+                              ("inner_optimizer", INNER_OPTIMIZERS),
                               ("meta_activation", tuple(sorted(ACTIVATIONS)))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
-        for name in ("inner_lr", "inner_max_grad_norm", "meta_lr", "success_threshold"):
+        for name in ("inner_lr", "inner_max_grad_norm", "meta_lr", "success_threshold", "adam_eps"):
             if name == "inner_max_grad_norm" and self.inner_max_grad_norm is None:
                 continue
             if not 0 < getattr(self, name) < math.inf:
@@ -344,24 +351,29 @@ class MountainCarML3:
     def meta_objective(self, variant: str, phi: Params, params: Params,
                        batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """sum_k L_T(theta_k(phi)) over K inner steps from theta_0 = ``params``: differentiable w.r.t. phi."""
-        total = torch.zeros(())
+        total, state = torch.zeros(()), None
         for _ in range(self.config.inner_steps):
-            params = self.inner_step(params, phi, batch)
+            params, state = self.inner_step(params, phi, batch, state)
             total = total + self.task_loss(variant, params, batch)
         return total
 
-    def inner_step(self, params: Params, phi: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> Params:
-        """theta' = theta - alpha clip(grad_theta M_phi) (Eq. 2), each policy's gradient clipped to its own norm.
+    def inner_step(self, params: Params, phi: Params, batch: tuple[torch.Tensor, torch.Tensor],
+                   state: Any = None) -> tuple[Params, Any]:
+        """``(theta', the rule's state)``: theta' = theta - alpha clip(grad_theta M_phi) (Eq. 2) with SGD, or
+        Adam's step on the clipped gradient (``inner_optimizer="adam"``, step size alpha, its ``state`` the last
+        call's for these policies, None for fresh ones). Each policy's gradient is clipped to its own norm.
 
-        The clip (``inner_max_grad_norm`` per policy, none when it is None, differentiable, :func:`sb3_ml3.functional.SGD` step)
-        bounds how far one update can move a policy: an unbounded step drives the tanh output into
-        saturation, where every gradient -- the learned loss's and the meta-gradient -- vanishes.
+        The clip (``inner_max_grad_norm`` per policy, none when it is None, differentiable) bounds how far one SGD
+        update can move a policy: an unbounded step drives the tanh output into saturation, where every gradient
+        -- the learned loss's and the meta-gradient -- vanishes. Adam's step is bounded by alpha per parameter
+        whatever the gradient's scale, so one update moves any initial draw about as far.
         """
         grads = grad(self.learned_loss)(params, phi, batch)
         scales = clip_scales(grads, self.config.inner_max_grad_norm)
         if scales is not None:  # None: the authors' plain SGD step
             grads = {k: g * scales[k] for k, g in grads.items()}
-        return SGD().step(params, grads, self.config.inner_lr, None)[0]
+        rule = Adam(eps=self.config.adam_eps) if self.config.inner_optimizer == "adam" else SGD()
+        return rule.step(params, grads, self.config.inner_lr, state)
 
     def meta_gradient(self, variant: str, phi: Params, params: Params,
                       batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[Params, torch.Tensor]:
@@ -376,6 +388,6 @@ class MountainCarML3:
 
 
 __all__ = ["MountainCarConfig", "MountainCarML3", "TASK_LOSSES", "META_INPUTS", "FREE_META_INPUTS", "META_FORMS",
-           "POLICY_KINDS", "TASK_NORMS", "POLICY_INITS", "free_meta_inputs", "meta_input_spec", "clip_scales",
+           "POLICY_KINDS", "TASK_NORMS", "POLICY_INITS", "INNER_OPTIMIZERS", "free_meta_inputs", "meta_input_spec", "clip_scales",
            "init_policy", "policy_action", "unroll", "at_rest", "targets", "state_targets", "task_loss_per_policy",
            "final_distance", "make_meta_loss", "meta_inputs", "initial_policies"]

@@ -16,7 +16,14 @@ import numpy as np
 
 from sb3_ml3.atomic import jsonable
 from sb3_ml3.envs.mountain_car import MAX_FORCE, numpy_step
-from sb3_ml3.model_based.mountain_car import META_FORMS, POLICY_INITS, POLICY_KINDS, TASK_NORMS, MountainCarConfig
+from sb3_ml3.model_based.mountain_car import (
+    INNER_OPTIMIZERS,
+    META_FORMS,
+    POLICY_INITS,
+    POLICY_KINDS,
+    TASK_NORMS,
+    MountainCarConfig,
+)
 from sb3_ml3.model_based.mountain_car_experiment import METHODS, run_seed, summarise
 
 COMMAND = "mountain-car"
@@ -61,6 +68,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--n-outer", type=positive_int, default=None, help=f"outer steps per meta-loss ({d.n_outer})")
     p.add_argument("--inner-steps", type=positive_int, default=None, help=f"K inner steps per outer step ({d.inner_steps})")
     p.add_argument("--inner-lr", type=positive_float, default=d.inner_lr, help="alpha, also the meta-test step")
+    p.add_argument("--inner-optimizer", choices=list(INNER_OPTIMIZERS), default=d.inner_optimizer,
+                   help="the inner step's rule: the paper's sgd, or adam (--inner-lr is then its step size)")
+    p.add_argument("--adam-eps", type=positive_float, default=d.adam_eps, help="eps of the adam inner step")
     p.add_argument("--meta-lr", type=positive_float, default=d.meta_lr, help="eta, the outer (Adam) step")
     p.add_argument("--horizon", type=positive_int, default=d.horizon, help="T, steps of every unroll (paper: 35)")
     p.add_argument("--test-updates", type=positive_int, default=None, help=f"policy updates at meta-test ({d.test_updates})")
@@ -129,6 +139,7 @@ def run(args: Any) -> dict[str, Any]:
                                meta_form=args.meta_form, policy=args.policy, task_state=args.task_state,
                                task_norm=args.task_norm, policy_init=args.policy_init,
                                meta_activation=args.meta_activation, inner_max_grad_norm=args.inner_max_grad_norm,
+                               inner_optimizer=args.inner_optimizer, adam_eps=args.adam_eps,
                                **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)

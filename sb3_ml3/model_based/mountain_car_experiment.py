@@ -101,7 +101,7 @@ def evaluate(config: MountainCarConfig, meta_losses: dict[str, MetaLoss], starts
     for variant in TASK_LOSSES:
         model = MountainCarML3(config, meta_losses[variant])
         phi = {k: v.detach() for k, v in meta_losses[variant].named_parameters()}
-        update = (lambda m, p: lambda q, b: m.inner_step(q, p, b))(model, phi)
+        update = _stateful_update(model, phi)
         out[f"ml3_{variant}"], trained, paths = _optimise_and_keep(model, params, batch, config.test_updates, update,
                                                                   keep_paths=True)
         out[f"trajectory_ml3_{variant}"] = paths[-1]  # the last update's policy
@@ -116,6 +116,18 @@ def evaluate(config: MountainCarConfig, meta_losses: dict[str, MetaLoss], starts
     out["ilqr"] = torch.tensor(curves).T
     out["trajectory_ilqr"] = torch.stack(paths)
     return out
+
+
+def _stateful_update(model: MountainCarML3, phi: dict) -> Callable:
+    """``update(params, batch) -> params'``: the inner step on the frozen M_phi, its rule's state (Adam's
+    statistics) carried from one update to the next of the same policies."""
+    state: list[Any] = [None]
+
+    def update(params: dict, batch: tuple) -> dict:
+        params, state[0] = model.inner_step(params, phi, batch, state[0])
+        return params
+
+    return update
 
 
 def _optimise_and_keep(model: MountainCarML3, params: dict, batch: tuple, updates: int, update: Callable,
