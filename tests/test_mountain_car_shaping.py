@@ -324,3 +324,27 @@ def test_adam_meta_test_carries_the_statistics_from_one_update_to_the_next(tmp_p
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["inner_optimizer"] == "adam" and results["config"]["adam_eps"] == 1e-3
     assert len(results["per_seed"][0]["curve_train_ml3_shaped"]) == results["config"]["test_updates"] + 1
+
+
+def test_oracle_loss_benchmark_solves_every_start_with_its_feedback_law_and_runs(tmp_path, monkeypatch):
+    """benchmarks/mountain_car_oracle_losses.py: its feedback law reaches the goal from every default start (the
+    premise of the bound it reports), its losses step fresh policies, and it writes its JSON without overwriting."""
+    import importlib.util
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "mountain_car_oracle_losses.py")
+    spec = importlib.util.spec_from_file_location("mountain_car_oracle_losses", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = MountainCarConfig()
+    starts = list(config.train_eval_starts) + list(config.test_starts)
+    assert max(bench.check_feedback_solves(config, starts)) < config.success_threshold
+    hits = bench.success_within(config, "feedback", "mlp", 0.1, 1e-2, starts, seed=0, updates=2)
+    assert hits.shape == (len(starts),) and set(hits.tolist()) <= {0.0, 1.0}
+    out = tmp_path / "oracle.json"
+    monkeypatch.setattr(sys, "argv", ["x", "--out", str(out), "--lrs", "0.1", "--seeds", "0", "--updates", "1"])
+    bench.main()
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 and all(0.0 <= r["all"] <= 1.0 for r in rows)
+    with pytest.raises(SystemExit, match="exists"):
+        bench.main()
