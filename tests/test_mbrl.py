@@ -451,3 +451,30 @@ def test_meta_validation_scores_on_train_goals_and_restores_the_best_weights(mon
     off = MBRLExperiment("PointmassGoal-v0", MBRLConfig(horizon=5, n_outer=2, model_every=100, random_episodes=4,
                                                         model_epochs=1, batch_goals=2, inner_steps=1), seed=0)
     assert off.meta_train()["validation"] == {}
+
+
+def test_meta_restarts_train_independent_losses_and_keep_the_best_validation_score(monkeypatch):
+    """--meta-restarts R: R meta-trainings of one seed from their own draws; the lowest validation score on train
+    goals is kept and logged; above 1 without validation it is refused."""
+    from sb3_ml3.model_based import mbrl_cli, mbrl_validation
+
+    config = MBRLConfig(horizon=5, n_outer=2, model_every=100, random_episodes=4, model_epochs=1, batch_goals=2,
+                        inner_steps=1, n_test_goals=2, val_every=2, val_updates=1, meta_restarts=3)
+    scores = iter([0.5, 0.4, 0.2, 0.3, 0.6, 0.7])  # restart r scores at outer 0 and 2: best 0.4, 0.2, 0.6
+    monkeypatch.setattr(mbrl_validation.KeepBest, "score", lambda self: next(scores))
+    built = []
+    original = mbrl_cli.MBRLExperiment
+
+    def recording(*args, **kwargs):
+        built.append(original(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(mbrl_cli, "MBRLExperiment", recording)
+    experiment, log = mbrl_cli.meta_train_with_restarts("PointmassGoal-v0", config, 0, lambda *a: None)
+    assert [e.restart for e in built] == [0, 1, 2] and experiment is built[1]
+    assert log["restarts"] == {"scores": [0.4, 0.2, 0.6], "kept": 1} and log["validation"]["kept_score"] == 0.2
+    draws = [next(iter(MBRLExperiment("PointmassGoal-v0", config, 0, r).meta_loss.parameters())) for r in (0, 1, 0)]
+    assert not torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])  # each restart its own draw
+    assert experiment.meta_loss.metadata["restart"] == 1
+    with pytest.raises(ValueError, match="val_every"):
+        MBRLExperiment("PointmassGoal-v0", MBRLConfig(meta_restarts=2), seed=0)

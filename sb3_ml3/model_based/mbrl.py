@@ -90,6 +90,9 @@ class MBRLConfig:
     # on train goals and keep the best (0: off, the last weights, Alg. 3 as written)
     val_every: int = 0
     val_updates: int = 20
+    # independent meta-trainings per seed (their own draws of M_phi, P and the policies; the same data seeds and
+    # held-out goals); the one with the best validation score on train goals is kept (needs val_every > 0)
+    meta_restarts: int = 1
     model_epochs: int = 60  # epochs of the first fit (a refit: a third of it)
     model_hidden: tuple[int, ...] = (64, 64)
     model_members: int = 3
@@ -126,15 +129,18 @@ def final_distance(env: MBRLEnv, states: torch.Tensor, goals: torch.Tensor) -> t
 class MBRLExperiment:
     """One seed of model-based ML3 on one env: meta-train (Alg. 3), then meta-test (Alg. 5) beside the baselines."""
 
-    def __init__(self, env_id: str, config: MBRLConfig, seed: int) -> None:
-        self.config, self.seed = config, int(seed)
+    def __init__(self, env_id: str, config: MBRLConfig, seed: int, restart: int = 0) -> None:
+        self.config, self.seed, self.restart = config, int(seed), int(restart)
+        if config.meta_restarts < 1 or (config.meta_restarts > 1 and config.val_every < 1):
+            raise ValueError(f"meta_restarts ({config.meta_restarts}) must be at least 1, and above 1 it needs "
+                             "meta-validation to choose among the restarts: set val_every (e.g. --val-every 100).")
         if config.inner_optimizer == "adam" and config.alpha_max > 1.0:
             raise ValueError(f"with inner_optimizer='adam' the learned rate is Adam's step size: alpha_max "
                              f"{config.alpha_max:g} would let it take steps of that size; use e.g. alpha_max 0.1 and "
                              "alpha_init 0.02 (--alpha-max 0.1 --alpha-init 0.02).")
         self.env = mbrl_env(env_id, config.horizon)
         self.horizon = self.env.horizon
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.generator = torch.Generator().manual_seed(self.seed + 104_729 * self.restart)
         self.policy = PolicyBatch(self.env.feature_dim, self.env.action_dim, config.policy_hidden)
         if config.loss_features != "state" and (config.loss_features not in LOSS_FEATURES
                                                 or LOSS_FEATURES[config.loss_features][0] != env_id):
@@ -145,6 +151,7 @@ class MBRLExperiment:
         self.meta_loss = LossAndRate(loss_dim, self.env.action_dim, config.meta_hidden, config.alpha_max,
                                      config.alpha_init, generator=self.generator,
                                      metadata={"env_id": env_id, "horizon": self.horizon, "seed": self.seed,
+                                               "restart": self.restart,
                                                "policy_hidden": list(config.policy_hidden),
                                                "loss_features": config.loss_features,
                                                "inner_optimizer": config.inner_optimizer},
@@ -356,8 +363,11 @@ class MBRLExperiment:
 
     def run(self, progress: Callable[[int, float], None] | None = None) -> dict[str, Any]:
         """Meta-train, then meta-test on held-out (and train) goals beside the baselines; a JSON-ready row."""
+        return self.meta_test(self.meta_train(progress))
+
+    def meta_test(self, train_log: dict[str, Any]) -> dict[str, Any]:
+        """Meta-test the (meta-trained) loss on held-out and train goals beside the tuned baselines (Alg. 5)."""
         cfg = self.config
-        train_log = self.meta_train(progress)
         t0 = time.time()
         model_step: StepFn = self.model
         exact_step = self.env.exact_step_fn()

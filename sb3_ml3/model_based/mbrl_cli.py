@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,27 @@ def summarise(env_id: str, rows: list[dict[str, Any]], references: dict[str, Any
     return out
 
 
+def meta_train_with_restarts(env_id: str, config: MBRLConfig, seed: int, progress: Callable[[int, float], None]
+                             ) -> tuple[MBRLExperiment, dict[str, Any]]:
+    """Meta-train ``config.meta_restarts`` independent losses for one seed; keep the best by meta-validation.
+
+    The choice reads only the validation score on **train** goals (:class:`~.mbrl_validation.KeepBest`'s kept score),
+    never a held-out goal; the log lists every restart's score and the kept one."""
+    best: tuple[float, MBRLExperiment, dict[str, Any]] | None = None
+    scores = []
+    for restart in range(config.meta_restarts):
+        experiment = MBRLExperiment(env_id, config, seed, restart)
+        log = experiment.meta_train(progress)
+        score = float(log["validation"].get("kept_score", float("inf")))
+        scores.append(score)
+        if best is None or score < best[0]:
+            best = (score, experiment, log)
+    assert best is not None
+    if config.meta_restarts > 1:
+        best[2]["restarts"] = {"scores": scores, "kept": best[1].restart}
+    return best[1], best[2]
+
+
 def run_mbrl(env_ids: Sequence[str], seeds: Sequence[int], config: MBRLConfig, progress: bool = True
              ) -> dict[str, Any]:
     """Every env and seed; returns the JSON-ready results and the meta-losses ``{(env, seed): LossAndRate}``."""
@@ -104,7 +125,6 @@ def run_mbrl(env_ids: Sequence[str], seeds: Sequence[int], config: MBRLConfig, p
         env = mbrl_env(env_id, config.horizon)
         rows = []
         for seed in seeds:
-            experiment = MBRLExperiment(env_id, config, seed)
             start = time.time()
 
             def report(outer: int, value: float, _seed: int = seed) -> None:
@@ -113,7 +133,8 @@ def run_mbrl(env_ids: Sequence[str], seeds: Sequence[int], config: MBRLConfig, p
                           f"({time.time() - start:.0f} s)", flush=True)
 
             try:
-                row = experiment.run(report)
+                experiment, train_log = meta_train_with_restarts(env_id, config, seed, report)
+                row = experiment.meta_test(train_log)
             except KeyboardInterrupt:
                 results["partial"] = True
                 results["interrupted_at"] = {"env_id": env_id, "seed": seed}
@@ -248,6 +269,8 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--target-bound", type=positive_float, default=None,
                    help="the quadratic loss's target becomes b tanh(.) (e.g. 0.9: inside the action box)")
     p.add_argument("--horizon", type=positive_int, default=None, help="unroll/rollout length (default: the env's)")
+    p.add_argument("--meta-restarts", type=positive_int, default=d.meta_restarts,
+                   help="independent meta-trainings per seed, the best by --val-every's score on train goals kept")
     p.add_argument("--policy-reset-every", type=positive_int, default=d.policy_reset_every,
                    help="outer iterations each batch of meta-train policies lives (1: fresh every iteration)")
     p.add_argument("--random-amplitude-min", type=float, default=d.random_amplitude_min,
@@ -281,6 +304,9 @@ def run(args: Any) -> dict[str, Any]:
                          f"{args.alpha_max:g}.")
     if args.val_every < 0:
         raise ValueError(f"--val-every must be 0 (off) or a number of outer iterations, got {args.val_every}.")
+    if args.meta_restarts > 1 and args.val_every < 1:
+        raise ValueError(f"--meta-restarts {args.meta_restarts} needs meta-validation to choose among the restarts: "
+                         "add --val-every (e.g. 100).")
     if not 0.0 <= args.random_amplitude_min <= 1.0:
         raise ValueError(f"--random-amplitude-min must lie in [0, 1], got {args.random_amplitude_min}.")
     config = MBRLConfig(horizon=args.horizon, inner_steps=args.inner_steps, meta_lr=args.meta_lr,
@@ -290,7 +316,7 @@ def run(args: Any) -> dict[str, Any]:
                         final_speed_weight=args.final_speed_weight, policy_init=args.policy_init, loss_form=args.loss_form,
                         alpha_init=args.alpha_init, inner_optimizer=args.inner_optimizer, adam_eps=args.adam_eps,
                         target_bound=args.target_bound, loss_features=args.loss_features, val_every=args.val_every,
-                        val_updates=args.val_updates, **settings)
+                        val_updates=args.val_updates, meta_restarts=args.meta_restarts, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)
     out = run_mbrl(args.envs, seeds, config, progress=not args.no_progress)
