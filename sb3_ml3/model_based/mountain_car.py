@@ -18,7 +18,7 @@ Task losses (distances averaged over the T steps of the unrolled trajectory):
 * **unshaped**: |x_t - g| throughout.
 
 At meta-test neither the intermediate goal nor the task loss is used: a fresh policy takes
-``test_updates`` SGD steps on M_phi alone, from start states of the train range and from start
+``test_updates`` inner steps (SGD, or Adam) on M_phi alone, from start states of the train range and from start
 states outside it. The metric is the distance |x_T - g| at the last step (METRICS.md).
 
 Batching: ``B`` policies (one per start state) are stored as parameters with a leading dimension B
