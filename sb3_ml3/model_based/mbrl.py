@@ -108,6 +108,14 @@ class MBRLConfig:
     eval_seed: int = 12345  # reset seeds of the real rollouts: eval_seed + goal index
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.val_every < 0:
+            raise ValueError(f"val_every must be 0 (off) or a number of outer iterations, got {self.val_every} "
+                             "(--val-every).")
+        if self.meta_restarts < 1 or (self.meta_restarts > 1 and self.val_every < 1):
+            raise ValueError(f"meta_restarts ({self.meta_restarts}) must be at least 1, and above 1 it needs "
+                             "meta-validation to choose among the restarts: set val_every (e.g. --val-every 100).")
+
 
 def unroll(step: StepFn, policy: PolicyBatch, params: Params, env: MBRLEnv, start: torch.Tensor,
            goals: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,9 +139,6 @@ class MBRLExperiment:
 
     def __init__(self, env_id: str, config: MBRLConfig, seed: int, restart: int = 0) -> None:
         self.config, self.seed, self.restart = config, int(seed), int(restart)
-        if config.meta_restarts < 1 or (config.meta_restarts > 1 and config.val_every < 1):
-            raise ValueError(f"meta_restarts ({config.meta_restarts}) must be at least 1, and above 1 it needs "
-                             "meta-validation to choose among the restarts: set val_every (e.g. --val-every 100).")
         if config.inner_optimizer == "adam" and config.alpha_max > 1.0:
             raise ValueError(f"with inner_optimizer='adam' the learned rate is Adam's step size: alpha_max "
                              f"{config.alpha_max:g} would let it take steps of that size; use e.g. alpha_max 0.1 and "

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from sb3_ml3.inner_optimizers import INNER_OPTIMIZERS
 from sb3_ml3.model_based.dynamics import RealEnvs
 from sb3_ml3.model_based.mbrl import MBRLConfig, MBRLExperiment, config_dict
-from sb3_ml3.model_based.mbrl_envs import ENV_IDS, mbrl_env
+from sb3_ml3.model_based.mbrl_envs import ENV_IDS, LOSS_FEATURES, mbrl_env
 
 METHODS = ("ml3", "task_model", "task_exact")
 COLORS = {"ml3": "tab:blue", "task_model": "tab:orange", "task_exact": "tab:green"}
@@ -255,12 +256,12 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--alpha-max", type=positive_float, default=d.alpha_max, help="bound of the learned learning rate")
     p.add_argument("--alpha-init", type=positive_float, default=d.alpha_init,
                    help="the learned learning rate before meta-training (below --alpha-max)")
-    p.add_argument("--inner-optimizer", choices=["sgd", "adam"], default=d.inner_optimizer,
+    p.add_argument("--inner-optimizer", choices=list(INNER_OPTIMIZERS), default=d.inner_optimizer,
                    help="the inner step: SGD with the learned rate (the paper's), or a differentiable Adam whose step "
                         "size is the learned rate (then e.g. --alpha-max 0.1 --alpha-init 0.02)")
     p.add_argument("--adam-eps", type=positive_float, default=d.adam_eps,
                    help="Adam's eps for --inner-optimizer adam (large, so the first steps pass a meta-gradient)")
-    p.add_argument("--loss-features", choices=["state", "arm-frame"], default=d.loss_features,
+    p.add_argument("--loss-features", choices=["state", *LOSS_FEATURES], default=d.loss_features,
                    help="what the meta-loss reads: the policy's features, or (ReacherGoal4D) the arm's own frame")
     p.add_argument("--val-every", type=int, default=d.val_every,
                    help="meta-validation: every n outer iterations score the loss by real updates on train goals and "
@@ -302,11 +303,6 @@ def run(args: Any) -> dict[str, Any]:
     if args.alpha_max <= args.alpha_init:
         raise ValueError(f"--alpha-max must exceed the initial rate --alpha-init {args.alpha_init:g}, got "
                          f"{args.alpha_max:g}.")
-    if args.val_every < 0:
-        raise ValueError(f"--val-every must be 0 (off) or a number of outer iterations, got {args.val_every}.")
-    if args.meta_restarts > 1 and args.val_every < 1:
-        raise ValueError(f"--meta-restarts {args.meta_restarts} needs meta-validation to choose among the restarts: "
-                         "add --val-every (e.g. 100).")
     if not 0.0 <= args.random_amplitude_min <= 1.0:
         raise ValueError(f"--random-amplitude-min must lie in [0, 1], got {args.random_amplitude_min}.")
     config = MBRLConfig(horizon=args.horizon, inner_steps=args.inner_steps, meta_lr=args.meta_lr,

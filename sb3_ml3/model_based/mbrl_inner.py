@@ -22,11 +22,8 @@ from typing import Any
 import torch
 from torch.func import functional_call, grad
 
-from sb3_ml3.functional import Adam, Params, inner_update
+from sb3_ml3.functional import INNER_OPTIMIZERS, Adam, Params, inner_update
 from sb3_ml3.model_based.mbrl_nets import LossAndRate, PolicyBatch
-
-#: the inner step's rules (module docstring)
-INNER_OPTIMIZERS = ("sgd", "adam")
 
 
 def make_learned_loss(policy: PolicyBatch, meta_loss: LossAndRate, pre_tanh: bool = False, rate: bool = True
@@ -110,4 +107,4 @@ def state_from_tensors(packed: dict[str, Any]) -> Any:
     return int(packed["step"]), packed["exp_avg"], packed["exp_avg_sq"]
 
 
-__all__ = ["INNER_OPTIMIZERS", "InnerStep", "make_learned_loss", "state_as_tensors", "state_from_tensors"]
+__all__ = ["InnerStep", "make_learned_loss", "state_as_tensors", "state_from_tensors"]

@@ -39,7 +39,7 @@ from torch.func import grad, grad_and_value
 from sb3_ml3.atomic import jsonable
 from sb3_ml3.envs.mountain_car import MAX_FORCE, MAX_POSITION, MIN_POSITION, PAPER_GOAL, torch_step
 from sb3_ml3.functional import SGD, Params
-from sb3_ml3.inner_optimizers import Adam
+from sb3_ml3.inner_optimizers import INNER_OPTIMIZERS, Adam
 from sb3_ml3.meta_loss import ACTIVATIONS, MetaLoss
 
 TASK_LOSSES = ("shaped", "unshaped")
@@ -61,8 +61,6 @@ TASK_NORMS = ("mean", "frobenius")
 #: where meta-training's policies start: a fresh draw every outer step, or one draw per seed reused at every outer
 #: step and at meta-test (the authors' protocol)
 POLICY_INITS = ("fresh", "fixed")
-#: the inner step's rule: the paper's SGD, or a differentiable Adam (its statistics live as long as the policy)
-INNER_OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass
@@ -111,7 +109,7 @@ class MountainCarConfig:
             raise ValueError(f"intermediate_steps ({self.intermediate_steps}) must be below the horizon ({self.horizon}).")
         for name, allowed in (("meta_form", META_FORMS), ("policy", POLICY_KINDS), ("task_state", ("position", "state")),
                               ("task_norm", TASK_NORMS), ("policy_init", POLICY_INITS),
-                              ("inner_optimizer", INNER_OPTIMIZERS),
+                              ("inner_optimizer", tuple(INNER_OPTIMIZERS)),
                               ("meta_activation", tuple(sorted(ACTIVATIONS)))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
@@ -388,6 +386,6 @@ class MountainCarML3:
 
 
 __all__ = ["MountainCarConfig", "MountainCarML3", "TASK_LOSSES", "META_INPUTS", "FREE_META_INPUTS", "META_FORMS",
-           "POLICY_KINDS", "TASK_NORMS", "POLICY_INITS", "INNER_OPTIMIZERS", "free_meta_inputs", "meta_input_spec", "clip_scales",
+           "POLICY_KINDS", "TASK_NORMS", "POLICY_INITS", "free_meta_inputs", "meta_input_spec", "clip_scales",
            "init_policy", "policy_action", "unroll", "at_rest", "targets", "state_targets", "task_loss_per_policy",
            "final_distance", "make_meta_loss", "meta_inputs", "initial_policies"]

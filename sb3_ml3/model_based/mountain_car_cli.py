@@ -16,14 +16,8 @@ import numpy as np
 
 from sb3_ml3.atomic import jsonable
 from sb3_ml3.envs.mountain_car import MAX_FORCE, numpy_step
-from sb3_ml3.model_based.mountain_car import (
-    INNER_OPTIMIZERS,
-    META_FORMS,
-    POLICY_INITS,
-    POLICY_KINDS,
-    TASK_NORMS,
-    MountainCarConfig,
-)
+from sb3_ml3.inner_optimizers import INNER_OPTIMIZERS
+from sb3_ml3.model_based.mountain_car import META_FORMS, POLICY_INITS, POLICY_KINDS, TASK_NORMS, MountainCarConfig
 from sb3_ml3.model_based.mountain_car_experiment import METHODS, run_seed, summarise
 
 COMMAND = "mountain-car"
