@@ -420,6 +420,21 @@ def test_arm_frame_loss_features_turn_with_arm_and_goal_and_feed_only_the_loss()
     with pytest.raises(ValueError, match="not defined for PointmassGoal"):
         MBRLExperiment("PointmassGoal-v0", MBRLConfig(loss_features="arm-frame"), seed=0)
 
+    # policy_features: the policies (ML3's, the baselines', the real env's actor) read the arm's frame too
+    policy_frame = MBRLExperiment("ReacherGoal4D-v0", MBRLConfig(**{**config.__dict__, "policy_features": "arm-frame"}),
+                                  seed=0)
+    assert policy_frame.policy.widths[0] == 7 and policy_frame.env.feature_dim == 7
+    features, context = policy_frame.contexts(state[:, None], goal)
+    torch.testing.assert_close(features, context)
+    theta = policy_frame.policy.init(2, torch.Generator().manual_seed(1))
+    obs = torch.cat([state, goal], -1).numpy()
+    torch.testing.assert_close(torch.as_tensor(policy_frame.actor(theta)(obs)),
+                               policy_frame.policy(theta, reacher_arm_frame(state, goal)[:, None])[:, 0])
+    assert np.isfinite(policy_frame.meta_train()["task_loss"]).all()
+    assert mbrl_env("ReacherGoal4D-v0").feature_dim == 10  # the env's own description is left as it was
+    with pytest.raises(ValueError, match="policy_features 'arm-frame' is not defined for PointmassGoal"):
+        MBRLExperiment("PointmassGoal-v0", MBRLConfig(policy_features="arm-frame"), seed=0)
+
 
 def test_meta_validation_scores_on_train_goals_and_restores_the_best_weights(monkeypatch):
     from sb3_ml3.model_based import mbrl_validation
@@ -478,3 +493,63 @@ def test_meta_restarts_train_independent_losses_and_keep_the_best_validation_sco
     assert experiment.meta_loss.metadata["restart"] == 1
     with pytest.raises(ValueError, match="val_every"):
         MBRLExperiment("PointmassGoal-v0", MBRLConfig(meta_restarts=2), seed=0)
+
+
+def test_minimiser_is_the_quadratic_losss_argmin_and_its_task_loss_joins_the_meta_objective():
+    """LossAndRate.minimiser: M is zero there with zero action-gradient; minimiser_weight adds its final distance in P,
+    whose phi-gradient matches central differences; refused where the loss form has no closed-form minimiser."""
+    torch.manual_seed(0)
+    meta = LossAndRate(7, 2, (16,), 0.1, 0.02, generator=torch.Generator().manual_seed(1), target_bound=0.9)
+    context = torch.randn(3, 5, 7)
+    target = meta.minimiser(context)
+    assert target.shape == (3, 5, 2) and float(target.abs().max()) <= 0.9
+    action = target.clone().requires_grad_(True)
+    loss, _ = meta(context, action, action.detach())
+    assert float(loss.abs().max()) < 1e-10
+    assert float(torch.autograd.grad(loss.sum(), action)[0].abs().max()) < 1e-8
+    moved, _ = meta(context, target + 0.1, target)
+    assert float(moved.min()) > 0
+    with pytest.raises(ValueError, match="absolute target"):
+        LossAndRate(7, 2, (16,), loss_form="free").minimiser(context)
+    with pytest.raises(ValueError, match="absolute target"):
+        MBRLConfig(minimiser_weight=1.0, relative_target=True)
+    with pytest.raises(ValueError, match="minimiser_weight"):
+        MBRLConfig(minimiser_weight=-1.0)
+
+    values = []
+    for weight in (0.0, 3.0):
+        experiment = MBRLExperiment("PointmassGoal-v0", MBRLConfig(horizon=5, inner_steps=1, batch_goals=2,
+                                                                   minimiser_weight=weight), seed=0)
+        theta = experiment.policy.init(2, torch.Generator().manual_seed(3))
+        phi = {k: v.detach() for k, v in experiment.meta_loss.named_parameters()}
+        start, goals = torch.zeros(2, 4), torch.tensor([[1.0, 0.0], [0.0, -1.0]])
+        value = experiment.meta_objective(phi, theta, start, goals)[0]
+        values.append((float(value), float(experiment.minimiser_distance(phi, start, goals).mean())))
+    assert values[1][1] > 0 and values[1][0] == pytest.approx(values[0][0] + 3.0 * values[1][1], rel=1e-5)
+
+    experiment.model.double()
+    phi = {k: v.detach().double() for k, v in experiment.meta_loss.named_parameters()}
+    start, goals = start.double(), goals.double()
+    experiment.meta_loss.double()
+    leaf = {k: v.clone().requires_grad_(True) for k, v in phi.items()}
+    analytic = torch.autograd.grad(experiment.minimiser_distance(leaf, start, goals).sum(), list(leaf.values()),
+                                   allow_unused=True)
+    for (name, value), g in zip(phi.items(), analytic):
+        if not name.startswith("loss_net."):
+            assert g is None  # the rate net plays no part in the minimiser
+            continue
+        index = (0,) * value.dim()
+        plus, minus = dict(phi), dict(phi)
+        bump = torch.zeros_like(value)
+        bump[index] = 1e-6
+        plus[name], minus[name] = value + bump, value - bump
+        numeric = (experiment.minimiser_distance(plus, start, goals).sum()
+                   - experiment.minimiser_distance(minus, start, goals).sum()) / 2e-6
+        assert float(g[index]) == pytest.approx(float(numeric), rel=1e-4, abs=1e-8)
+
+    # the real env's rollout of the minimiser as a controller, what the meta-test reports beside ML3
+    experiment.meta_loss.float()
+    act = experiment.minimiser_actor()
+    obs = np.array([[0.3, -0.2, 0.1, 0.0, 1.0, 0.5]], dtype=np.float32)
+    context = experiment.contexts(torch.as_tensor(obs[:, None, :4]), torch.as_tensor(obs[:, 4:]))[1]
+    assert np.allclose(act(obs), experiment.meta_loss.minimiser(context)[:, 0].detach().numpy())

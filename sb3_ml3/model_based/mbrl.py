@@ -26,95 +26,24 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch.func import grad_and_value
+from torch.func import functional_call, grad_and_value
 
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.functional import Params, apply_meta_gradient, make_meta_optimizer
 from sb3_ml3.model_based.dynamics import EnsembleDynamics, RealEnvs, TransitionBuffer, random_action_rollouts
+from sb3_ml3.model_based.mbrl_config import MBRLConfig, config_dict
 from sb3_ml3.model_based.mbrl_envs import LOSS_FEATURES, MBRLEnv, mbrl_env
 from sb3_ml3.model_based.mbrl_inner import InnerStep, make_learned_loss, state_as_tensors, state_from_tensors
 from sb3_ml3.model_based.mbrl_nets import LossAndRate, PolicyBatch
 from sb3_ml3.model_based.mbrl_validation import KeepBest
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class MBRLConfig:
-    """Settings of ``ml3 mbrl`` (the paper gives Algorithm 3, the model refresh every 100 iterations; the rest is ours)."""
-
-    horizon: int | None = None  # unroll and rollout length (None: the env's default, mbrl_envs)
-    n_outer: int = 300  # outer iterations (meta-train)
-    batch_goals: int = 8  # train goals (one fresh policy each) per outer iteration
-    inner_steps: int = 3  # K inner steps per outer iteration
-    meta_lr: float = 1e-3  # eta (Adam)
-    meta_max_grad_norm: float = 1.0
-    model_every: int = 100  # outer iterations between real rollouts of the latest policies + model refits
-    random_episodes: int = 200  # random-action episodes P is first fitted on
-    # each random episode's torques are scaled by u ~ U(random_amplitude_min, 1) (1.0: full-range torques only)
-    random_amplitude_min: float = 1.0
-    # outer iterations a batch of policies (and its goals) lives: 1 = fresh policies every iteration (Alg. 3 as
-    # written); n > 1 keeps updating them with M_phi for n iterations, so the loss also learns where it leads late
-    policy_reset_every: int = 1
-    relative_target: bool = False  # M's target: the recorded action plus a learned change (mbrl_nets.LossAndRate)
-    # M reads the policy's pre-tanh output: its gradient survives saturated actions (a loss on the action drives a
-    # tanh policy to +-1, where every gradient vanishes and the policy stays: the reacher's failure, REPORT.md)
-    loss_on_pre_tanh: bool = False
-    # meta-train's task loss: the mean distance over the unroll's last n states (1: the final distance, Alg. 3's;
-    # more is a denser, smoother signal; meta-test and every baseline are always scored by the final distance)
-    task_loss_steps: int = 1
-    # meta-train's task loss also adds this times |velocity at s_H| (state[2:4]: the point's, the joints' in rad/s);
-    # 0: none. Shapes meta-training away from the reacher's fold-and-spin optimum (REPORT.md); never scored
-    final_speed_weight: float = 0.0
-    # "fresh": new policies every reset (above) and at meta-test; "fixed": one draw per seed that every meta-train
-    # batch, every baseline and every meta-test starts from (the authors' protocol: their policy.reset() reloads
-    # one saved initialisation)
-    policy_init: str = "fresh"
-    # "quadratic": M = mean_t sum_j w_j(c_t) (a_t,j - t_j(c_t))^2; "free": an ELU MLP of (c_t, a_t), the authors' form
-    loss_form: str = "quadratic"
-    # the inner step (mbrl_inner): "sgd" (the paper's, step alpha) or "adam" (a differentiable Adam whose step size is
-    # alpha: set alpha_max / alpha_init in Adam's units, e.g. 0.1 / 0.02), with Adam's eps
-    inner_optimizer: str = "sgd"
-    adam_eps: float = 1e-2
-    target_bound: float | None = None  # the quadratic form's target t = b tanh(.), inside the action box for b < 1
-    # what M_phi reads besides the actions: "state" (the policy's features) or "arm-frame" (ReacherGoal4D: the arm's
-    # own frame, mbrl_envs.reacher_arm_frame; the policy still reads its features)
-    loss_features: str = "state"
-    # meta-validation (mbrl_validation): every val_every outer iterations score the loss by val_updates real updates
-    # on train goals and keep the best (0: off, the last weights, Alg. 3 as written)
-    val_every: int = 0
-    val_updates: int = 20
-    # independent meta-trainings per seed (their own draws of M_phi, P and the policies; the same data seeds and
-    # held-out goals); the one with the best validation score on train goals is kept (needs val_every > 0)
-    meta_restarts: int = 1
-    model_epochs: int = 60  # epochs of the first fit (a refit: a third of it)
-    model_hidden: tuple[int, ...] = (64, 64)
-    model_members: int = 3
-    policy_hidden: tuple[int, ...] = (32, 32)
-    meta_hidden: tuple[int, ...] = (64, 64)
-    alpha_max: float = 10.0
-    alpha_init: float = 1.0
-    test_updates: int = 60  # policy updates at meta-test
-    n_test_goals: int = 10
-    # (optimizer, step size) pairs tried for the task-loss baselines, tuned on train goals
-    task_grid: tuple[tuple[str, float], ...] = (("adam", 0.001), ("adam", 0.003), ("adam", 0.01), ("adam", 0.03),
-                                                ("sgd", 0.003), ("sgd", 0.01), ("sgd", 0.03))
-    eval_seed: int = 12345  # reset seeds of the real rollouts: eval_seed + goal index
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.val_every < 0:
-            raise ValueError(f"val_every must be 0 (off) or a number of outer iterations, got {self.val_every} "
-                             "(--val-every).")
-        if self.meta_restarts < 1 or (self.meta_restarts > 1 and self.val_every < 1):
-            raise ValueError(f"meta_restarts ({self.meta_restarts}) must be at least 1, and above 1 it needs "
-                             "meta-validation to choose among the restarts: set val_every (e.g. --val-every 100).")
 
 
 def unroll(step: StepFn, policy: PolicyBatch, params: Params, env: MBRLEnv, start: torch.Tensor,
@@ -144,13 +73,16 @@ class MBRLExperiment:
                              f"{config.alpha_max:g} would let it take steps of that size; use e.g. alpha_max 0.1 and "
                              "alpha_init 0.02 (--alpha-max 0.1 --alpha-init 0.02).")
         self.env = mbrl_env(env_id, config.horizon)
+        for name, choice in (("loss_features", config.loss_features), ("policy_features", config.policy_features)):
+            if choice != "state" and (choice not in LOSS_FEATURES or LOSS_FEATURES[choice][0] != env_id):
+                raise ValueError(f"{name} {choice!r} is not defined for {env_id}: 'state' or one of "
+                                 f"{[k for k, v in LOSS_FEATURES.items() if v[0] == env_id]}.")
+        if config.policy_features != "state":  # the policies read these in place of the env's features
+            self.env = replace(self.env, features=LOSS_FEATURES[config.policy_features][1],
+                               feature_dim=LOSS_FEATURES[config.policy_features][2])
         self.horizon = self.env.horizon
         self.generator = torch.Generator().manual_seed(self.seed + 104_729 * self.restart)
         self.policy = PolicyBatch(self.env.feature_dim, self.env.action_dim, config.policy_hidden)
-        if config.loss_features != "state" and (config.loss_features not in LOSS_FEATURES
-                                                or LOSS_FEATURES[config.loss_features][0] != env_id):
-            raise ValueError(f"loss_features {config.loss_features!r} is not defined for {env_id}: 'state' or one of "
-                             f"{[k for k, v in LOSS_FEATURES.items() if v[0] == env_id]}.")
         self.loss_context, loss_dim = ((None, self.env.feature_dim) if config.loss_features == "state"
                                        else LOSS_FEATURES[config.loss_features][1:])
         self.meta_loss = LossAndRate(loss_dim, self.env.action_dim, config.meta_hidden, config.alpha_max,
@@ -210,6 +142,18 @@ class MBRLExperiment:
 
         return act
 
+    def minimiser_actor(self) -> Callable[[np.ndarray], np.ndarray]:
+        """M_phi's minimiser t(c) (:meth:`~.mbrl_nets.LossAndRate.minimiser`) as a controller of the real env."""
+        s_dim = self.env.state_dim
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            obs_t = torch.as_tensor(obs, dtype=torch.float32)
+            with torch.no_grad():
+                context = self.contexts(obs_t[:, None, :s_dim], obs_t[:, s_dim:s_dim + 2])[1]
+                return self.meta_loss.minimiser(context)[:, 0].numpy()
+
+        return act
+
     def contexts(self, states: torch.Tensor, goals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the policy's features, M_phi's context) of trajectories' states ``(B, T, S)`` and goals ``(B, 2)``."""
         g = goals[:, None].expand(-1, states.shape[1], -1)
@@ -240,8 +184,19 @@ class MBRLExperiment:
                 speed = torch.linalg.vector_norm(states[:, -1, 2:4], dim=-1).mean()
                 loss = loss + self.config.final_speed_weight * speed
             losses.append(loss)
-        return torch.stack(losses).mean(), ({k: v.detach() for k, v in theta.items()}, torch.stack(alphas).detach(),
+        objective = torch.stack(losses).mean()
+        if self.config.minimiser_weight:
+            objective = objective + self.config.minimiser_weight * self.minimiser_distance(phi, start, goals).mean()
+        return objective, ({k: v.detach() for k, v in theta.items()}, torch.stack(alphas).detach(),
                                             state_as_tensors(rule_state))
+
+    def minimiser_distance(self, phi: Params, start: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
+        """Final distance ``(B,)`` of M_phi's minimiser t(c) unrolled in P as a controller, differentiable in phi."""
+        s = start
+        for _ in range(self.horizon):
+            context = self.contexts(s[:, None], goals)[1]
+            s = self.model(s, functional_call(self.meta_loss, phi, (context,))[:, 0])
+        return torch.linalg.vector_norm(self.env.position(s) - goals, dim=-1)
 
     def meta_train(self, progress: Callable[[int, float], None] | None = None) -> dict[str, Any]:
         cfg = self.config
@@ -387,6 +342,10 @@ class MBRLExperiment:
             theta = self.initial_policies(len(goals), torch.Generator().manual_seed(self.seed * 1000 + 9))
             try:
                 result = {"goals": goals.tolist(), "ml3": self.meta_test_ml3(envs, theta, cfg.test_updates)}
+                if split == "test" and self.meta_loss.loss_form == "quadratic" and not self.meta_loss.relative_target:
+                    # a diagnostic, not a method: M_phi's minimiser t(c) itself as the controller (where it leads)
+                    roll = envs.rollout(self.minimiser_actor(), self.horizon, cfg.eval_seed)
+                    result["minimiser_final_distance"] = roll.final_distance.tolist()
                 if split == "test":
                     result["task_model"] = self.optimise_task_loss(envs, theta, cfg.test_updates, *tuned_model, model_step)
                     result["task_exact"] = self.optimise_task_loss(envs, theta, cfg.test_updates, *tuned_exact, exact_step)
@@ -395,10 +354,6 @@ class MBRLExperiment:
             row[split] = result
         row["meta_test_wall_s"] = time.time() - t0
         return row
-
-
-def config_dict(config: MBRLConfig) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
 
 
 __all__ = ["MBRLConfig", "MBRLExperiment", "unroll", "final_distance", "make_learned_loss", "config_dict"]

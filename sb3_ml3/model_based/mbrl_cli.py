@@ -263,6 +263,9 @@ def add_arguments(p: Any) -> None:
                    help="Adam's eps for --inner-optimizer adam (large, so the first steps pass a meta-gradient)")
     p.add_argument("--loss-features", choices=["state", *LOSS_FEATURES], default=d.loss_features,
                    help="what the meta-loss reads: the policy's features, or (ReacherGoal4D) the arm's own frame")
+    p.add_argument("--policy-features", choices=["state", *LOSS_FEATURES], default=d.policy_features,
+                   help="what the policies read (ML3's and the baselines' alike): the env's features, or "
+                        "(ReacherGoal4D) the arm's own frame")
     p.add_argument("--val-every", type=int, default=d.val_every,
                    help="meta-validation: every n outer iterations score the loss by real updates on train goals and "
                         "keep the best (0: off, the last weights)")
@@ -289,6 +292,9 @@ def add_arguments(p: Any) -> None:
                    help="fresh policies, or one fixed draw per seed for meta-train, baselines and meta-test (authors')")
     p.add_argument("--final-speed-weight", type=float, default=d.final_speed_weight,
                    help="meta-train task loss adds this times the final speed |state[2:4]| (0: none)")
+    p.add_argument("--minimiser-weight", type=float, default=d.minimiser_weight,
+                   help="meta-train task loss adds this times the final distance of the learned loss's minimiser t(c) "
+                        "unrolled in the model as a controller (quadratic form only; 0: none, Alg. 3 as written)")
     p.add_argument("--quick", action="store_true", help="a tiny version (about a minute): a smoke test")
     add_common(p, resumable=False)
 
@@ -309,9 +315,11 @@ def run(args: Any) -> dict[str, Any]:
                         alpha_max=args.alpha_max, policy_reset_every=args.policy_reset_every,
                         random_amplitude_min=args.random_amplitude_min, relative_target=args.relative_target,
                         loss_on_pre_tanh=args.loss_on_pre_tanh, task_loss_steps=args.task_loss_steps,
-                        final_speed_weight=args.final_speed_weight, policy_init=args.policy_init, loss_form=args.loss_form,
+                        final_speed_weight=args.final_speed_weight,
+                        minimiser_weight=args.minimiser_weight, policy_init=args.policy_init, loss_form=args.loss_form,
                         alpha_init=args.alpha_init, inner_optimizer=args.inner_optimizer, adam_eps=args.adam_eps,
-                        target_bound=args.target_bound, loss_features=args.loss_features, val_every=args.val_every,
+                        target_bound=args.target_bound, loss_features=args.loss_features,
+                        policy_features=args.policy_features, val_every=args.val_every,
                         val_updates=args.val_updates, meta_restarts=args.meta_restarts, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)

@@ -138,10 +138,16 @@ class LossAndRate(nn.Module):
             last.weight.zero_()
             last.bias.fill_(math.log(self.alpha_init / (self.alpha_max - self.alpha_init)))  # logit
 
-    def forward(self, context: torch.Tensor, action: torch.Tensor, recorded_action: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, context: torch.Tensor, action: torch.Tensor | None = None,
+                recorded_action: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``(M per trajectory (B,), alpha (B,))`` from contexts ``(B, T, F)``, the policy's actions ``(B, T, A)``
-        (differentiable in theta) and the trajectory's recorded actions (the same values, no gradient to theta)."""
+        (differentiable in theta) and the trajectory's recorded actions (the same values, no gradient to theta).
+
+        With ``action=None``: :meth:`minimiser` of the contexts (so ``functional_call`` reaches it with phi)."""
+        if action is None:
+            return self.minimiser(context)
+        if recorded_action is None:
+            raise ValueError("LossAndRate needs the recorded actions beside the policy's actions.")
         if context.shape[-1] != self.feature_dim or action.shape[-1] != self.action_dim or context.dim() != 3:
             raise ValueError(f"LossAndRate expects contexts (B, T, {self.feature_dim}) and actions (B, T, "
                              f"{self.action_dim}); got {tuple(context.shape)} and {tuple(action.shape)}.")
@@ -151,6 +157,22 @@ class LossAndRate(nn.Module):
         loss = self.loss_net(fields).mean(-1)
         logits = self.rate_net(torch.cat([context, recorded_action.detach()], -1)).squeeze(-1).mean(-1)
         return loss, self.alpha_max * torch.sigmoid(logits)
+
+    def minimiser(self, context: torch.Tensor) -> torch.Tensor:
+        """The action that minimises M at each context, ``(..., A)``: the quadratic form's target t(c).
+
+        M = sum_j w_j(c) (a_j - t_j(c))^2 with w > 0 is smallest at a = t(c), so t is the policy a policy trained on
+        M alone tends to (the limit of many inner steps): a controller that can be unrolled and scored on its own.
+        Only the quadratic form with an absolute target has one (the free form's minimiser has no closed form, and a
+        relative target moves with the recorded action).
+        """
+        if self.loss_form != "quadratic" or self.relative_target:
+            raise ValueError("minimiser needs the quadratic loss form with an absolute target (loss_form='quadratic', "
+                             "relative_target=False).")
+        if context.shape[-1] != self.feature_dim:
+            raise ValueError(f"minimiser expects contexts (..., {self.feature_dim}); got {tuple(context.shape)}.")
+        placeholder = context.new_zeros(*context.shape[:-1], self.action_dim)
+        return self.loss_net.quadratic_form({"context": context, "action": placeholder})[1]
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:

@@ -1,0 +1,95 @@
+"""The settings of ``ml3 mbrl`` (:class:`MBRLConfig`): one dataclass, checked on construction, saved with every result."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class MBRLConfig:
+    """Settings of ``ml3 mbrl`` (the paper gives Algorithm 3, the model refresh every 100 iterations; the rest is ours)."""
+
+    horizon: int | None = None  # unroll and rollout length (None: the env's default, mbrl_envs)
+    n_outer: int = 300  # outer iterations (meta-train)
+    batch_goals: int = 8  # train goals (one fresh policy each) per outer iteration
+    inner_steps: int = 3  # K inner steps per outer iteration
+    meta_lr: float = 1e-3  # eta (Adam)
+    meta_max_grad_norm: float = 1.0
+    model_every: int = 100  # outer iterations between real rollouts of the latest policies + model refits
+    random_episodes: int = 200  # random-action episodes P is first fitted on
+    # each random episode's torques are scaled by u ~ U(random_amplitude_min, 1) (1.0: full-range torques only)
+    random_amplitude_min: float = 1.0
+    # outer iterations a batch of policies (and its goals) lives: 1 = fresh policies every iteration (Alg. 3 as
+    # written); n > 1 keeps updating them with M_phi for n iterations, so the loss also learns where it leads late
+    policy_reset_every: int = 1
+    relative_target: bool = False  # M's target: the recorded action plus a learned change (mbrl_nets.LossAndRate)
+    # M reads the policy's pre-tanh output: its gradient survives saturated actions (a loss on the action drives a
+    # tanh policy to +-1, where every gradient vanishes and the policy stays: the reacher's failure, REPORT.md)
+    loss_on_pre_tanh: bool = False
+    # meta-train's task loss: the mean distance over the unroll's last n states (1: the final distance, Alg. 3's;
+    # more is a denser, smoother signal; meta-test and every baseline are always scored by the final distance)
+    task_loss_steps: int = 1
+    # meta-train's task loss also adds this times the final distance of M_phi's minimiser t(c) unrolled as a controller
+    # in P (mbrl_nets.LossAndRate.minimiser: where many inner steps lead); 0: none, Alg. 3 as written. Never scored
+    minimiser_weight: float = 0.0
+    # meta-train's task loss also adds this times |velocity at s_H| (state[2:4]: the point's, the joints' in rad/s);
+    # 0: none. Shapes meta-training away from the reacher's fold-and-spin optimum (REPORT.md); never scored
+    final_speed_weight: float = 0.0
+    # "fresh": new policies every reset (above) and at meta-test; "fixed": one draw per seed that every meta-train
+    # batch, every baseline and every meta-test starts from (the authors' protocol: their policy.reset() reloads
+    # one saved initialisation)
+    policy_init: str = "fresh"
+    # "quadratic": M = mean_t sum_j w_j(c_t) (a_t,j - t_j(c_t))^2; "free": an ELU MLP of (c_t, a_t), the authors' form
+    loss_form: str = "quadratic"
+    # the inner step (mbrl_inner): "sgd" (the paper's, step alpha) or "adam" (a differentiable Adam whose step size is
+    # alpha: set alpha_max / alpha_init in Adam's units, e.g. 0.1 / 0.02), with Adam's eps
+    inner_optimizer: str = "sgd"
+    adam_eps: float = 1e-2
+    target_bound: float | None = None  # the quadratic form's target t = b tanh(.), inside the action box for b < 1
+    # what M_phi reads besides the actions: "state" (the policy's features) or "arm-frame" (ReacherGoal4D: the arm's
+    # own frame, mbrl_envs.reacher_arm_frame; the policy still reads its features)
+    loss_features: str = "state"
+    # what the policies read: "state" (the env's features, mbrl_envs) or one of LOSS_FEATURES (ReacherGoal4D:
+    # "arm-frame"); the same policy class for ML3, every baseline and the validation
+    policy_features: str = "state"
+    # meta-validation (mbrl_validation): every val_every outer iterations score the loss by val_updates real updates
+    # on train goals and keep the best (0: off, the last weights, Alg. 3 as written)
+    val_every: int = 0
+    val_updates: int = 20
+    # independent meta-trainings per seed (their own draws of M_phi, P and the policies; the same data seeds and
+    # held-out goals); the one with the best validation score on train goals is kept (needs val_every > 0)
+    meta_restarts: int = 1
+    model_epochs: int = 60  # epochs of the first fit (a refit: a third of it)
+    model_hidden: tuple[int, ...] = (64, 64)
+    model_members: int = 3
+    policy_hidden: tuple[int, ...] = (32, 32)
+    meta_hidden: tuple[int, ...] = (64, 64)
+    alpha_max: float = 10.0
+    alpha_init: float = 1.0
+    test_updates: int = 60  # policy updates at meta-test
+    n_test_goals: int = 10
+    # (optimizer, step size) pairs tried for the task-loss baselines, tuned on train goals
+    task_grid: tuple[tuple[str, float], ...] = (("adam", 0.001), ("adam", 0.003), ("adam", 0.01), ("adam", 0.03),
+                                                ("sgd", 0.003), ("sgd", 0.01), ("sgd", 0.03))
+    eval_seed: int = 12345  # reset seeds of the real rollouts: eval_seed + goal index
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.val_every < 0:
+            raise ValueError(f"val_every must be 0 (off) or a number of outer iterations, got {self.val_every} "
+                             "(--val-every).")
+        if self.minimiser_weight < 0 or (self.minimiser_weight > 0 and (self.loss_form != "quadratic"
+                                                                         or self.relative_target)):
+            raise ValueError(f"minimiser_weight ({self.minimiser_weight}) must be >= 0, and above 0 it needs the "
+                             "quadratic loss form with an absolute target (no --relative-target, --loss-form quadratic).")
+        if self.meta_restarts < 1 or (self.meta_restarts > 1 and self.val_every < 1):
+            raise ValueError(f"meta_restarts ({self.meta_restarts}) must be at least 1, and above 1 it needs "
+                             "meta-validation to choose among the restarts: set val_every (e.g. --val-every 100).")
+
+
+def config_dict(config: MBRLConfig) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+
+
+__all__ = ["MBRLConfig", "config_dict"]
