@@ -10,7 +10,8 @@ and takes K inner steps, each on a trajectory tau_k unrolled in P:
 
 The task loss is the distance to the goal at the last step when pi_theta_k+1 is unrolled in P,
 differentiated through P, the policy and the inner update (mean over the K steps, Alg. 4's
-E[L_T^i]); phi <- phi - eta grad_phi L_T (Adam). Every ``model_every`` outer iterations (Appendix A:
+E[L_T^i]); phi <- phi - eta grad_phi L_T (Adam). Optionally (``minimiser_weight``, ours) L_T also scores the loss's
+minimiser t(c) unrolled in P as a controller, where many inner steps lead. Every ``model_every`` outer iterations (Appendix A:
 100) the latest updated policies are rolled out on the real env and P is refitted on all data.
 
 **Meta-test (Algorithm 5) needs no model.** Each update rolls the policy out in the *real* env (no

@@ -15,6 +15,9 @@
   ``loss_form="free"``: M is instead an unbounded ELU MLP of (c_t, a_t), averaged over t (the authors' own
   model-based loss form: a network of the detached states, the action and the goal, with no target structure).
 
+  The quadratic form's minimiser over the action is its target t(c) (:meth:`LossAndRate.minimiser`): the controller
+  many inner steps lead to, which can be rolled out and scored on its own.
+
   ``alpha`` reads the **recorded** actions of tau, so it is a function of (tau, g, phi) but not of theta:
   the inner step theta' = theta - alpha grad_theta M_phi is exactly SGD with rate 1 on ``alpha * M_phi``.
 
