@@ -553,3 +553,43 @@ def test_minimiser_is_the_quadratic_losss_argmin_and_its_task_loss_joins_the_met
     obs = np.array([[0.3, -0.2, 0.1, 0.0, 1.0, 0.5]], dtype=np.float32)
     context = experiment.contexts(torch.as_tensor(obs[:, None, :4]), torch.as_tensor(obs[:, 4:]))[1]
     assert np.allclose(act(obs), experiment.meta_loss.minimiser(context)[:, 0].detach().numpy())
+
+
+def test_task_loss_baselines_choose_their_policy_class_on_train_goals(monkeypatch):
+    """task_policy_features: the baselines tune (policy class, optimizer, step size) on train goals; a class other
+    than ML3's reads its own features; ML3's class starts from ML3's initial policies."""
+    from sb3_ml3.model_based import mbrl_baselines
+    from sb3_ml3.model_based.dynamics import RealEnvs
+
+    config = MBRLConfig(horizon=4, inner_steps=1, n_test_goals=2, loss_features="arm-frame",
+                        policy_features="arm-frame", task_policy_features=("state", "arm-frame"),
+                        task_grid=(("adam", 0.01), ("sgd", 0.01)), inner_optimizer="adam", alpha_max=0.1,
+                        alpha_init=0.02, target_bound=0.9)
+    experiment = MBRLExperiment("ReacherGoal4D-v0", config, seed=0)
+    state_policy, state_env = mbrl_baselines.policy_class(experiment, "state")
+    assert state_policy.widths[0] == 10 and state_env.feature_dim == 10 and experiment.policy.widths[0] == 7
+    assert mbrl_baselines.policy_class(experiment, "arm-frame")[0] is experiment.policy
+    mine = mbrl_baselines.starting_policies(experiment, "arm-frame", 2, 5)
+    same = experiment.initial_policies(2, torch.Generator().manual_seed(5))
+    assert all(torch.equal(mine[k], same[k]) for k in same)
+    assert mbrl_baselines.starting_policies(experiment, "state", 2, 5)["w0"].shape[1] == 10
+
+    seen = []
+    original = mbrl_baselines.optimise_task_loss
+    monkeypatch.setattr(mbrl_baselines, "optimise_task_loss",
+                        lambda exp, envs, theta, updates, opt, lr, step, features: seen.append(
+                            (features, theta["w0"].shape[1])) or original(exp, envs, theta, updates, opt, lr, step,
+                                                                          features))
+    tuned, scores = mbrl_baselines.tune_task_loss(experiment, experiment.env.exact_step_fn(), 2)
+    assert sorted(scores) == ["arm-frame adam 0.01", "arm-frame sgd 0.01", "state adam 0.01", "state sgd 0.01"]
+    assert sorted(set(seen)) == [("arm-frame", 7), ("state", 10)]
+    assert scores[" ".join([tuned[0], tuned[1], f"{tuned[2]:g}"])] == min(scores.values())
+    envs = RealEnvs("ReacherGoal4D-v0", sample_tasks("ReacherGoal4D-v0", 2, "test", seed=1))
+    try:
+        theta = mbrl_baselines.starting_policies(experiment, "state", 2, 9)
+        out = original(experiment, envs, theta, 2, "adam", 0.01, experiment.env.exact_step_fn(), "state")
+    finally:
+        envs.close()
+    assert out["policy_features"] == "state" and len(out["final_distance"]) == 3
+    with pytest.raises(ValueError, match="task_policy_features 'arm-frame' is not defined for PointmassGoal"):
+        MBRLExperiment("PointmassGoal-v0", MBRLConfig(task_policy_features=("arm-frame",)), seed=0)

@@ -25,7 +25,6 @@ reference; their step size is tuned on train goals. Every policy is evaluated by
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from torch.func import functional_call, grad_and_value
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.functional import Params, apply_meta_gradient, make_meta_optimizer
 from sb3_ml3.model_based.dynamics import EnsembleDynamics, RealEnvs, TransitionBuffer, random_action_rollouts
+from sb3_ml3.model_based.mbrl_baselines import optimise_task_loss, starting_policies, tune_task_loss
 from sb3_ml3.model_based.mbrl_config import MBRLConfig, config_dict
 from sb3_ml3.model_based.mbrl_envs import LOSS_FEATURES, MBRLEnv, mbrl_env
 from sb3_ml3.model_based.mbrl_inner import InnerStep, make_learned_loss, state_as_tensors, state_from_tensors
@@ -73,8 +73,9 @@ class MBRLExperiment:
             raise ValueError(f"with inner_optimizer='adam' the learned rate is Adam's step size: alpha_max "
                              f"{config.alpha_max:g} would let it take steps of that size; use e.g. alpha_max 0.1 and "
                              "alpha_init 0.02 (--alpha-max 0.1 --alpha-init 0.02).")
-        self.env = mbrl_env(env_id, config.horizon)
-        for name, choice in (("loss_features", config.loss_features), ("policy_features", config.policy_features)):
+        self.env = self.base_env = mbrl_env(env_id, config.horizon)  # base_env: the env's own features
+        for name, choice in (("loss_features", config.loss_features), ("policy_features", config.policy_features),
+                             *(("task_policy_features", c) for c in config.task_policy_features)):
             if choice != "state" and (choice not in LOSS_FEATURES or LOSS_FEATURES[choice][0] != env_id):
                 raise ValueError(f"{name} {choice!r} is not defined for {env_id}: 'state' or one of "
                                  f"{[k for k, v in LOSS_FEATURES.items() if v[0] == env_id]}.")
@@ -112,11 +113,12 @@ class MBRLExperiment:
         return self.policy.init(n, generator)
 
     # ------------------------------------------------------------------ data and model
-    def _train_goals(self, n: int, offset: int) -> np.ndarray:
+    def train_goals(self, n: int, offset: int) -> np.ndarray:
+        """``n`` train-split goals, seeded by this seed and ``offset`` (one offset per use)."""
         return sample_tasks(self.env.env_id, n, "train", seed=self.seed * 100_003 + offset)
 
     def collect_random(self) -> None:
-        goals = self._train_goals(self.config.random_episodes, 1)
+        goals = self.train_goals(self.config.random_episodes, 1)
         roll = random_action_rollouts(self.env.env_id, goals, self.horizon, seed=self.seed * 7919,
                                       amplitude_min=self.config.random_amplitude_min)
         self.buffer.add_rollouts(roll.states, roll.actions)
@@ -131,15 +133,18 @@ class MBRLExperiment:
         self.buffer.add_rollouts(roll.states, roll.actions)
         return float(roll.final_distance.mean())
 
-    def actor(self, params: Params) -> Callable[[np.ndarray], np.ndarray]:
-        """The policies as a function of the real env's observations ``(B, state + goal)`` (one row per policy)."""
+    def actor(self, params: Params, policy_class: tuple[PolicyBatch, MBRLEnv] | None = None
+              ) -> Callable[[np.ndarray], np.ndarray]:
+        """The policies as a function of the real env's observations ``(B, state + goal)`` (one row per policy);
+        ``policy_class``: (policies, env description) of another class (:func:`.mbrl_baselines.policy_class`)."""
         detached = {k: v.detach() for k, v in params.items()}
-        s_dim = self.env.state_dim
+        policy, env = policy_class or (self.policy, self.env)
+        s_dim = env.state_dim
 
         def act(obs: np.ndarray) -> np.ndarray:
             obs_t = torch.as_tensor(obs, dtype=torch.float32)
             with torch.no_grad():
-                return self.policy(detached, self.env.features(obs_t[:, :s_dim], obs_t[:, s_dim:s_dim + 2])).numpy()
+                return policy(detached, env.features(obs_t[:, :s_dim], obs_t[:, s_dim:s_dim + 2])).numpy()
 
         return act
 
@@ -220,7 +225,7 @@ class MBRLExperiment:
         keeper(0)
         for outer in range(1, cfg.n_outer + 1):
             if (outer - 1) % cfg.policy_reset_every == 0 or not all(bool(v.isfinite().all()) for v in theta.values()):
-                goals_np = self._train_goals(cfg.batch_goals, 10 + outer)  # fresh goals and policies
+                goals_np = self.train_goals(cfg.batch_goals, 10 + outer)  # fresh goals and policies
                 goals = torch.as_tensor(goals_np, dtype=torch.float32)
                 theta, rule_state = self.initial_policies(cfg.batch_goals, self.generator), {}
             start = torch.as_tensor(self._start_states(goals_np, reset_seed + outer), dtype=torch.float32)
@@ -277,51 +282,6 @@ class MBRLExperiment:
             rule_state = state_from_tensors(state_as_tensors(rule_state))  # detached
         return {"final_distance": curve, "alpha": alphas, "states": roll.states.tolist()}
 
-    def optimise_task_loss(self, envs: RealEnvs, theta: Params, updates: int, optimizer: str, lr: float,
-                           step: StepFn) -> dict[str, Any]:
-        """The task loss (final distance) minimised through ``step`` (P or exact) from the real start states.
-
-        ``optimizer``: "adam" (``torch.optim.Adam``, as users run it) or "sgd"; the sum over goals gives each
-        policy its own gradient, and Adam's per-parameter statistics are per policy too (the parameters are
-        disjoint slices).
-        """
-        goals = torch.as_tensor(envs.goals, dtype=torch.float32)
-        start = torch.as_tensor(envs.start_states(self.config.eval_seed), dtype=torch.float32)
-        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in theta.items()}
-        if optimizer not in ("adam", "sgd"):
-            raise ValueError(f"the task-loss baseline's optimizer is 'adam' or 'sgd', got {optimizer!r}.")
-        opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(list(leaves.values()), lr=lr)
-        curve = []
-        for j in range(updates + 1):
-            roll = envs.rollout(self.actor(leaves), self.horizon, self.config.eval_seed)
-            curve.append(roll.final_distance.tolist())
-            if j == updates:
-                break
-            states, _ = unroll(step, self.policy, leaves, self.env, start, goals, self.horizon)
-            loss = final_distance(self.env, states, goals).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return {"final_distance": curve, "optimizer": optimizer, "lr": lr, "states": roll.states.tolist()}
-
-    def tune_task_loss(self, step: StepFn, updates: int) -> tuple[tuple[str, float], dict[str, float]]:
-        """The (optimizer, step size) of the task-loss baseline with the lowest final distance after ``updates``
-        on train goals (never the held-out ones), from ``config.task_grid``."""
-        goals = self._train_goals(self.config.n_test_goals, 2)
-        envs = RealEnvs(self.env.env_id, goals)
-        theta = self.initial_policies(len(goals), torch.Generator().manual_seed(self.seed + 77))
-        scores: dict[str, float] = {}
-        try:
-            for optimizer, lr in self.config.task_grid:
-                curve = self.optimise_task_loss(envs, theta, updates, optimizer, lr, step)["final_distance"]
-                final = float(np.mean(curve[-1]))
-                scores[f"{optimizer} {lr:g}"] = final if math.isfinite(final) else float("inf")
-        finally:
-            envs.close()
-        best = min(scores, key=scores.get)
-        name, lr_text = best.split()
-        return (name, float(lr_text)), scores
-
     def run(self, progress: Callable[[int, float], None] | None = None) -> dict[str, Any]:
         """Meta-train, then meta-test on held-out (and train) goals beside the baselines; a JSON-ready row."""
         return self.meta_test(self.meta_train(progress))
@@ -332,8 +292,8 @@ class MBRLExperiment:
         t0 = time.time()
         model_step: StepFn = self.model
         exact_step = self.env.exact_step_fn()
-        tuned_model, scores_model = self.tune_task_loss(model_step, cfg.test_updates)
-        tuned_exact, scores_exact = self.tune_task_loss(exact_step, cfg.test_updates)
+        tuned_model, scores_model = tune_task_loss(self, model_step, cfg.test_updates)
+        tuned_exact, scores_exact = tune_task_loss(self, exact_step, cfg.test_updates)
         row: dict[str, Any] = {"seed": self.seed, "meta_train": train_log, "task_tuned_model": list(tuned_model),
                                "task_tuned_exact": list(tuned_exact), "task_tuning_scores_model": scores_model,
                                "task_tuning_scores_exact": scores_exact}
@@ -348,8 +308,11 @@ class MBRLExperiment:
                     roll = envs.rollout(self.minimiser_actor(), self.horizon, cfg.eval_seed)
                     result["minimiser_final_distance"] = roll.final_distance.tolist()
                 if split == "test":
-                    result["task_model"] = self.optimise_task_loss(envs, theta, cfg.test_updates, *tuned_model, model_step)
-                    result["task_exact"] = self.optimise_task_loss(envs, theta, cfg.test_updates, *tuned_exact, exact_step)
+                    for key, (features, optimizer, lr), step in (("task_model", tuned_model, model_step),
+                                                                 ("task_exact", tuned_exact, exact_step)):
+                        start = starting_policies(self, features, len(goals), self.seed * 1000 + 9)  # ML3's theta
+                        result[key] = optimise_task_loss(self, envs, start, cfg.test_updates, optimizer, lr, step,
+                                                         features)
             finally:
                 envs.close()
             row[split] = result

@@ -266,6 +266,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--policy-features", choices=["state", *LOSS_FEATURES], default=d.policy_features,
                    help="what the policies read (ML3's and the baselines' alike): the env's features, or "
                         "(ReacherGoal4D) the arm's own frame")
+    p.add_argument("--task-policy-features", nargs="+", choices=["state", *LOSS_FEATURES], default=None,
+                   help="the policy classes the task-loss baselines choose from on train goals, with their step size "
+                        "(default: ML3's own class, --policy-features)")
     p.add_argument("--val-every", type=int, default=d.val_every,
                    help="meta-validation: every n outer iterations score the loss by real updates on train goals and "
                         "keep the best (0: off, the last weights)")
@@ -319,7 +322,8 @@ def run(args: Any) -> dict[str, Any]:
                         minimiser_weight=args.minimiser_weight, policy_init=args.policy_init, loss_form=args.loss_form,
                         alpha_init=args.alpha_init, inner_optimizer=args.inner_optimizer, adam_eps=args.adam_eps,
                         target_bound=args.target_bound, loss_features=args.loss_features,
-                        policy_features=args.policy_features, val_every=args.val_every,
+                        policy_features=args.policy_features,
+                        task_policy_features=tuple(args.task_policy_features or ()), val_every=args.val_every,
                         val_updates=args.val_updates, meta_restarts=args.meta_restarts, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, force=args.force)

@@ -72,6 +72,9 @@ class MBRLConfig:
     # (optimizer, step size) pairs tried for the task-loss baselines, tuned on train goals
     task_grid: tuple[tuple[str, float], ...] = (("adam", 0.001), ("adam", 0.003), ("adam", 0.01), ("adam", 0.03),
                                                 ("sgd", 0.003), ("sgd", 0.01), ("sgd", 0.03))
+    # the policy classes the task-loss baselines may choose from, on train goals with the step size (mbrl_baselines):
+    # e.g. ("state", "arm-frame"); empty: ML3's own class only
+    task_policy_features: tuple[str, ...] = ()
     eval_seed: int = 12345  # reset seeds of the real rollouts: eval_seed + goal index
     extra: dict[str, Any] = field(default_factory=dict)
 

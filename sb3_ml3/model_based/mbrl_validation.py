@@ -22,7 +22,7 @@ from sb3_ml3.model_based.dynamics import RealEnvs
 if TYPE_CHECKING:  # pragma: no cover
     from sb3_ml3.model_based.mbrl import MBRLExperiment
 
-#: offset of the validation goals' seed (MBRLExperiment._train_goals): apart from the model data's and the tuning's
+#: offset of the validation goals' seed (MBRLExperiment.train_goals): apart from the model data's and the tuning's
 VALIDATION_GOALS_OFFSET = 4
 
 
@@ -45,7 +45,7 @@ class KeepBest:
     def score(self) -> float:
         """Mean real final distance over updates 1..``updates`` of fresh policies on the validation goals."""
         exp = self.experiment
-        goals = exp._train_goals(exp.config.n_test_goals, VALIDATION_GOALS_OFFSET)
+        goals = exp.train_goals(exp.config.n_test_goals, VALIDATION_GOALS_OFFSET)
         theta = exp.initial_policies(len(goals), torch.Generator().manual_seed(exp.seed * 1000 + 11))
         envs = RealEnvs(exp.env.env_id, goals)
         try:
