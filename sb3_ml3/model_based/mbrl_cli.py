@@ -213,11 +213,13 @@ def format_table(results: dict[str, Any]) -> str:
     for env_id, entry in results["envs"].items():
         s = entry["summary"]
         lines.append(f"{env_id} (horizon {entry['horizon']}, {s['updates']} updates, final distance on held-out goals):")
-        lines.append("  seed | ML3 | task loss, model | task loss, exact | ML3 on train goals | ML3 updates to model's final | wall s")
+        lines.append("  seed | ML3 | task loss, model | task loss, exact | ML3 on train goals | ML3 updates to model's final | wall s"
+                     " | model baseline as tuned on train goals")
         for r, reach in zip(entry["per_seed"], s["per_seed_ml3_updates_to_task_model_final"]):
             finals = [np.mean(r["test"][m]["final_distance"][-1]) for m in METHODS]
             lines.append(f"  {r['seed']:4d} | " + " | ".join(f"{v:.4f}" for v in finals)
-                         + f" | {np.mean(r['train']['ml3']['final_distance'][-1]):.4f} | {reach} | {r['wall_s']:.0f}")
+                         + f" | {np.mean(r['train']['ml3']['final_distance'][-1]):.4f} | {reach} | {r['wall_s']:.0f}"
+                         + f" | {' '.join(str(v) for v in r.get('task_tuned_model', []))}")
         lines.append(f"  mean | {s['final_ml3']:.4f} | {s['final_task_model']:.4f} | {s['final_task_exact']:.4f} | "
                      f"{s['final_ml3_train_goals']:.4f} | {s['ml3_updates_to_task_model_final']}")
         lines.append("  references: " + ", ".join(f"{k} {v:.4f}" for k, v in s["references"].items()))
