@@ -11,8 +11,8 @@ and takes K inner steps, each on a trajectory tau_k unrolled in P:
 The task loss is the distance to the goal at the last step when pi_theta_k+1 is unrolled in P,
 differentiated through P, the policy and the inner update (mean over the K steps, Alg. 4's
 E[L_T^i]); phi <- phi - eta grad_phi L_T (Adam). Optionally (``minimiser_weight``, ours) L_T also scores the loss's
-minimiser t(c) unrolled in P as a controller, where many inner steps lead. Every ``model_every`` outer iterations (Appendix A:
-100) the latest updated policies are rolled out on the real env and P is refitted on all data.
+minimiser t(c) unrolled in P as a controller, where many inner steps lead. Every ``model_every`` outer iterations
+(Appendix A: 100) the latest updated policies are rolled out on the real env and P is refitted on all data.
 
 **Meta-test (Algorithm 5) needs no model.** Each update rolls the policy out in the *real* env (no
 gradient through it), records the states, re-evaluates the actions pi_theta(s_t, g) and steps on
@@ -20,13 +20,13 @@ M_phi: the same form as the inner step of meta-training, with real states in pla
 baselines start from the same initial policies and optimise the task loss (final distance, summed
 over the goals so each policy gets its own gradient) with plain gradient descent through the learned
 model P, or through the env's exact dynamics (:meth:`~.mbrl_envs.MBRLEnv.exact_step_fn`), the upper
-reference; their step size is tuned on train goals. Every policy is evaluated by its real rollout.
+reference (:mod:`.mbrl_baselines`); their step size, and optionally their policy class, are tuned on train goals.
+Every policy is evaluated by its real rollout.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +39,7 @@ from sb3_ml3.functional import Params, apply_meta_gradient, make_meta_optimizer
 from sb3_ml3.model_based.dynamics import EnsembleDynamics, RealEnvs, TransitionBuffer, random_action_rollouts
 from sb3_ml3.model_based.mbrl_baselines import optimise_task_loss, starting_policies, tune_task_loss
 from sb3_ml3.model_based.mbrl_config import MBRLConfig, config_dict
-from sb3_ml3.model_based.mbrl_envs import LOSS_FEATURES, MBRLEnv, mbrl_env
+from sb3_ml3.model_based.mbrl_envs import LOSS_FEATURES, MBRLEnv, mbrl_env, with_features
 from sb3_ml3.model_based.mbrl_inner import InnerStep, make_learned_loss, state_as_tensors, state_from_tensors
 from sb3_ml3.model_based.mbrl_nets import LossAndRate, PolicyBatch
 from sb3_ml3.model_based.mbrl_validation import KeepBest
@@ -79,9 +79,7 @@ class MBRLExperiment:
             if choice != "state" and (choice not in LOSS_FEATURES or LOSS_FEATURES[choice][0] != env_id):
                 raise ValueError(f"{name} {choice!r} is not defined for {env_id}: 'state' or one of "
                                  f"{[k for k, v in LOSS_FEATURES.items() if v[0] == env_id]}.")
-        if config.policy_features != "state":  # the policies read these in place of the env's features
-            self.env = replace(self.env, features=LOSS_FEATURES[config.policy_features][1],
-                               feature_dim=LOSS_FEATURES[config.policy_features][2])
+        self.env = with_features(self.base_env, config.policy_features)  # what ML3's policies read
         self.horizon = self.env.horizon
         self.generator = torch.Generator().manual_seed(self.seed + 104_729 * self.restart)
         self.policy = PolicyBatch(self.env.feature_dim, self.env.action_dim, config.policy_hidden)

@@ -12,7 +12,6 @@ Every policy is scored by its real rollout.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 
 from sb3_ml3.functional import Params
 from sb3_ml3.model_based.dynamics import RealEnvs
-from sb3_ml3.model_based.mbrl_envs import LOSS_FEATURES, MBRLEnv
+from sb3_ml3.model_based.mbrl_envs import MBRLEnv, with_features
 from sb3_ml3.model_based.mbrl_nets import PolicyBatch
 
 if TYPE_CHECKING:  # the experiment calls into this module
@@ -34,12 +33,8 @@ def policy_class(exp: "MBRLExperiment", features: str | None = None) -> tuple[Po
     ``config.policy_features``, else the same widths reading the env's features ("state") or a ``LOSS_FEATURES`` entry."""
     if features is None or features == exp.config.policy_features:
         return exp.policy, exp.env
-    base = exp.base_env
-    if features != "state":
-        if features not in LOSS_FEATURES or LOSS_FEATURES[features][0] != base.env_id:
-            raise ValueError(f"policy features {features!r} are not defined for {base.env_id}.")
-        base = replace(base, features=LOSS_FEATURES[features][1], feature_dim=LOSS_FEATURES[features][2])
-    return PolicyBatch(base.feature_dim, base.action_dim, exp.config.policy_hidden), base
+    env = with_features(exp.base_env, features)
+    return PolicyBatch(env.feature_dim, env.action_dim, exp.config.policy_hidden), env
 
 
 def starting_policies(exp: "MBRLExperiment", features: str | None, n: int, seed: int) -> Params:

@@ -48,7 +48,7 @@ class MBRLConfig:
     adam_eps: float = 1e-2
     target_bound: float | None = None  # the quadratic form's target t = b tanh(.), inside the action box for b < 1
     # what M_phi reads besides the actions: "state" (the policy's features) or "arm-frame" (ReacherGoal4D: the arm's
-    # own frame, mbrl_envs.reacher_arm_frame; the policy still reads its features)
+    # own frame, mbrl_envs.reacher_arm_frame; the policies read policy_features)
     loss_features: str = "state"
     # what the policies read: "state" (the env's features, mbrl_envs) or one of LOSS_FEATURES (ReacherGoal4D:
     # "arm-frame"); the same policy class for ML3, every baseline and the validation

@@ -19,7 +19,7 @@ position in the plane. An :class:`MBRLEnv` gathers, per env:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -167,6 +167,17 @@ class MBRLEnv:
         return step
 
 
+def with_features(env: MBRLEnv, name: str) -> MBRLEnv:
+    """``env`` with its ``features`` replaced by ``name``'s: "state" (the env's own, unchanged) or a
+    :data:`LOSS_FEATURES` entry of this env (what a policy class reads, e.g. the reacher's arm frame)."""
+    if name == "state":
+        return env
+    if name not in LOSS_FEATURES or LOSS_FEATURES[name][0] != env.env_id:
+        raise ValueError(f"features {name!r} are not defined for {env.env_id}: 'state' or one of "
+                         f"{[k for k, v in LOSS_FEATURES.items() if v[0] == env.env_id]}.")
+    return replace(env, features=LOSS_FEATURES[name][1], feature_dim=LOSS_FEATURES[name][2])
+
+
 def mbrl_env(env_id: str, horizon: int | None = None) -> MBRLEnv:
     """The :class:`MBRLEnv` of ``env_id`` (PointmassGoal-v0 or ReacherGoal4D-v0); ``horizon`` overrides its default."""
     if env_id == "PointmassGoal-v0":
@@ -185,4 +196,4 @@ def mbrl_env(env_id: str, horizon: int | None = None) -> MBRLEnv:
 
 
 __all__ = ["ENV_IDS", "LOSS_FEATURES", "MBRLEnv", "MujocoSimulator", "MujocoStep", "mbrl_env", "pointmass_features",
-           "pointmass_position", "reacher_arm_frame", "reacher_features", "reacher_position"]
+           "pointmass_position", "reacher_arm_frame", "reacher_features", "reacher_position", "with_features"]
