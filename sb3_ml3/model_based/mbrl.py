@@ -37,14 +37,13 @@ from torch.func import functional_call, grad_and_value
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.functional import Params, apply_meta_gradient, make_meta_optimizer
 from sb3_ml3.model_based.dynamics import EnsembleDynamics, RealEnvs, TransitionBuffer, random_action_rollouts
-from sb3_ml3.model_based.mbrl_baselines import optimise_task_loss, starting_policies, tune_task_loss
+from sb3_ml3.model_based.mbrl_baselines import StepFn, optimise_task_loss, starting_policies, tune_task_loss
 from sb3_ml3.model_based.mbrl_config import MBRLConfig, config_dict
 from sb3_ml3.model_based.mbrl_envs import LOSS_FEATURES, MBRLEnv, mbrl_env, with_features
 from sb3_ml3.model_based.mbrl_inner import InnerStep, make_learned_loss, state_as_tensors, state_from_tensors
 from sb3_ml3.model_based.mbrl_nets import LossAndRate, PolicyBatch
 from sb3_ml3.model_based.mbrl_validation import KeepBest
 
-StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def unroll(step: StepFn, policy: PolicyBatch, params: Params, env: MBRLEnv, start: torch.Tensor,
@@ -137,26 +136,23 @@ class MBRLExperiment:
         ``policy_class``: (policies, env description) of another class (:func:`.mbrl_baselines.policy_class`)."""
         detached = {k: v.detach() for k, v in params.items()}
         policy, env = policy_class or (self.policy, self.env)
-        s_dim = env.state_dim
-
-        def act(obs: np.ndarray) -> np.ndarray:
-            obs_t = torch.as_tensor(obs, dtype=torch.float32)
-            with torch.no_grad():
-                return policy(detached, env.features(obs_t[:, :s_dim], obs_t[:, s_dim:s_dim + 2])).numpy()
-
-        return act
+        return self._controller(lambda s, g: policy(detached, env.features(s, g)))
 
     def minimiser_actor(self) -> Callable[[np.ndarray], np.ndarray]:
         """M_phi's minimiser t(c) (:meth:`~.mbrl_nets.LossAndRate.minimiser`) as a controller of the real env."""
+        return self._controller(lambda s, g: self.meta_loss.minimiser(self.contexts(s[:, None], g)[1])[:, 0])
+
+    def _controller(self, act: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                    ) -> Callable[[np.ndarray], np.ndarray]:
+        """``act(states (B, S), goals (B, 2)) -> actions`` as a function of the real env's observations, no gradient."""
         s_dim = self.env.state_dim
 
-        def act(obs: np.ndarray) -> np.ndarray:
+        def control(obs: np.ndarray) -> np.ndarray:
             obs_t = torch.as_tensor(obs, dtype=torch.float32)
             with torch.no_grad():
-                context = self.contexts(obs_t[:, None, :s_dim], obs_t[:, s_dim:s_dim + 2])[1]
-                return self.meta_loss.minimiser(context)[:, 0].numpy()
+                return act(obs_t[:, :s_dim], obs_t[:, s_dim:s_dim + 2]).numpy()
 
-        return act
+        return control
 
     def contexts(self, states: torch.Tensor, goals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the policy's features, M_phi's context) of trajectories' states ``(B, T, S)`` and goals ``(B, 2)``."""
@@ -301,7 +297,7 @@ class MBRLExperiment:
             theta = self.initial_policies(len(goals), torch.Generator().manual_seed(self.seed * 1000 + 9))
             try:
                 result = {"goals": goals.tolist(), "ml3": self.meta_test_ml3(envs, theta, cfg.test_updates)}
-                if split == "test" and self.meta_loss.loss_form == "quadratic" and not self.meta_loss.relative_target:
+                if split == "test" and self.meta_loss.has_minimiser:
                     # a diagnostic, not a method: M_phi's minimiser t(c) itself as the controller (where it leads)
                     roll = envs.rollout(self.minimiser_actor(), self.horizon, cfg.eval_seed)
                     result["minimiser_final_distance"] = roll.final_distance.tolist()

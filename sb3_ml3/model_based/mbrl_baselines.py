@@ -12,7 +12,8 @@ Every policy is scored by its real rollout.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from sb3_ml3.model_based.mbrl_nets import PolicyBatch
 if TYPE_CHECKING:  # the experiment calls into this module
     from sb3_ml3.model_based.mbrl import MBRLExperiment
 
+#: one differentiable transition ``(s, a) -> s'``: the learned model P or the exact dynamics
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -100,4 +102,4 @@ def tune_task_loss(exp: "MBRLExperiment", step: StepFn, updates: int
     return (features, name, float(lr_text)), scores
 
 
-__all__ = ["policy_class", "starting_policies", "optimise_task_loss", "tune_task_loss"]
+__all__ = ["StepFn", "policy_class", "starting_policies", "optimise_task_loss", "tune_task_loss"]

@@ -161,6 +161,11 @@ class LossAndRate(nn.Module):
         logits = self.rate_net(torch.cat([context, recorded_action.detach()], -1)).squeeze(-1).mean(-1)
         return loss, self.alpha_max * torch.sigmoid(logits)
 
+    @property
+    def has_minimiser(self) -> bool:
+        """Whether :meth:`minimiser` exists: the quadratic form with an absolute target."""
+        return self.loss_form == "quadratic" and not self.relative_target
+
     def minimiser(self, context: torch.Tensor) -> torch.Tensor:
         """The action that minimises M at each context, ``(..., A)``: the quadratic form's target t(c).
 
@@ -169,7 +174,7 @@ class LossAndRate(nn.Module):
         Only the quadratic form with an absolute target has one (the free form's minimiser has no closed form, and a
         relative target moves with the recorded action).
         """
-        if self.loss_form != "quadratic" or self.relative_target:
+        if not self.has_minimiser:
             raise ValueError("minimiser needs the quadratic loss form with an absolute target (loss_form='quadratic', "
                              "relative_target=False).")
         if context.shape[-1] != self.feature_dim:
