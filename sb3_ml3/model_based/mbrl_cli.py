@@ -23,6 +23,7 @@ from sb3_ml3.inner_optimizers import INNER_OPTIMIZERS
 from sb3_ml3.model_based.dynamics import RealEnvs
 from sb3_ml3.model_based.mbrl import MBRLConfig, MBRLExperiment, config_dict
 from sb3_ml3.model_based.mbrl_envs import ENV_IDS, LOSS_FEATURES, mbrl_env
+from sb3_ml3.model_based.mbrl_store import SEEDS_DIR, SeedStore
 
 METHODS = ("ml3", "task_model", "task_exact")
 COLORS = {"ml3": "tab:blue", "task_model": "tab:orange", "task_exact": "tab:green"}
@@ -117,9 +118,12 @@ def meta_train_with_restarts(env_id: str, config: MBRLConfig, seed: int, progres
     return best[1], best[2]
 
 
-def run_mbrl(env_ids: Sequence[str], seeds: Sequence[int], config: MBRLConfig, progress: bool = True
-             ) -> dict[str, Any]:
-    """Every env and seed; returns the JSON-ready results and the meta-losses ``{(env, seed): LossAndRate}``."""
+def run_mbrl(env_ids: Sequence[str], seeds: Sequence[int], config: MBRLConfig, progress: bool = True,
+             store: SeedStore | None = None) -> dict[str, Any]:
+    """Every env and seed; returns the JSON-ready results and the meta-losses ``{(env, seed): LossAndRate}``.
+
+    With a ``store`` each finished seed is written at once, and a seed it already holds (``--resume``) is read
+    back instead of run (:mod:`.mbrl_store`)."""
     results: dict[str, Any] = {"config": config_dict(config), "envs": {}, "partial": False}
     meta_losses = {}
     for env_id in env_ids:
@@ -133,16 +137,25 @@ def run_mbrl(env_ids: Sequence[str], seeds: Sequence[int], config: MBRLConfig, p
                     print(f"  {env_id} seed {_seed}: outer {outer}/{config.n_outer}  task loss {value:.4f}  "
                           f"({time.time() - start:.0f} s)", flush=True)
 
-            try:
-                experiment, train_log = meta_train_with_restarts(env_id, config, seed, report)
-                row = experiment.meta_test(train_log)
-            except KeyboardInterrupt:
-                results["partial"] = True
-                results["interrupted_at"] = {"env_id": env_id, "seed": seed}
-                break
-            row["wall_s"] = time.time() - start
+            stored = store.load(env_id, seed) if store is not None else None
+            if stored is not None:
+                row, meta_loss = stored
+                if progress:
+                    print(f"  {env_id} seed {seed}: finished earlier, read from {store.dir}", flush=True)
+            else:
+                try:
+                    experiment, train_log = meta_train_with_restarts(env_id, config, seed, report)
+                    row = experiment.meta_test(train_log)
+                except KeyboardInterrupt:
+                    results["partial"] = True
+                    results["interrupted_at"] = {"env_id": env_id, "seed": seed}
+                    break
+                row["wall_s"] = time.time() - start
+                meta_loss = experiment.meta_loss
+                if store is not None:
+                    store.save(env_id, seed, row, meta_loss)
             rows.append(row)
-            meta_losses[(env_id, seed)] = experiment.meta_loss
+            meta_losses[(env_id, seed)] = meta_loss
         if not rows:
             break
         goals = np.asarray(rows[0]["test"]["goals"])
@@ -246,7 +259,9 @@ def add_arguments(p: Any) -> None:
     from sb3_ml3.cli_args import seed as seed_type
 
     d = MBRLConfig()
-    p.add_argument("--out", required=True, help="output folder for results.json, the meta-losses and the PNG figures")
+    p.add_argument("--out", required=True,
+                   help="output folder for results.json, the meta-losses, the PNG figures and seeds/ (one file per "
+                        "finished seed); refused if it holds results, unless --resume or --force")
     p.add_argument("--envs", nargs="+", choices=list(ENV_IDS), default=list(ENV_IDS), help="envs (default: both)")
     p.add_argument("--seeds", type=seed_type, nargs="+", default=None, help="seeds (default: 0 1 2 3 4; --quick: 0)")
     p.add_argument("--n-outer", type=positive_int, default=None, help=f"outer iterations per seed ({d.n_outer})")
@@ -301,7 +316,7 @@ def add_arguments(p: Any) -> None:
                    help="meta-train task loss adds this times the final distance of the learned loss's minimiser t(c) "
                         "unrolled in the model as a controller (quadratic form only; 0: none, Alg. 3 as written)")
     p.add_argument("--quick", action="store_true", help="a tiny version (about a minute): a smoke test")
-    add_common(p, resumable=False)
+    add_common(p)  # --resume: reuse the seeds finished in --out with these settings (mbrl_store)
 
 
 def run(args: Any) -> dict[str, Any]:
@@ -328,8 +343,9 @@ def run(args: Any) -> dict[str, Any]:
                         task_policy_features=tuple(args.task_policy_features or ()), val_every=args.val_every,
                         val_updates=args.val_updates, meta_restarts=args.meta_restarts, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
-    prepare_out_dir(args.out, force=args.force)
-    out = run_mbrl(args.envs, seeds, config, progress=not args.no_progress)
+    prepare_out_dir(args.out, resume=args.resume, force=args.force, extra_files=(SEEDS_DIR,))
+    store = SeedStore(args.out, config, resume=args.resume, fresh=args.force)
+    out = run_mbrl(args.envs, seeds, config, progress=not args.no_progress, store=store)
     results = out["results"]
     for (env_id, seed), meta_loss in out["meta_losses"].items():
         meta_loss.save(os.path.join(args.out, f"meta_loss_{env_id.split('-')[0]}_seed{seed}.zip"))

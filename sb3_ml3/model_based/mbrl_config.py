@@ -70,8 +70,8 @@ class MBRLConfig:
     test_updates: int = 60  # policy updates at meta-test
     n_test_goals: int = 10
     # (optimizer, step size) pairs tried for the task-loss baselines, tuned on train goals
-    task_grid: tuple[tuple[str, float], ...] = (("adam", 0.001), ("adam", 0.003), ("adam", 0.01), ("adam", 0.03),
-                                                ("sgd", 0.003), ("sgd", 0.01), ("sgd", 0.03))
+    task_grid: tuple[tuple[str, float], ...] = (("adam", 0.0003), ("adam", 0.001), ("adam", 0.003), ("adam", 0.01),
+                                                ("adam", 0.03), ("sgd", 0.003), ("sgd", 0.01), ("sgd", 0.03))
     # the policy classes the task-loss baselines may choose from, on train goals with the step size (mbrl_baselines):
     # e.g. ("state", "arm-frame"); empty: ML3's own class only
     task_policy_features: tuple[str, ...] = ()
