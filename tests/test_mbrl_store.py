@@ -57,6 +57,7 @@ def test_seeds_run_apart_combine_and_resume_reruns_nothing(tmp_path, monkeypatch
     results = json.load(open(os.path.join(out, "results.json")))
     rows = results["envs"]["PointmassGoal-v0"]["per_seed"]
     assert [r["seed"] for r in rows] == [0, 1]
+    assert [r["seed"] for r in results["seeds_read_back"]] == [0, 1]  # its wall time is the combining call's only
     for row in rows:
         assert row["test"]["ml3"]["final_distance"] == alone[row["seed"]]["test"]["ml3"]["final_distance"]
     curves = [np.mean(alone[s]["test"]["ml3"]["final_distance"], axis=1) for s in (0, 1)]

@@ -140,6 +140,8 @@ def run_mbrl(env_ids: Sequence[str], seeds: Sequence[int], config: MBRLConfig, p
             stored = store.load(env_id, seed) if store is not None else None
             if stored is not None:
                 row, meta_loss = stored
+                results.setdefault("seeds_read_back", []).append({"env_id": env_id, "seed": seed,
+                                                                  "wall_s": row.get("wall_s")})
                 if progress:
                     print(f"  {env_id} seed {seed}: finished earlier, read from {store.dir}", flush=True)
             else:

@@ -7,7 +7,8 @@ meta-loss, :meth:`~.mbrl_nets.LossAndRate.save`), both atomically, the loss firs
 files exist is read back instead of run again, but only if it ran with exactly the current settings; anything
 else is refused with the settings that differ. Two processes given different ``--seeds`` and one ``--out`` (both
 with ``--resume``) therefore fill one folder, and a last ``--resume`` call with every seed writes the combined
-``results.json`` and figures without training anything.
+``results.json`` and figures without training anything (it lists those seeds under ``seeds_read_back``, with
+their own wall times; its ``wall_time_s`` is that call's).
 """
 
 from __future__ import annotations
