@@ -91,6 +91,14 @@ def test_a_folder_with_finished_seeds_is_refused_without_resume_and_other_settin
         ["--seeds", "0", "--resume", "--inner-steps", "2", "--out", out], capsys)
     _main(["--seeds", "0", "--force", "--out", out])  # afresh: runs the seed again
     assert calls == [0, 0]
+    # a results.json of other settings is never replaced by --resume (only by --force)
+    with open(os.path.join(out, "results.json")) as f:
+        before = f.read()
+    assert "holds results of other settings (inner_steps differ)" in _refused(
+        ["--seeds", "1", "--resume", "--inner-steps", "2", "--out", out], capsys)
+    with open(os.path.join(out, "results.json")) as f:
+        assert f.read() == before
+    assert calls == [0, 0]
 
 
 def test_a_torn_or_crafted_seed_file_gets_a_clear_error(tmp_path):

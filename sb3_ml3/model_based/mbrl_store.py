@@ -5,7 +5,8 @@ when every requested seed is done. So each finished seed is also written on its 
 ``seeds/<env>_seed<n>.json`` (the settings and the seed's row of results) and ``seeds/<env>_seed<n>.zip`` (its
 meta-loss, :meth:`~.mbrl_nets.LossAndRate.save`), both atomically, the loss first. With ``--resume`` a seed whose
 files exist is read back instead of run again, but only if it ran with exactly the current settings; anything
-else is refused with the settings that differ. Two processes given different ``--seeds`` and one ``--out`` (both
+else is refused with the settings that differ, as is resuming into a folder whose ``results.json`` has other
+settings (it would be replaced at the end). Two processes given different ``--seeds`` and one ``--out`` (both
 with ``--resume``) therefore fill one folder, and a last ``--resume`` call with every seed writes the combined
 ``results.json`` and figures without training anything (it lists those seeds under ``seeds_read_back``, with
 their own wall times; its ``wall_time_s`` is that call's).
@@ -44,10 +45,30 @@ class SeedStore:
         self.dir = os.path.join(os.fspath(out_dir), SEEDS_DIR)
         self.config = _normalised(config_dict(config))
         self.resume = bool(resume)
+        if self.resume:
+            self._check_results(os.path.join(os.fspath(out_dir), "results.json"))
         if fresh and os.path.isdir(self.dir):
             for name in os.listdir(self.dir):
                 if name.endswith((".json", ".zip")):
                     os.remove(os.path.join(self.dir, name))
+
+    def _differ(self, saved_config: dict[str, Any]) -> list[str]:
+        return sorted(k for k in set(saved_config) | set(self.config) if saved_config.get(k) != self.config.get(k))
+
+    def _check_results(self, path: str) -> None:
+        """Refuse to resume over a ``results.json`` made with other settings (it would be replaced at the end)."""
+        if not os.path.exists(path):
+            return
+        try:
+            with open(path) as f:
+                saved_config = json.load(f)["config"]
+            differ = self._differ(saved_config)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path} is not a results.json of ml3 mbrl ({exc}); choose another --out, or --force to "
+                             "replace it.") from None
+        if differ:
+            raise ValueError(f"{path} holds results of other settings ({', '.join(differ)} differ); resume with the "
+                             "same flags, or choose another --out (or --force to replace them).")
 
     def paths(self, env_id: str, seed: int) -> tuple[str, str]:
         """``(row JSON, meta-loss zip)`` of one env and seed."""
@@ -69,8 +90,7 @@ class SeedStore:
             raise ValueError(f"{row_path} is not a finished seed of ml3 mbrl ({exc}); move it away to run that "
                              "seed again.") from None
         if saved_config != self.config:
-            differ = sorted(k for k in set(saved_config) | set(self.config)
-                            if saved_config.get(k) != self.config.get(k))
+            differ = self._differ(saved_config)
             raise ValueError(f"{row_path} ran with other settings ({', '.join(differ)} differ); resume with the "
                              "same flags, or choose another --out (or --force to start afresh).")
         if not os.path.exists(loss_path):
