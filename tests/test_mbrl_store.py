@@ -112,6 +112,10 @@ def test_a_torn_or_crafted_seed_file_gets_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="not a finished seed"):
         store.load("PointmassGoal-v0", 3)
     with open(row_path, "w") as f:
+        json.dump({"env_id": "PointmassGoal-v0", "seed": 3, "config": ["not", "a", "dict"], "row": {}}, f)
+    with pytest.raises(ValueError, match="not a finished seed"):
+        store.load("PointmassGoal-v0", 3)
+    with open(row_path, "w") as f:
         json.dump({"env_id": "PointmassGoal-v0", "seed": 4, "config": store.config, "row": {}}, f)
     with pytest.raises(ValueError, match="another env or seed"):
         store.load("PointmassGoal-v0", 3)

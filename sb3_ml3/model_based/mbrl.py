@@ -45,7 +45,6 @@ from sb3_ml3.model_based.mbrl_nets import LossAndRate, PolicyBatch
 from sb3_ml3.model_based.mbrl_validation import KeepBest
 
 
-
 def unroll(step: StepFn, policy: PolicyBatch, params: Params, env: MBRLEnv, start: torch.Tensor,
            goals: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
     """pi_theta unrolled through ``step`` (P or the exact dynamics): states ``(B, H + 1, S)``, actions ``(B, H, A)``."""

@@ -83,14 +83,14 @@ class SeedStore:
         try:
             with open(row_path) as f:
                 saved = json.load(f)
-            saved_config, row = saved["config"], saved["row"]
+            row = saved["row"]
             if saved["env_id"] != env_id or int(saved["seed"]) != int(seed) or not isinstance(row, dict):
                 raise ValueError("it names another env or seed")
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            differ = self._differ(saved["config"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{row_path} is not a finished seed of ml3 mbrl ({exc}); move it away to run that "
                              "seed again.") from None
-        if saved_config != self.config:
-            differ = self._differ(saved_config)
+        if differ:
             raise ValueError(f"{row_path} ran with other settings ({', '.join(differ)} differ); resume with the "
                              "same flags, or choose another --out (or --force to start afresh).")
         if not os.path.exists(loss_path):
