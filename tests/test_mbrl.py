@@ -3,6 +3,8 @@ persistence, the dynamics model, and a seeded short run showing the claimed orde
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -443,7 +445,7 @@ def test_meta_validation_scores_on_train_goals_and_restores_the_best_weights(mon
                         inner_steps=1, n_test_goals=2, val_every=2, val_updates=2)
     experiment = MBRLExperiment("PointmassGoal-v0", config, seed=0)
     seen_goals, snapshots = [], []
-    scores = iter([0.5, 0.3, 0.4, 0.9])  # outer 0, 2, 4, 6: the best is at outer 2
+    scores = iter([0.5, 0.3, 0.4, 0.9, 0.2, 0.1])  # outer 0, 2, 4, 6: the best is at outer 2 (then a 2-outer run)
     original = mbrl_validation.KeepBest.score
 
     def fake_score(self):
@@ -463,6 +465,12 @@ def test_meta_validation_scores_on_train_goals_and_restores_the_best_weights(mon
     assert not all(torch.equal(snapshots[1][k], snapshots[3][k]) for k in state)  # meta-training moved it after
     train = sample_tasks("PointmassGoal-v0", 2, "train", seed=0 * 100_003 + mbrl_validation.VALIDATION_GOALS_OFFSET)
     assert all(np.array_equal(g, train) for g in seen_goals)  # the same train-split goals every time
+    seen_goals.clear()  # val_goals: that many train goals per score (the first ones of the same seeded draw)
+    experiment = MBRLExperiment("PointmassGoal-v0", replace(config, n_outer=2, val_goals=3), seed=0)
+    experiment.meta_train()
+    assert len(seen_goals) == 2 and all(len(g) == 3 for g in seen_goals)
+    with pytest.raises(ValueError, match="val_goals"):
+        MBRLConfig(val_goals=-1)
     off = MBRLExperiment("PointmassGoal-v0", MBRLConfig(horizon=5, n_outer=2, model_every=100, random_episodes=4,
                                                         model_epochs=1, batch_goals=2, inner_steps=1), seed=0)
     assert off.meta_train()["validation"] == {}

@@ -89,6 +89,19 @@ def test_a_folder_with_finished_seeds_is_refused_without_resume_and_other_settin
     assert "already holds results (seeds); pass --resume" in _refused(["--seeds", "0", "--out", out], capsys)
     assert "ran with other settings (inner_steps differ)" in _refused(
         ["--seeds", "0", "--resume", "--inner-steps", "2", "--out", out], capsys)
+    # a seed written before a setting existed (its config lacks the key) ran with that setting's default: read back
+    # while the setting stays at its default, refused when it is set otherwise
+    row_path = os.path.join(out, SEEDS_DIR, "PointmassGoal_seed0.json")
+    with open(row_path) as f:
+        saved = json.load(f)
+    del saved["config"]["val_goals"]
+    with open(row_path, "w") as f:
+        json.dump(saved, f)
+    _main(["--seeds", "0", "--resume", "--out", out])
+    assert calls == [0]
+    os.remove(os.path.join(out, "results.json"))
+    assert "ran with other settings (val_goals differ)" in _refused(
+        ["--seeds", "0", "--resume", "--val-goals", "3", "--out", out], capsys)
     _main(["--seeds", "0", "--force", "--out", out])  # afresh: runs the seed again
     assert calls == [0, 0]
     # a results.json of other settings is never replaced by --resume (only by --force)

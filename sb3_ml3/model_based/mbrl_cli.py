@@ -292,6 +292,8 @@ def add_arguments(p: Any) -> None:
                    help="meta-validation: every n outer iterations score the loss by real updates on train goals and "
                         "keep the best (0: off, the last weights)")
     p.add_argument("--val-updates", type=positive_int, default=d.val_updates, help="real updates per validation score")
+    p.add_argument("--val-goals", type=positive_int, default=None,
+                   help="train goals each validation score averages over (default: as many as the held-out goals, 10)")
     p.add_argument("--target-bound", type=positive_float, default=None,
                    help="the quadratic loss's target becomes b tanh(.) (e.g. 0.9: inside the action box)")
     p.add_argument("--horizon", type=positive_int, default=None, help="unroll/rollout length (default: the env's)")
@@ -343,7 +345,7 @@ def run(args: Any) -> dict[str, Any]:
                         target_bound=args.target_bound, loss_features=args.loss_features,
                         policy_features=args.policy_features,
                         task_policy_features=tuple(args.task_policy_features or ()), val_every=args.val_every,
-                        val_updates=args.val_updates, meta_restarts=args.meta_restarts, **settings)
+                        val_updates=args.val_updates, val_goals=args.val_goals or 0, meta_restarts=args.meta_restarts, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, resume=args.resume, force=args.force, extra_files=(SEEDS_DIR,))
     store = SeedStore(args.out, config, resume=args.resume, fresh=args.force)

@@ -57,6 +57,9 @@ class MBRLConfig:
     # on train goals and keep the best (0: off, the last weights, Alg. 3 as written)
     val_every: int = 0
     val_updates: int = 20
+    # train goals each validation score averages over (0: n_test_goals); more goals make the choice among checkpoints
+    # and restarts less noisy, at the cost of more real rollouts per score
+    val_goals: int = 0
     # independent meta-trainings per seed (their own draws of M_phi, P and the policies; the same data seeds and
     # held-out goals); the one with the best validation score on train goals is kept (needs val_every > 0)
     meta_restarts: int = 1
@@ -86,6 +89,9 @@ class MBRLConfig:
                                                                          or self.relative_target)):
             raise ValueError(f"minimiser_weight ({self.minimiser_weight}) must be >= 0, and above 0 it needs the "
                              "quadratic loss form with an absolute target (no --relative-target, --loss-form quadratic).")
+        if self.val_goals < 0:
+            raise ValueError(f"val_goals must be 0 (as many as n_test_goals) or a number of train goals, got "
+                             f"{self.val_goals} (--val-goals).")
         if self.meta_restarts < 1 or (self.meta_restarts > 1 and self.val_every < 1):
             raise ValueError(f"meta_restarts ({self.meta_restarts}) must be at least 1, and above 1 it needs "
                              "meta-validation to choose among the restarts: set val_every (e.g. --val-every 100).")

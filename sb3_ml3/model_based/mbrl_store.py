@@ -53,7 +53,11 @@ class SeedStore:
                     os.remove(os.path.join(self.dir, name))
 
     def _differ(self, saved_config: dict[str, Any]) -> list[str]:
-        return sorted(k for k in set(saved_config) | set(self.config) if saved_config.get(k) != self.config.get(k))
+        """The settings in which ``saved_config`` differs from this run's. A setting the saved config lacks (added
+        to MBRLConfig after it was written) counts as its default, which is what that run used."""
+        defaults = _normalised(config_dict(MBRLConfig()))
+        return sorted(k for k in set(saved_config) | set(self.config)
+                      if saved_config.get(k, defaults.get(k)) != self.config.get(k))
 
     def _check_results(self, path: str) -> None:
         """Refuse to resume over a ``results.json`` made with other settings (it would be replaced at the end)."""

@@ -4,8 +4,9 @@ Meta-training optimises the task loss inside the learned model P after K inner s
 many updates from real rollouts (Algorithm 5). The two can part: on ReacherGoal4D the model's task loss is noisy
 from one outer iteration to the next, and a loss good for K steps may lead policies away after more. Every ``every``
 outer iterations (and before the first) :class:`KeepBest` meta-tests the current loss as Algorithm 5 does, on a fixed
-set of **train-split** goals with fixed initial policies (never a held-out goal), scores it by the mean real final
-distance over updates 1..``updates`` (fast and good both count), and at the end restores the best-scoring weights.
+set of **train-split** goals (``val_goals`` of them) with fixed initial policies (never a held-out goal), scores it by
+the mean real final distance over updates 1..``updates`` (fast and good both count), and at the end restores the
+best-scoring weights.
 The real env steps it takes are counted in the log.
 """
 
@@ -45,7 +46,7 @@ class KeepBest:
     def score(self) -> float:
         """Mean real final distance over updates 1..``updates`` of fresh policies on the validation goals."""
         exp = self.experiment
-        goals = exp.train_goals(exp.config.n_test_goals, VALIDATION_GOALS_OFFSET)
+        goals = exp.train_goals(exp.config.val_goals or exp.config.n_test_goals, VALIDATION_GOALS_OFFSET)
         theta = exp.initial_policies(len(goals), torch.Generator().manual_seed(exp.seed * 1000 + 11))
         envs = RealEnvs(exp.env.env_id, goals)
         try:
