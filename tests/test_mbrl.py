@@ -503,6 +503,41 @@ def test_meta_restarts_train_independent_losses_and_keep_the_best_validation_sco
         MBRLExperiment("PointmassGoal-v0", MBRLConfig(meta_restarts=2), seed=0)
 
 
+def test_task_model_from_restarts_tunes_the_model_baseline_on_every_restarts_model(monkeypatch):
+    """--task-model-from restarts: the task loss through the model is tuned on train goals with each restart's P and
+    keeps the lowest score (its choice and every score logged); "kept" tunes only the kept restart's P."""
+    from sb3_ml3.model_based import mbrl, mbrl_cli, mbrl_validation
+
+    config = MBRLConfig(horizon=5, n_outer=2, model_every=100, random_episodes=4, model_epochs=1, batch_goals=2,
+                        inner_steps=1, n_test_goals=2, val_every=2, val_updates=1, meta_restarts=3, test_updates=2,
+                        task_grid=(("adam", 0.01),), task_model_from="restarts")
+    scores = iter([0.5, 0.4, 0.2, 0.3, 0.6, 0.7])  # restart 1 is kept for ML3
+    monkeypatch.setattr(mbrl_validation.KeepBest, "score", lambda self: next(scores))
+    experiment, log = mbrl_cli.meta_train_with_restarts("PointmassGoal-v0", config, 0, lambda *a: None)
+    assert experiment.restart == 1 and [r for r, _ in experiment.restart_models] == [0, 1, 2]
+    tuned_on = []
+    original = mbrl.tune_task_loss
+
+    def recording(exp, step, updates):
+        tuned_on.append(step)
+        return original(exp, step, updates)
+
+    monkeypatch.setattr(mbrl, "tune_task_loss", recording)
+    step, tuned, chosen_scores, choice = experiment._tune_model_baseline()
+    assert tuned_on == [m for _, m in experiment.restart_models]  # every restart's P was tried
+    by_restart = choice["task_tuning_scores_model_by_restart"]
+    best = min(by_restart, key=lambda r: min(by_restart[r].values()))
+    assert choice["task_model_restart"] == int(best) and chosen_scores == by_restart[best]
+    assert step is dict(experiment.restart_models)[int(best)]
+    assert len({min(v.values()) for v in by_restart.values()}) == 3  # the three models differ
+    tuned_on.clear()
+    experiment.config = replace(config, task_model_from="kept")
+    step, _, _, choice = experiment._tune_model_baseline()
+    assert tuned_on == [experiment.model] and step is experiment.model and choice == {}
+    with pytest.raises(ValueError, match="task_model_from"):
+        MBRLConfig(task_model_from="best")
+
+
 def test_minimiser_is_the_quadratic_losss_argmin_and_its_task_loss_joins_the_meta_objective():
     """LossAndRate.minimiser: M is zero there with zero action-gradient; minimiser_weight adds its final distance in P,
     whose phi-gradient matches central differences; refused where the loss form has no closed-form minimiser."""

@@ -22,6 +22,7 @@ import torch
 from sb3_ml3.inner_optimizers import INNER_OPTIMIZERS
 from sb3_ml3.model_based.dynamics import RealEnvs
 from sb3_ml3.model_based.mbrl import MBRLConfig, MBRLExperiment, config_dict
+from sb3_ml3.model_based.mbrl_config import TASK_MODEL_FROM
 from sb3_ml3.model_based.mbrl_envs import ENV_IDS, LOSS_FEATURES, mbrl_env
 from sb3_ml3.model_based.mbrl_store import SEEDS_DIR, SeedStore
 
@@ -104,15 +105,17 @@ def meta_train_with_restarts(env_id: str, config: MBRLConfig, seed: int, progres
     The choice reads only the validation score on **train** goals (:class:`~.mbrl_validation.KeepBest`'s kept score),
     never a held-out goal; the log lists every restart's score and the kept one."""
     best: tuple[float, MBRLExperiment, dict[str, Any]] | None = None
-    scores = []
+    scores, models = [], []
     for restart in range(config.meta_restarts):
         experiment = MBRLExperiment(env_id, config, seed, restart)
         log = experiment.meta_train(progress)
         score = float(log["validation"].get("kept_score", float("inf")))
         scores.append(score)
+        models.append((restart, experiment.model))
         if best is None or score < best[0]:
             best = (score, experiment, log)
     assert best is not None
+    best[1].restart_models = models  # the task loss through the model may choose among them (task_model_from)
     if config.meta_restarts > 1:
         best[2]["restarts"] = {"scores": scores, "kept": best[1].restart}
     return best[1], best[2]
@@ -234,7 +237,8 @@ def format_table(results: dict[str, Any]) -> str:
             finals = [np.mean(r["test"][m]["final_distance"][-1]) for m in METHODS]
             lines.append(f"  {r['seed']:4d} | " + " | ".join(f"{v:.4f}" for v in finals)
                          + f" | {np.mean(r['train']['ml3']['final_distance'][-1]):.4f} | {reach} | {r['wall_s']:.0f}"
-                         + f" | {' '.join(str(v) for v in r.get('task_tuned_model', []))}")
+                         + f" | {' '.join(str(v) for v in r.get('task_tuned_model', []))}"
+                         + (f" (P of restart {r['task_model_restart']})" if "task_model_restart" in r else ""))
         lines.append(f"  mean | {s['final_ml3']:.4f} | {s['final_task_model']:.4f} | {s['final_task_exact']:.4f} | "
                      f"{s['final_ml3_train_goals']:.4f} | {s['ml3_updates_to_task_model_final']}")
         lines.append("  references: " + ", ".join(f"{k} {v:.4f}" for k, v in s["references"].items()))
@@ -288,6 +292,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--task-policy-features", nargs="+", choices=["state", *LOSS_FEATURES], default=None,
                    help="the policy classes the task-loss baselines choose from on train goals, with their step size "
                         "(default: ML3's own class, --policy-features)")
+    p.add_argument("--task-model-from", choices=list(TASK_MODEL_FROM), default=d.task_model_from,
+                   help="the learned model the task loss through the model uses: the kept restart's (kept), or every "
+                        "restart's, the best on train goals (restarts)")
     p.add_argument("--val-every", type=int, default=d.val_every,
                    help="meta-validation: every n outer iterations score the loss by real updates on train goals and "
                         "keep the best (0: off, the last weights)")
@@ -345,7 +352,7 @@ def run(args: Any) -> dict[str, Any]:
                         target_bound=args.target_bound, loss_features=args.loss_features,
                         policy_features=args.policy_features,
                         task_policy_features=tuple(args.task_policy_features or ()), val_every=args.val_every,
-                        val_updates=args.val_updates, val_goals=args.val_goals or 0, meta_restarts=args.meta_restarts, **settings)
+                        val_updates=args.val_updates, val_goals=args.val_goals or 0, task_model_from=args.task_model_from, meta_restarts=args.meta_restarts, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, resume=args.resume, force=args.force, extra_files=(SEEDS_DIR,))
     store = SeedStore(args.out, config, resume=args.resume, fresh=args.force)

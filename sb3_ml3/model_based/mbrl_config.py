@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: where the task-loss baseline's learned model comes from (MBRLConfig.task_model_from)
+TASK_MODEL_FROM = ("kept", "restarts")
+
 
 @dataclass
 class MBRLConfig:
@@ -78,6 +81,9 @@ class MBRLConfig:
     # the policy classes the task-loss baselines may choose from, on train goals with the step size (mbrl_baselines):
     # e.g. ("state", "arm-frame"); empty: ML3's own class only
     task_policy_features: tuple[str, ...] = ()
+    # which learned model P the task loss through the model uses: "kept" (the kept restart's, whose P moves with the
+    # restart ML3's validation keeps) or "restarts" (every restart's P, the best on train goals with the grid above)
+    task_model_from: str = "kept"
     eval_seed: int = 12345  # reset seeds of the real rollouts: eval_seed + goal index
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -92,6 +98,9 @@ class MBRLConfig:
         if self.val_goals < 0:
             raise ValueError(f"val_goals must be 0 (as many as n_test_goals) or a number of train goals, got "
                              f"{self.val_goals} (--val-goals).")
+        if self.task_model_from not in TASK_MODEL_FROM:
+            raise ValueError(f"task_model_from must be one of {list(TASK_MODEL_FROM)}, got {self.task_model_from!r} "
+                             "(--task-model-from).")
         if self.meta_restarts < 1 or (self.meta_restarts > 1 and self.val_every < 1):
             raise ValueError(f"meta_restarts ({self.meta_restarts}) must be at least 1, and above 1 it needs "
                              "meta-validation to choose among the restarts: set val_every (e.g. --val-every 100).")
@@ -101,4 +110,4 @@ def config_dict(config: MBRLConfig) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
 
 
-__all__ = ["MBRLConfig", "config_dict"]
+__all__ = ["MBRLConfig", "TASK_MODEL_FROM", "config_dict"]
