@@ -352,7 +352,8 @@ def run(args: Any) -> dict[str, Any]:
                         target_bound=args.target_bound, loss_features=args.loss_features,
                         policy_features=args.policy_features,
                         task_policy_features=tuple(args.task_policy_features or ()), val_every=args.val_every,
-                        val_updates=args.val_updates, val_goals=args.val_goals or 0, task_model_from=args.task_model_from, meta_restarts=args.meta_restarts, **settings)
+                        val_updates=args.val_updates, val_goals=args.val_goals or 0,
+                        task_model_from=args.task_model_from, meta_restarts=args.meta_restarts, **settings)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     prepare_out_dir(args.out, resume=args.resume, force=args.force, extra_files=(SEEDS_DIR,))
     store = SeedStore(args.out, config, resume=args.resume, fresh=args.force)
