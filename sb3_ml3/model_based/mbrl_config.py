@@ -11,7 +11,10 @@ TASK_MODEL_FROM = ("kept", "restarts")
 
 @dataclass
 class MBRLConfig:
-    """Settings of ``ml3 mbrl`` (the paper gives Algorithm 3, the model refresh every 100 iterations; the rest is ours)."""
+    """Settings of ``ml3 mbrl`` (the paper gives Algorithm 3, the model refresh every 100 iterations; the rest is ours).
+
+    A setting added later must default to the behaviour from before it existed: ``--resume`` (:mod:`.mbrl_store`)
+    reads a stored seed that lacks the key as having run with the default."""
 
     horizon: int | None = None  # unroll and rollout length (None: the env's default, mbrl_envs)
     n_outer: int = 300  # outer iterations (meta-train)
