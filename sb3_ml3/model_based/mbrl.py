@@ -292,7 +292,7 @@ class MBRLExperiment:
         best, by_restart = None, {}
         for restart, model in candidates:
             tuned, scores = tune_task_loss(self, model, cfg.test_updates)
-            score = scores[f"{tuned[0]} {tuned[1]} {tuned[2]:g}"]
+            score = min(scores.values())  # the tuned setting's score: tune_task_loss keeps the lowest
             by_restart[str(restart)] = scores
             if best is None or score < best[0]:
                 best = (score, restart, model, tuned, scores)
