@@ -137,3 +137,29 @@ def test_a_torn_or_crafted_seed_file_gets_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no meta-loss"):
         store.load("PointmassGoal-v0", 3)
     assert SeedStore(tmp_path, config, resume=False).load("PointmassGoal-v0", 3) is None  # not resuming: run it
+
+
+def test_read_seed_rebuilds_the_settings_row_and_loss_of_any_finished_seed(tmp_path, monkeypatch):
+    from sb3_ml3.model_based.mbrl_config import config_dict, config_from_dict
+    from sb3_ml3.model_based.mbrl_store import read_seed
+
+    config = MBRLConfig(task_policy_features=("state", "arm-frame"), model_hidden=(16, 8), target_bound=0.9)
+    assert config_from_dict(json.loads(json.dumps(config_dict(config)))) == config  # JSON's lists back to tuples
+    with pytest.raises(ValueError, match="another version"):
+        config_from_dict({**config_dict(config), "warp_drive": 1})
+    with pytest.raises(ValueError, match="val_every"):
+        config_from_dict({**config_dict(config), "val_every": -1})  # checked as on construction
+    _tiny(monkeypatch)
+    out = str(tmp_path / "run")
+    _main(["--seeds", "1", "--out", out, "--loss-time-weights", "late"])
+    saved, row, meta_loss = read_seed(out, "PointmassGoal-v0", 1)  # whatever flags run now
+    assert saved.loss_time_weights == "late" and saved.horizon == 10 and saved.n_outer == 2
+    assert row["seed"] == 1 and meta_loss.time_steps == 10
+    stored = json.load(open(os.path.join(out, SEEDS_DIR, "PointmassGoal_seed1.json")))["row"]
+    assert row["test"]["ml3"]["final_distance"] == stored["test"]["ml3"]["final_distance"]
+    with pytest.raises(FileNotFoundError, match="no finished seed 2"):
+        read_seed(out, "PointmassGoal-v0", 2)
+    with open(os.path.join(out, SEEDS_DIR, "PointmassGoal_seed1.json"), "w") as f:
+        f.write("{")
+    with pytest.raises(ValueError, match="not a finished seed"):
+        read_seed(out, "PointmassGoal-v0", 1)

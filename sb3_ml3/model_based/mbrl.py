@@ -91,7 +91,9 @@ class MBRLExperiment:
                                                "loss_features": config.loss_features,
                                                "inner_optimizer": config.inner_optimizer},
                                      relative_target=config.relative_target, loss_form=config.loss_form,
-                                     target_bound=config.target_bound)
+                                     target_bound=config.target_bound,
+                                     time_steps=None if config.loss_time_weights == "none" else self.horizon,
+                                     time_weight_init="late" if config.loss_time_weights == "late" else "uniform")
         self.model = EnsembleDynamics(self.env.state_dim, self.env.action_dim, config.model_hidden,
                                       config.model_members, generator=self.generator)
         self.buffer = TransitionBuffer(self.env.state_dim, self.env.action_dim)
@@ -278,6 +280,14 @@ class MBRLExperiment:
             rule_state = state_from_tensors(state_as_tensors(rule_state))  # detached
         return {"final_distance": curve, "alpha": alphas, "states": roll.states.tolist()}
 
+    def meta_test_goals(self, split: str) -> np.ndarray:
+        """The seed's ``n_test_goals`` meta-test goals of ``split`` ("test": held out, "train")."""
+        return sample_tasks(self.env.env_id, self.config.n_test_goals, split, seed=self.seed * 100_003 + 3)
+
+    def meta_test_policies(self, n: int) -> Params:
+        """The policies every method starts from at meta-test (ML3 and, in their own class, the baselines)."""
+        return self.initial_policies(n, torch.Generator().manual_seed(self.seed * 1000 + 9))
+
     def run(self, progress: Callable[[int, float], None] | None = None) -> dict[str, Any]:
         """Meta-train, then meta-test on held-out (and train) goals beside the baselines; a JSON-ready row."""
         return self.meta_test(self.meta_train(progress))
@@ -312,9 +322,9 @@ class MBRLExperiment:
                                "task_tuned_exact": list(tuned_exact), "task_tuning_scores_model": scores_model,
                                "task_tuning_scores_exact": scores_exact, **model_choice}
         for split in ("test", "train"):
-            goals = sample_tasks(self.env.env_id, cfg.n_test_goals, split, seed=self.seed * 100_003 + 3)
+            goals = self.meta_test_goals(split)
             envs = RealEnvs(self.env.env_id, goals)
-            theta = self.initial_policies(len(goals), torch.Generator().manual_seed(self.seed * 1000 + 9))
+            theta = self.meta_test_policies(len(goals))
             try:
                 result = {"goals": goals.tolist(), "ml3": self.meta_test_ml3(envs, theta, cfg.test_updates)}
                 if split == "test" and self.meta_loss.has_minimiser:

@@ -303,6 +303,9 @@ def add_arguments(p: Any) -> None:
                    help="train goals each validation score averages over (default: as many as the held-out goals, 10)")
     p.add_argument("--target-bound", type=positive_float, default=None,
                    help="the quadratic loss's target becomes b tanh(.) (e.g. 0.9: inside the action box)")
+    p.add_argument("--loss-time-weights", choices=("none", "uniform", "late"), default=d.loss_time_weights,
+                   help="the learned loss weighs each step of a trajectory by a learned weight of its time index, "
+                        "starting all 1 (uniform) or on a ramp from 0.1 to 1.9 (late); none: the plain mean")
     p.add_argument("--horizon", type=positive_int, default=None, help="unroll/rollout length (default: the env's)")
     p.add_argument("--meta-restarts", type=positive_int, default=d.meta_restarts,
                    help="independent meta-trainings per seed, the best by --val-every's score on train goals kept")
@@ -350,6 +353,7 @@ def run(args: Any) -> dict[str, Any]:
                         minimiser_weight=args.minimiser_weight, policy_init=args.policy_init, loss_form=args.loss_form,
                         alpha_init=args.alpha_init, inner_optimizer=args.inner_optimizer, adam_eps=args.adam_eps,
                         target_bound=args.target_bound, loss_features=args.loss_features,
+                        loss_time_weights=args.loss_time_weights,
                         policy_features=args.policy_features,
                         task_policy_features=tuple(args.task_policy_features or ()), val_every=args.val_every,
                         val_updates=args.val_updates, val_goals=args.val_goals or 0,

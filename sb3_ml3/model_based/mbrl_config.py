@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 #: where the task-loss baseline's learned model comes from (MBRLConfig.task_model_from)
@@ -53,6 +53,9 @@ class MBRLConfig:
     inner_optimizer: str = "sgd"
     adam_eps: float = 1e-2
     target_bound: float | None = None  # the quadratic form's target t = b tanh(.), inside the action box for b < 1
+    # M weighs each step of a trajectory by a learned positive weight of its time index (mbrl_nets.LossAndRate:
+    # time_steps), starting "uniform" (all 1) or "late" (a ramp from 0.1 to 1.9); "none": the plain mean over steps
+    loss_time_weights: str = "none"
     # what M_phi reads besides the actions: "state" (the policy's features) or "arm-frame" (ReacherGoal4D: the arm's
     # own frame, mbrl_envs.reacher_arm_frame; the policies read policy_features)
     loss_features: str = "state"
@@ -101,6 +104,9 @@ class MBRLConfig:
         if self.val_goals < 0:
             raise ValueError(f"val_goals must be 0 (as many as n_test_goals) or a number of train goals, got "
                              f"{self.val_goals} (--val-goals).")
+        if self.loss_time_weights not in ("none", "uniform", "late"):
+            raise ValueError(f"loss_time_weights must be 'none', 'uniform' or 'late', got {self.loss_time_weights!r} "
+                             "(--loss-time-weights).")
         if self.task_model_from not in TASK_MODEL_FROM:
             raise ValueError(f"task_model_from must be one of {list(TASK_MODEL_FROM)}, got {self.task_model_from!r} "
                              "(--task-model-from).")
@@ -113,4 +119,21 @@ def config_dict(config: MBRLConfig) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
 
 
-__all__ = ["MBRLConfig", "TASK_MODEL_FROM", "config_dict"]
+def config_from_dict(saved: dict[str, Any]) -> MBRLConfig:
+    """The :class:`MBRLConfig` a saved ``config_dict`` describes (JSON's lists back to tuples), checked as on
+    construction. A key MBRLConfig does not know is refused (a newer or foreign file); a missing one is its default."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"an ml3 mbrl config is a JSON object, got {type(saved).__name__}.")
+    known = {f.name: f for f in fields(MBRLConfig)}
+    unknown = sorted(set(saved) - set(known))
+    if unknown:
+        raise ValueError(f"unknown ml3 mbrl settings {unknown}: the file was written by another version of sb3-ml3.")
+
+    def as_tuple(value: Any) -> Any:
+        return tuple(as_tuple(v) for v in value) if isinstance(value, list) else value
+
+    tuple_fields = {name for name, default in asdict(MBRLConfig()).items() if isinstance(default, tuple)}
+    return MBRLConfig(**{k: (as_tuple(v) if k in tuple_fields else v) for k, v in saved.items()})
+
+
+__all__ = ["MBRLConfig", "TASK_MODEL_FROM", "config_dict", "config_from_dict"]

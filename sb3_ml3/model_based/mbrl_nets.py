@@ -12,6 +12,12 @@
   - the rate ``alpha(tau, g) = alpha_max * sigmoid(b + mean_t h_phi(c_t, a_t))``: positive and bounded by
     construction, starting at ``alpha_init`` (last layer zero, bias ``logit(alpha_init / alpha_max)``).
 
+  With ``time_steps`` H, each step's term is also weighed by a learned positive weight of its time index,
+  ``M = mean_t omega_t m_t`` with ``omega_t = exp(l_t)``, starting all 1 (the plain mean) or, with
+  ``time_weight_init="late"``, on a ramp from 0.1 at the first step to 1.9 at the last (mean 1). The task loss reads
+  the final state only, so a loss may learn to pull hardest where the last states are decided; omega does not move
+  the quadratic form's minimiser (a positive factor per step).
+
   ``loss_form="free"``: M is instead an unbounded ELU MLP of (c_t, a_t), averaged over t (the authors' own
   model-based loss form: a network of the detached states, the action and the goal, with no target structure).
 
@@ -43,6 +49,8 @@ from sb3_ml3.meta_loss import MetaLoss, MetaLossSpecError
 FORMAT = "sb3-ml3 mbrl loss-and-rate 1"
 #: forms of M_phi: the quadratic target form (the default) or the authors' free MLP
 LOSS_FORMS = ("quadratic", "free")
+#: where the learned per-step weights omega_t start (LossAndRate's time_weight_init)
+TIME_WEIGHT_INITS = ("uniform", "late")
 
 
 class PolicyBatch:
@@ -92,14 +100,22 @@ class LossAndRate(nn.Module):
         loss_form: ``"quadratic"`` (the target form above) or ``"free"`` (an ELU MLP of the context and action).
         target_bound: the quadratic form's target becomes b tanh(.) (b < 1: inside the tanh policy's action box, where
             a pulled action keeps its gradient); ``None``: unbounded.
+        time_steps: the trajectories' length H, to learn one weight per time index (module docstring); ``None``:
+            every step counts the same.
+        time_weight_init: where those weights start, ``"uniform"`` (all 1) or ``"late"`` (a ramp, module docstring).
         metadata: JSON-able facts saved with the weights (env id, horizon, ...).
     """
 
     def __init__(self, feature_dim: int, action_dim: int, hidden_sizes: tuple[int, ...] = (64, 64),
                  alpha_max: float = 10.0, alpha_init: float = 1.0, metadata: dict[str, Any] | None = None,
                  generator: torch.Generator | None = None, relative_target: bool = False,
-                 loss_form: str = "quadratic", target_bound: float | None = None) -> None:
+                 loss_form: str = "quadratic", target_bound: float | None = None,
+                 time_steps: int | None = None, time_weight_init: str = "uniform") -> None:
         super().__init__()
+        if time_steps is not None and (isinstance(time_steps, bool) or int(time_steps) != time_steps or time_steps < 1):
+            raise ValueError(f"time_steps must be a positive trajectory length or None, got {time_steps!r}.")
+        if time_weight_init not in TIME_WEIGHT_INITS:
+            raise ValueError(f"time_weight_init must be one of {list(TIME_WEIGHT_INITS)}, got {time_weight_init!r}.")
         if loss_form not in LOSS_FORMS:
             raise ValueError(f"loss_form must be one of {list(LOSS_FORMS)}, got {loss_form!r}.")
         if loss_form == "free" and target_bound is not None:
@@ -140,6 +156,11 @@ class LossAndRate(nn.Module):
             last = self.rate_net[-1]
             last.weight.zero_()
             last.bias.fill_(math.log(self.alpha_init / (self.alpha_max - self.alpha_init)))  # logit
+        self.time_steps = None if time_steps is None else int(time_steps)
+        if self.time_steps is not None:  # omega_t = exp(l_t)
+            start = (torch.linspace(0.1, 1.9, self.time_steps) if time_weight_init == "late" and self.time_steps > 1
+                     else torch.ones(self.time_steps))
+            self.log_time_weight = nn.Parameter(start.log())
 
     def forward(self, context: torch.Tensor, action: torch.Tensor | None = None,
                 recorded_action: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +178,13 @@ class LossAndRate(nn.Module):
         fields = {"context": context, "action": action}
         if self.relative_target:
             fields["recorded"] = recorded_action.detach()
-        loss = self.loss_net(fields).mean(-1)
+        per_step = self.loss_net(fields)
+        if self.time_steps is not None:
+            if per_step.shape[-1] != self.time_steps:
+                raise ValueError(f"this loss weighs trajectories of {self.time_steps} steps (time_steps); got "
+                                 f"{per_step.shape[-1]}. Use the horizon it was meta-trained with.")
+            per_step = per_step * self.log_time_weight.exp()
+        loss = per_step.mean(-1)
         logits = self.rate_net(torch.cat([context, recorded_action.detach()], -1)).squeeze(-1).mean(-1)
         return loss, self.alpha_max * torch.sigmoid(logits)
 
@@ -186,7 +213,7 @@ class LossAndRate(nn.Module):
     def config(self) -> dict[str, Any]:
         return {"format": FORMAT, "feature_dim": self.feature_dim, "action_dim": self.action_dim,
                 "hidden_sizes": list(self.hidden_sizes), "alpha_max": self.alpha_max, "alpha_init": self.alpha_init,
-                "relative_target": self.relative_target, "loss_form": self.loss_form,
+                "relative_target": self.relative_target, "loss_form": self.loss_form, "time_steps": self.time_steps,
                 "loss_net": self.loss_net.config(), "metadata": self.metadata}
 
     def save(self, path: str | os.PathLike) -> None:
@@ -216,7 +243,8 @@ class LossAndRate(nn.Module):
         module = cls(config["feature_dim"], config["action_dim"], tuple(config["hidden_sizes"]), config["alpha_max"],
                      config["alpha_init"], config.get("metadata"), relative_target=config.get("relative_target", False),
                      loss_form=config.get("loss_form", "quadratic"),
-                     target_bound=loss_net.get("target_bound") if isinstance(loss_net, dict) else None)
+                     target_bound=loss_net.get("target_bound") if isinstance(loss_net, dict) else None,
+                     time_steps=config.get("time_steps"))
         module.load_state_dict(state)
         return module
 

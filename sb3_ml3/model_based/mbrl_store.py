@@ -20,7 +20,7 @@ from typing import Any
 
 from sb3_ml3.atomic import jsonable
 from sb3_ml3.experiments.store import atomic_write_json
-from sb3_ml3.model_based.mbrl_config import MBRLConfig, config_dict
+from sb3_ml3.model_based.mbrl_config import MBRLConfig, config_dict, config_from_dict
 from sb3_ml3.model_based.mbrl_nets import LossAndRate
 
 #: the folder inside ``--out`` that holds one JSON row and one meta-loss per finished seed
@@ -76,7 +76,12 @@ class SeedStore:
 
     def paths(self, env_id: str, seed: int) -> tuple[str, str]:
         """``(row JSON, meta-loss zip)`` of one env and seed."""
-        stem = os.path.join(self.dir, f"{env_id.split('-')[0]}_seed{int(seed)}")
+        return self.paths_in(os.path.dirname(self.dir), env_id, seed)
+
+    @staticmethod
+    def paths_in(out_dir: str | os.PathLike, env_id: str, seed: int) -> tuple[str, str]:
+        """``(row JSON, meta-loss zip)`` of one env and seed in the output folder ``out_dir``."""
+        stem = os.path.join(os.fspath(out_dir), SEEDS_DIR, f"{env_id.split('-')[0]}_seed{int(seed)}")
         return stem + ".json", stem + ".zip"
 
     def load(self, env_id: str, seed: int) -> tuple[dict[str, Any], LossAndRate] | None:
@@ -110,4 +115,21 @@ class SeedStore:
         atomic_write_json(row_path, {"env_id": env_id, "seed": int(seed), "config": self.config, "row": row})
 
 
-__all__ = ["SEEDS_DIR", "SeedStore"]
+def read_seed(out_dir: str | os.PathLike, env_id: str, seed: int) -> tuple[MBRLConfig, dict[str, Any], LossAndRate]:
+    """One finished seed of an ``ml3 mbrl`` folder as its settings, its row of results and its meta-loss, whatever
+    the current flags (for analysis: :class:`SeedStore` reads a seed back only under the settings it ran with)."""
+    row_path, loss_path = SeedStore.paths_in(out_dir, env_id, seed)
+    if not os.path.exists(row_path) or not os.path.exists(loss_path):
+        raise FileNotFoundError(f"{out_dir} holds no finished seed {seed} of {env_id} ({row_path} and {loss_path}).")
+    try:
+        with open(row_path) as f:
+            saved = json.load(f)
+        if saved["env_id"] != env_id or int(saved["seed"]) != int(seed) or not isinstance(saved["row"], dict):
+            raise ValueError("it names another env or seed")
+        config = config_from_dict(saved["config"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{row_path} is not a finished seed of ml3 mbrl ({exc}).") from None
+    return config, saved["row"], LossAndRate.load(loss_path)
+
+
+__all__ = ["SEEDS_DIR", "SeedStore", "read_seed"]
