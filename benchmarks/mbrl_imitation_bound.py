@@ -4,7 +4,9 @@ The quadratic meta-loss of ``ml3 mbrl``, M = mean_t sum_j w_j(c_t) (a_t,j - t_j(
 its learned target t(c) on the states of the latest real rollout. So its policies can approach the goal no faster
 than a policy regressed onto a target on its own rollouts, one step per update (DAgger's protocol: the states
 come from the learner, the actions from the target). This script measures that imitation speed, with plain Adam
-(PyTorch's; every step size of ``--lrs`` and eps of ``--eps``) and uniform weights, for two targets:
+(PyTorch's; every step size of ``--lrs`` and eps of ``--eps``) and the steps weighed uniformly or, with ``--weights
+late``, on the ramp ``ml3 mbrl --loss-time-weights late`` starts from (0.1 at the first step to 1.9 at the last: the
+last states decide the final distance), for two targets:
 
 * ``oracle``: the env's hand-written controller (ReacherGoal4D: inverse kinematics + joint PD; final distance 0),
   the best target any learned loss could have;
@@ -43,10 +45,10 @@ TARGETS = ("oracle", "loss_target")
 SHOWN = (3, 10, 20, 60)
 
 
-def imitation_curve(exp: MBRLExperiment, envs: RealEnvs, target: str, lr: float, eps: float, updates: int
-                    ) -> list[list[float]]:
+def imitation_curve(exp: MBRLExperiment, envs: RealEnvs, target: str, lr: float, eps: float, updates: int,
+                    weights: str = "uniform") -> list[list[float]]:
     """Real final distances per update and goal ``(updates + 1, goals)`` of the meta-test's starting policies, each
-    updated by one Adam step per real rollout on sum_t |pi(s_t) - target(s_t)|^2 over that rollout's states."""
+    updated by one Adam step per real rollout on mean_t w_t |pi(s_t) - target(s_t)|^2 over that rollout's states."""
     goals = torch.as_tensor(envs.goals, dtype=torch.float32)
     params = {k: v.clone().requires_grad_(True) for k, v in exp.meta_test_policies(len(envs.goals)).items()}
     optimizer = torch.optim.Adam(list(params.values()), lr=lr, eps=eps)
@@ -66,13 +68,16 @@ def imitation_curve(exp: MBRLExperiment, envs: RealEnvs, target: str, lr: float,
                 obs = torch.cat([states, goals[:, None].expand(-1, states.shape[1], -1)], -1)
                 wanted = torch.as_tensor(oracle.act(obs.reshape(-1, obs.shape[-1]).numpy()),
                                          dtype=torch.float32).reshape(*states.shape[:2], -1)
+        steps = states.shape[1]
+        w = torch.linspace(0.1, 1.9, steps) if weights == "late" and steps > 1 else torch.ones(steps)
         optimizer.zero_grad()
-        ((exp.policy(params, features) - wanted) ** 2).sum(-1).mean(-1).sum().backward()
+        (((exp.policy(params, features) - wanted) ** 2).sum(-1) * w).mean(-1).sum().backward()
         optimizer.step()
     return curve
 
 
-def seed_rows(out_dir: str, env_id: str, seed: int, lrs: list[float], epss: list[float]) -> dict[str, Any]:
+def seed_rows(out_dir: str, env_id: str, seed: int, lrs: list[float], epss: list[float], weightings: list[str]
+              ) -> dict[str, Any]:
     config, row, meta_loss = read_seed(out_dir, env_id, seed)
     exp = MBRLExperiment(env_id, config, seed)
     exp.meta_loss.load_state_dict(meta_loss.state_dict())
@@ -80,9 +85,9 @@ def seed_rows(out_dir: str, env_id: str, seed: int, lrs: list[float], epss: list
     if oracle_for(env_id) is None:
         raise SystemExit(f"{env_id} has no oracle controller to imitate.")
     try:
-        runs = [{"target": target, "lr": lr, "eps": eps,
-                 "final_distance": imitation_curve(exp, envs, target, lr, eps, config.test_updates)}
-                for target, lr, eps in itertools.product(TARGETS, lrs, epss)]
+        runs = [{"target": target, "lr": lr, "eps": eps, "weights": weights,
+                 "final_distance": imitation_curve(exp, envs, target, lr, eps, config.test_updates, weights)}
+                for target, lr, eps, weights in itertools.product(TARGETS, lrs, epss, weightings)]
     finally:
         envs.close()
     return {"seed": seed, "ml3": row["test"]["ml3"]["final_distance"],
@@ -90,18 +95,20 @@ def seed_rows(out_dir: str, env_id: str, seed: int, lrs: list[float], epss: list
 
 
 def summary(seeds: list[dict[str, Any]], at: int = 20) -> dict[str, Any]:
-    """Mean-over-goals-and-seeds curves: ML3, the model baseline, and per target its best (lr, eps) at ``at``."""
+    """Mean-over-goals-and-seeds curves: ML3, the model baseline, and per target and weighting its best (lr, eps)
+    at ``at``."""
     def mean(curves: list[list[list[float]]]) -> list[float]:
         return np.mean([np.mean(c, axis=1) for c in curves], axis=0).tolist()
 
     out = {"ml3": mean([s["ml3"] for s in seeds]), "task_model": mean([s["task_model"] for s in seeds])}
-    for target in TARGETS:
-        settings = {(r["lr"], r["eps"]) for r in seeds[0]["imitation"] if r["target"] == target}
-        curves = {k: mean([next(r["final_distance"] for r in s["imitation"] if (r["target"], r["lr"], r["eps"])
-                                == (target, *k)) for s in seeds]) for k in settings}
+    for target, weights in itertools.product(TARGETS, sorted({r["weights"] for r in seeds[0]["imitation"]})):
+        settings = {(r["lr"], r["eps"]) for r in seeds[0]["imitation"] if (r["target"], r["weights"]) == (target, weights)}
+        curves = {k: mean([next(r["final_distance"] for r in s["imitation"] if (r["target"], r["lr"], r["eps"],
+                                r["weights"]) == (target, *k, weights)) for s in seeds]) for k in settings}
         best = min(curves, key=lambda k: curves[k][at])
-        out[target] = {"lr": best[0], "eps": best[1], "curve": curves[best[0], best[1]],
-                       "at_by_setting": {f"lr {k[0]:g} eps {k[1]:g}": v[at] for k, v in sorted(curves.items())}}
+        out[f"{target}, {weights}"] = {"lr": best[0], "eps": best[1], "curve": curves[best[0], best[1]],
+                                       "at_by_setting": {f"lr {k[0]:g} eps {k[1]:g}": v[at]
+                                                         for k, v in sorted(curves.items())}}
     return out
 
 
@@ -112,6 +119,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1], help="Adam step sizes")
     parser.add_argument("--eps", type=float, nargs="+", default=[1e-8], help="Adam's eps (PyTorch's 1e-8; mbrl: 1e-2)")
+    parser.add_argument("--weights", nargs="+", choices=("uniform", "late"), default=["uniform", "late"],
+                        help="how the steps of a rollout are weighed (late: a ramp from 0.1 to 1.9)")
     parser.add_argument("--out", required=True, help="the JSON file to write")
     parser.add_argument("--force", action="store_true", help="overwrite --out")
     args = parser.parse_args()
@@ -123,19 +132,21 @@ def main() -> None:
     t0 = time.perf_counter()
     seeds = []
     for seed in args.seeds:
-        seeds.append(seed_rows(args.results, args.env, seed, args.lrs, args.eps))
+        seeds.append(seed_rows(args.results, args.env, seed, args.lrs, args.eps, args.weights))
         print(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     result = summary(seeds)
     print(f"mean final distance on held-out goals, {len(seeds)} seeds, after {' / '.join(map(str, SHOWN))} updates")
     rows = [("ML3", result["ml3"]), ("task loss through the model", result["task_model"])]
-    rows += [(f"imitating the {t.replace('_', ' ')} (Adam {result[t]['lr']:g}, eps {result[t]['eps']:g})",
-              result[t]["curve"]) for t in TARGETS]
+    imitations = [k for k in result if k not in ("ml3", "task_model")]
+    rows += [(f"imitating: {k} (Adam {result[k]['lr']:g}, eps {result[k]['eps']:g})", result[k]["curve"])
+             for k in imitations]
     for name, curve in rows:
         print(f"  {name:55} " + " / ".join(f"{curve[i]:.4f}" for i in SHOWN if i < len(curve)))
-    for t in TARGETS:
-        print(f"  {t} after 20 updates by setting: " + ", ".join(f"{k}: {v:.4f}" for k, v in
-                                                                   result[t]["at_by_setting"].items()))
+    for k in imitations:
+        print(f"  {k} after 20 updates by setting: " + ", ".join(f"{s}: {v:.4f}" for s, v in
+                                                                   result[k]["at_by_setting"].items()))
     atomic_write_json(args.out, {"results": args.results, "env_id": args.env, "lrs": args.lrs, "eps": args.eps,
+                                 "weights": args.weights,
                                  "summary": result, "seeds": seeds, "wall_seconds": time.perf_counter() - t0,
                                  "command": "python benchmarks/mbrl_imitation_bound.py " + " ".join(
                                      json.dumps(a) if " " in a else a for a in sys.argv[1:])})
