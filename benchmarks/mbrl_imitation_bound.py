@@ -36,6 +36,7 @@ import torch
 
 from sb3_ml3.experiments.oracles import oracle_for
 from sb3_ml3.experiments.store import atomic_write_json
+from sb3_ml3.functional import Params
 from sb3_ml3.model_based.mbrl import MBRLExperiment
 from sb3_ml3.model_based.dynamics import RealEnvs
 from sb3_ml3.model_based.mbrl_store import read_seed
@@ -49,18 +50,13 @@ def imitation_curve(exp: MBRLExperiment, envs: RealEnvs, target: str, lr: float,
                     weights: str = "uniform") -> list[list[float]]:
     """Real final distances per update and goal ``(updates + 1, goals)`` of the meta-test's starting policies, each
     updated by one Adam step per real rollout on mean_t w_t |pi(s_t) - target(s_t)|^2 over that rollout's states."""
-    goals = torch.as_tensor(envs.goals, dtype=torch.float32)
     params = {k: v.clone().requires_grad_(True) for k, v in exp.meta_test_policies(len(envs.goals)).items()}
     optimizer = torch.optim.Adam(list(params.values()), lr=lr, eps=eps)
     oracle = oracle_for(exp.env.env_id)
-    curve = []
-    for update in range(updates + 1):
-        roll = envs.rollout(exp.actor(params), exp.horizon, exp.config.eval_seed)
-        curve.append(roll.final_distance.tolist())
-        if update == updates:
-            break
-        states = torch.as_tensor(roll.states[:, :-1], dtype=torch.float32)
-        features, context = exp.contexts(states, goals)
+    goals = torch.as_tensor(envs.goals, dtype=torch.float32)
+
+    def step(theta: Params, states: torch.Tensor, features: torch.Tensor, context: torch.Tensor,
+             _actions: torch.Tensor) -> Params:
         with torch.no_grad():
             if target == "loss_target":
                 wanted = exp.meta_loss.minimiser(context)
@@ -71,9 +67,11 @@ def imitation_curve(exp: MBRLExperiment, envs: RealEnvs, target: str, lr: float,
         steps = states.shape[1]
         w = torch.linspace(0.1, 1.9, steps) if weights == "late" and steps > 1 else torch.ones(steps)
         optimizer.zero_grad()
-        (((exp.policy(params, features) - wanted) ** 2).sum(-1) * w).mean(-1).sum().backward()
+        (((exp.policy(theta, features) - wanted) ** 2).sum(-1) * w).mean(-1).sum().backward()
         optimizer.step()
-    return curve
+        return theta
+
+    return exp.real_updates(envs, params, updates, step)[0]
 
 
 def seed_rows(out_dir: str, env_id: str, seed: int, lrs: list[float], epss: list[float], weightings: list[str]

@@ -261,11 +261,14 @@ class MBRLExperiment:
         return np.stack([env.reset(seed=seed * 1000 + i)[0][self._start_env.state_slice] for i in range(len(goals))])
 
     # ------------------------------------------------------------------ Algorithm 5 and the baselines
-    def meta_test_ml3(self, envs: RealEnvs, theta: Params, updates: int) -> dict[str, Any]:
-        """Algorithm 5: real rollout, step on M_phi (no model), repeated; the real final distance after each update."""
-        phi = {k: v.detach() for k, v in self.meta_loss.named_parameters()}
+    def real_updates(self, envs: RealEnvs, theta: Params, updates: int,
+                     update: Callable[[Params, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], Params]
+                     ) -> tuple[list[list[float]], Any]:
+        """Roll the policies out on the real env, then ``theta = update(theta, states, features, context, actions)``
+        on that rollout (states ``(B, H, S)`` before each action), repeated: the real final distances
+        ``(updates + 1, goals)`` and the last rollout. The loop of Algorithm 5, for any update rule."""
         goals = torch.as_tensor(envs.goals, dtype=torch.float32)
-        curve, alphas, rule_state = [], [], None
+        curve = []
         for j in range(updates + 1):
             roll = envs.rollout(self.actor(theta), self.horizon, self.config.eval_seed)
             curve.append(roll.final_distance.tolist())
@@ -273,11 +276,23 @@ class MBRLExperiment:
                 break
             states = torch.as_tensor(roll.states[:, :-1], dtype=torch.float32)
             features, context = self.contexts(states, goals)
-            recorded = torch.as_tensor(roll.actions, dtype=torch.float32)
-            theta, alpha, rule_state = self.inner(theta, phi, features, recorded, rule_state, context)
+            theta = update(theta, states, features, context, torch.as_tensor(roll.actions, dtype=torch.float32))
+        return curve, roll
+
+    def meta_test_ml3(self, envs: RealEnvs, theta: Params, updates: int) -> dict[str, Any]:
+        """Algorithm 5: real rollout, step on M_phi (no model), repeated; the real final distance after each update."""
+        phi = {k: v.detach() for k, v in self.meta_loss.named_parameters()}
+        alphas, rule_state = [], None
+
+        def step(params: Params, _states: torch.Tensor, features: torch.Tensor, context: torch.Tensor,
+                 recorded: torch.Tensor) -> Params:
+            nonlocal rule_state
+            params, alpha, rule_state = self.inner(params, phi, features, recorded, rule_state, context)
             alphas.append(alpha.detach().tolist())
-            theta = {k: v.detach() for k, v in theta.items()}
             rule_state = state_from_tensors(state_as_tensors(rule_state))  # detached
+            return {k: v.detach() for k, v in params.items()}
+
+        curve, roll = self.real_updates(envs, theta, updates, step)
         return {"final_distance": curve, "alpha": alphas, "states": roll.states.tolist()}
 
     def meta_test_goals(self, split: str) -> np.ndarray:
