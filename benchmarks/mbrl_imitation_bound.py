@@ -1,9 +1,11 @@
 """How close can a fresh policy get in N updates when its loss pulls it towards a target, even a perfect one?
 
 The quadratic meta-loss of ``ml3 mbrl``, M = mean_t sum_j w_j(c_t) (a_t,j - t_j(c_t))^2, pulls each policy towards
-its learned target t(c) on the states of the latest real rollout. So its policies can approach the goal no faster
-than a policy regressed onto a target on its own rollouts, one step per update (DAgger's protocol: the states
-come from the learner, the actions from the target). This script measures that imitation speed, with plain Adam
+its learned target t(c) on the states of the latest real rollout. So its policies approach the goal about as fast
+as a policy regressed onto a target on its own rollouts, one step per update (DAgger's protocol: the states come
+from the learner, the actions from the target). The learned weights w(c) and rate can step differently from plain
+Adam, so the rows are a guide to what a loss of this form can do, not a proof. This script measures that imitation
+speed, with plain Adam
 (PyTorch's; every step size of ``--lrs`` and eps of ``--eps``) and the steps weighed uniformly or, with ``--weights
 late``, on the ramp ``ml3 mbrl --loss-time-weights late`` starts from (0.1 at the first step to 1.9 at the last: the
 last states decide the final distance), for two targets:
