@@ -22,7 +22,7 @@ import torch
 from sb3_ml3.inner_optimizers import INNER_OPTIMIZERS
 from sb3_ml3.model_based.dynamics import RealEnvs
 from sb3_ml3.model_based.mbrl import MBRLConfig, MBRLExperiment, config_dict
-from sb3_ml3.model_based.mbrl_config import TASK_MODEL_FROM
+from sb3_ml3.model_based.mbrl_config import LOSS_TIME_WEIGHTS, TASK_MODEL_FROM
 from sb3_ml3.model_based.mbrl_envs import ENV_IDS, LOSS_FEATURES, mbrl_env
 from sb3_ml3.model_based.mbrl_store import SEEDS_DIR, SeedStore
 
@@ -303,7 +303,7 @@ def add_arguments(p: Any) -> None:
                    help="train goals each validation score averages over (default: as many as the held-out goals, 10)")
     p.add_argument("--target-bound", type=positive_float, default=None,
                    help="the quadratic loss's target becomes b tanh(.) (e.g. 0.9: inside the action box)")
-    p.add_argument("--loss-time-weights", choices=("none", "uniform", "late"), default=d.loss_time_weights,
+    p.add_argument("--loss-time-weights", choices=LOSS_TIME_WEIGHTS, default=d.loss_time_weights,
                    help="the learned loss weighs each step of a trajectory by a learned weight of its time index, "
                         "starting all 1 (uniform) or on a ramp from 0.1 to 1.9 (late); none: the plain mean")
     p.add_argument("--horizon", type=positive_int, default=None, help="unroll/rollout length (default: the env's)")

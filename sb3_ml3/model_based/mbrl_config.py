@@ -7,6 +7,8 @@ from typing import Any
 
 #: where the task-loss baseline's learned model comes from (MBRLConfig.task_model_from)
 TASK_MODEL_FROM = ("kept", "restarts")
+#: the meta-loss's learned per-step weights (MBRLConfig.loss_time_weights): none, or where they start
+LOSS_TIME_WEIGHTS = ("none", "uniform", "late")
 
 
 @dataclass
@@ -104,9 +106,9 @@ class MBRLConfig:
         if self.val_goals < 0:
             raise ValueError(f"val_goals must be 0 (as many as n_test_goals) or a number of train goals, got "
                              f"{self.val_goals} (--val-goals).")
-        if self.loss_time_weights not in ("none", "uniform", "late"):
-            raise ValueError(f"loss_time_weights must be 'none', 'uniform' or 'late', got {self.loss_time_weights!r} "
-                             "(--loss-time-weights).")
+        if self.loss_time_weights not in LOSS_TIME_WEIGHTS:
+            raise ValueError(f"loss_time_weights must be one of {list(LOSS_TIME_WEIGHTS)}, got "
+                             f"{self.loss_time_weights!r} (--loss-time-weights).")
         if self.task_model_from not in TASK_MODEL_FROM:
             raise ValueError(f"task_model_from must be one of {list(TASK_MODEL_FROM)}, got {self.task_model_from!r} "
                              "(--task-model-from).")
@@ -124,8 +126,7 @@ def config_from_dict(saved: dict[str, Any]) -> MBRLConfig:
     construction. A key MBRLConfig does not know is refused (a newer or foreign file); a missing one is its default."""
     if not isinstance(saved, dict):
         raise ValueError(f"an ml3 mbrl config is a JSON object, got {type(saved).__name__}.")
-    known = {f.name: f for f in fields(MBRLConfig)}
-    unknown = sorted(set(saved) - set(known))
+    unknown = sorted(set(saved) - {f.name for f in fields(MBRLConfig)})
     if unknown:
         raise ValueError(f"unknown ml3 mbrl settings {unknown}: the file was written by another version of sb3-ml3.")
 
@@ -136,4 +137,4 @@ def config_from_dict(saved: dict[str, Any]) -> MBRLConfig:
     return MBRLConfig(**{k: (as_tuple(v) if k in tuple_fields else v) for k, v in saved.items()})
 
 
-__all__ = ["MBRLConfig", "TASK_MODEL_FROM", "config_dict", "config_from_dict"]
+__all__ = ["MBRLConfig", "LOSS_TIME_WEIGHTS", "TASK_MODEL_FROM", "config_dict", "config_from_dict"]
