@@ -269,7 +269,8 @@ def batched_meta_gradient(
 
 
 def make_meta_optimizer(parameters: Any, lr: float) -> torch.optim.Optimizer:
-    """Adam for phi (the outer step's optimizer), fused where PyTorch has the kernel (3x faster on CPU)."""
+    """Adam for phi (the outer step's optimizer), fused where PyTorch has the kernel (3x faster on CPU).
+    ``parameters`` is an iterable of tensors or of parameter groups (dicts, as torch.optim takes them)."""
     parameters = list(parameters)
     try:
         return torch.optim.Adam(parameters, lr=lr, fused=True)

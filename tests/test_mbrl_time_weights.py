@@ -101,3 +101,26 @@ def test_meta_training_with_time_weights_moves_them_and_the_loss_has_the_horizon
     assert np.isfinite(log["task_loss"]).all() and log["skipped_meta_steps"] == 0
     assert float(exp.meta_loss.log_time_weight.detach().abs().max()) > 1e-3  # the outer steps moved them
     assert MBRLExperiment("PointmassGoal-v0", MBRLConfig(horizon=6), seed=0).meta_loss.time_steps is None
+
+
+def test_time_weight_lr_gives_the_weights_their_own_outer_step_and_bad_settings_are_refused():
+    base = dict(inner_optimizer="adam", alpha_max=0.1, alpha_init=0.02, target_bound=0.9, horizon=6, n_outer=3,
+                model_every=100, random_episodes=8, model_epochs=1, batch_goals=2, inner_steps=2,
+                loss_time_weights="uniform", meta_lr=1e-3)
+    moved, rest_moved = {}, {}
+    for lr in (None, 0.1):
+        exp = MBRLExperiment("PointmassGoal-v0", MBRLConfig(time_weight_lr=lr, **base), seed=0)
+        start = {k: v.detach().clone() for k, v in exp.meta_loss.named_parameters()}
+        groups = exp.meta_param_groups()
+        assert sum(len(g["params"]) for g in groups) == len(start)  # every parameter of phi is stepped, once
+        exp.meta_train()
+        moved[lr] = float((exp.meta_loss.log_time_weight.detach() - start["log_time_weight"]).abs().max())
+        rest_moved[lr] = max(float((p.detach() - start[k]).abs().max())
+                             for k, p in exp.meta_loss.named_parameters() if k != "log_time_weight")
+    # Adam moves a weight by about its step size per outer iteration: 3 steps at 1e-3, or at 0.1
+    assert moved[None] <= 3.5e-3 and moved[0.1] > 0.05
+    assert rest_moved[0.1] <= 3.5e-3  # the other parameters keep meta_lr
+    with pytest.raises(ValueError, match="--loss-time-weights"):
+        MBRLConfig(time_weight_lr=0.01)  # no weights to step
+    with pytest.raises(ValueError, match="positive"):
+        MBRLConfig(loss_time_weights="uniform", time_weight_lr=0.0)

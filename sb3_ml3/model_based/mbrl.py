@@ -202,6 +202,16 @@ class MBRLExperiment:
             s = self.model(s, functional_call(self.meta_loss, phi, (context,))[:, 0])
         return torch.linalg.vector_norm(self.env.position(s) - goals, dim=-1)
 
+    def meta_param_groups(self) -> list[dict[str, Any]]:
+        """phi's parameter groups for the outer Adam: the per-step weights' logs get their own step size
+        (``time_weight_lr``) where one is set, everything else steps at ``meta_lr``."""
+        lr = self.config.time_weight_lr
+        if lr is None:
+            return [{"params": list(self.meta_loss.parameters())}]
+        weights = self.meta_loss.log_time_weight
+        rest = [p for p in self.meta_loss.parameters() if p is not weights]
+        return [{"params": rest}, {"params": [weights], "lr": lr}]
+
     def meta_train(self, progress: Callable[[int, float], None] | None = None) -> dict[str, Any]:
         cfg = self.config
         start_time = time.time()
@@ -213,7 +223,7 @@ class MBRLExperiment:
                       "one_step_rmse": self.model.one_step_error(self.buffer)}]
         for p in self.model.parameters():
             p.requires_grad_(False)
-        optimizer = make_meta_optimizer(self.meta_loss.parameters(), cfg.meta_lr)
+        optimizer = make_meta_optimizer(self.meta_param_groups(), cfg.meta_lr)
         objective = grad_and_value(self.meta_objective, has_aux=True)
         history, skipped, alpha_trace = [], 0, []
         reset_seed = self.seed * 31 + 5

@@ -306,6 +306,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--loss-time-weights", choices=LOSS_TIME_WEIGHTS, default=d.loss_time_weights,
                    help="the learned loss weighs each step of a trajectory by a learned weight of its time index, "
                         "starting all 1 (uniform) or on a ramp from 0.1 to 1.9 (late); none: the plain mean")
+    p.add_argument("--time-weight-lr", type=positive_float, default=None,
+                   help="the outer step size of the per-step weights' logs (default: --meta-lr); larger lets "
+                        "meta-training move them further")
     p.add_argument("--horizon", type=positive_int, default=None, help="unroll/rollout length (default: the env's)")
     p.add_argument("--meta-restarts", type=positive_int, default=d.meta_restarts,
                    help="independent meta-trainings per seed, the best by --val-every's score on train goals kept")
@@ -353,7 +356,7 @@ def run(args: Any) -> dict[str, Any]:
                         minimiser_weight=args.minimiser_weight, policy_init=args.policy_init, loss_form=args.loss_form,
                         alpha_init=args.alpha_init, inner_optimizer=args.inner_optimizer, adam_eps=args.adam_eps,
                         target_bound=args.target_bound, loss_features=args.loss_features,
-                        loss_time_weights=args.loss_time_weights,
+                        loss_time_weights=args.loss_time_weights, time_weight_lr=args.time_weight_lr,
                         policy_features=args.policy_features,
                         task_policy_features=tuple(args.task_policy_features or ()), val_every=args.val_every,
                         val_updates=args.val_updates, val_goals=args.val_goals or 0,

@@ -58,6 +58,9 @@ class MBRLConfig:
     # M weighs each step of a trajectory by a learned positive weight of its time index (mbrl_nets.LossAndRate:
     # time_steps), starting "uniform" (all 1) or "late" (a ramp from 0.1 to 1.9); "none": the plain mean over steps
     loss_time_weights: str = "none"
+    # the outer (Adam) step size of those weights' logs; None: meta_lr. Adam moves each log weight by about its step
+    # size per outer iteration, so at meta_lr 1e-3 a weight can change at most ~e-fold in 1,000 iterations
+    time_weight_lr: float | None = None
     # what M_phi reads besides the actions: "state" (the policy's features) or "arm-frame" (ReacherGoal4D: the arm's
     # own frame, mbrl_envs.reacher_arm_frame; the policies read policy_features)
     loss_features: str = "state"
@@ -109,6 +112,9 @@ class MBRLConfig:
         if self.loss_time_weights not in LOSS_TIME_WEIGHTS:
             raise ValueError(f"loss_time_weights must be one of {list(LOSS_TIME_WEIGHTS)}, got "
                              f"{self.loss_time_weights!r} (--loss-time-weights).")
+        if self.time_weight_lr is not None and (not self.time_weight_lr > 0 or self.loss_time_weights == "none"):
+            raise ValueError(f"time_weight_lr ({self.time_weight_lr}) must be a positive step size, and it needs "
+                             "learned per-step weights (--loss-time-weights uniform or late).")
         if self.task_model_from not in TASK_MODEL_FROM:
             raise ValueError(f"task_model_from must be one of {list(TASK_MODEL_FROM)}, got {self.task_model_from!r} "
                              "(--task-model-from).")
