@@ -11,7 +11,8 @@ and takes K inner steps, each on a trajectory tau_k unrolled in P:
 The task loss is the distance to the goal at the last step when pi_theta_k+1 is unrolled in P,
 differentiated through P, the policy and the inner update (mean over the K steps, Alg. 4's
 E[L_T^i]); phi <- phi - eta grad_phi L_T (Adam). Optionally (``minimiser_weight``, ours) L_T also scores the loss's
-minimiser t(c) unrolled in P as a controller, where many inner steps lead. Every ``model_every`` outer iterations
+minimiser t(c) unrolled in P as a controller, where many inner steps lead; with ``loss_outcome`` M also reads where
+tau_k ended relative to the goal (real feedback at meta-test). Every ``model_every`` outer iterations
 (Appendix A: 100) the latest updated policies are rolled out on the real env and P is refitted on all data.
 
 **Meta-test (Algorithm 5) needs no model.** Each update rolls the policy out in the *real* env (no
@@ -39,7 +40,8 @@ from sb3_ml3.functional import Params, apply_meta_gradient, make_meta_optimizer
 from sb3_ml3.model_based.dynamics import EnsembleDynamics, RealEnvs, TransitionBuffer, random_action_rollouts
 from sb3_ml3.model_based.mbrl_baselines import StepFn, optimise_task_loss, starting_policies, tune_task_loss
 from sb3_ml3.model_based.mbrl_config import MBRLConfig, config_dict
-from sb3_ml3.model_based.mbrl_envs import LOSS_FEATURES, MBRLEnv, mbrl_env, with_features
+from sb3_ml3.model_based.mbrl_envs import (LOSS_FEATURES, OUTCOME_DIM, MBRLEnv, final_error_features, mbrl_env,
+                                            with_features)
 from sb3_ml3.model_based.mbrl_inner import InnerStep, make_learned_loss, state_as_tensors, state_from_tensors
 from sb3_ml3.model_based.mbrl_nets import LossAndRate, PolicyBatch
 from sb3_ml3.model_based.mbrl_validation import KeepBest
@@ -83,12 +85,14 @@ class MBRLExperiment:
         self.policy = PolicyBatch(self.env.feature_dim, self.env.action_dim, config.policy_hidden)
         self.loss_context, loss_dim = ((None, self.env.feature_dim) if config.loss_features == "state"
                                        else LOSS_FEATURES[config.loss_features][1:])
+        loss_dim += OUTCOME_DIM if config.loss_outcome == "final-error" else 0
         self.meta_loss = LossAndRate(loss_dim, self.env.action_dim, config.meta_hidden, config.alpha_max,
                                      config.alpha_init, generator=self.generator,
                                      metadata={"env_id": env_id, "horizon": self.horizon, "seed": self.seed,
                                                "restart": self.restart,
                                                "policy_hidden": list(config.policy_hidden),
                                                "loss_features": config.loss_features,
+                                               "loss_outcome": config.loss_outcome,
                                                "inner_optimizer": config.inner_optimizer},
                                      relative_target=config.relative_target, loss_form=config.loss_form,
                                      target_bound=config.target_bound,
@@ -143,7 +147,8 @@ class MBRLExperiment:
         return self._controller(lambda s, g: policy(detached, env.features(s, g)))
 
     def minimiser_actor(self) -> Callable[[np.ndarray], np.ndarray]:
-        """M_phi's minimiser t(c) (:meth:`~.mbrl_nets.LossAndRate.minimiser`) as a controller of the real env."""
+        """M_phi's minimiser t(c) (:meth:`~.mbrl_nets.LossAndRate.minimiser`) as a controller of the real env (read on
+        target where the loss reads the outcome, as in :meth:`minimiser_distance`)."""
         return self._controller(lambda s, g: self.meta_loss.minimiser(self.contexts(s[:, None], g)[1])[:, 0])
 
     def _controller(self, act: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -158,11 +163,18 @@ class MBRLExperiment:
 
         return control
 
-    def contexts(self, states: torch.Tensor, goals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the policy's features, M_phi's context) of trajectories' states ``(B, T, S)`` and goals ``(B, 2)``."""
+    def contexts(self, states: torch.Tensor, goals: torch.Tensor, final: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the policy's features, M_phi's context) of trajectories' states ``(B, T, S)`` and goals ``(B, 2)``.
+
+        With ``loss_outcome="final-error"`` the context also reads where each trajectory ended, ``final`` ``(B, S)``
+        (:func:`~.mbrl_envs.final_error_features`); ``final=None`` reads as a trajectory that ends on its goal."""
         g = goals[:, None].expand(-1, states.shape[1], -1)
         features = self.env.features(states, g)
-        return features, (features if self.loss_context is None else self.loss_context(states, g))
+        context = features if self.loss_context is None else self.loss_context(states, g)
+        if self.config.loss_outcome == "final-error":
+            context = torch.cat([context, final_error_features(self.env.env_id, states, final, goals)], -1)
+        return features, context
 
     # ------------------------------------------------------------------ Algorithm 3
     def meta_objective(self, phi: Params, theta: Params, start: torch.Tensor, goals: torch.Tensor,
@@ -177,7 +189,7 @@ class MBRLExperiment:
             with torch.no_grad():  # tau_k: the states are data, as they are at meta-test
                 states, recorded = unroll(self.model, self.policy, {k: v.detach() for k, v in theta.items()},
                                           self.env, start, goals, self.horizon)
-            features, context = self.contexts(states[:, :-1], goals)
+            features, context = self.contexts(states[:, :-1], goals, states[:, -1])
             theta, alpha, rule_state = self.inner(theta, phi, features, recorded, rule_state, context)
             alphas.append(alpha)
             states, _ = unroll(self.model, self.policy, theta, self.env, start, goals, self.horizon)
@@ -195,7 +207,8 @@ class MBRLExperiment:
                                             state_as_tensors(rule_state))
 
     def minimiser_distance(self, phi: Params, start: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
-        """Final distance ``(B,)`` of M_phi's minimiser t(c) unrolled in P as a controller, differentiable in phi."""
+        """Final distance ``(B,)`` of M_phi's minimiser t(c) unrolled in P as a controller, differentiable in phi (a
+        loss that reads the outcome, ``loss_outcome``, is read on target: the final error it sees is zero)."""
         s = start
         for _ in range(self.horizon):
             context = self.contexts(s[:, None], goals)[1]
@@ -284,8 +297,9 @@ class MBRLExperiment:
             curve.append(roll.final_distance.tolist())
             if j == updates:
                 break
-            states = torch.as_tensor(roll.states[:, :-1], dtype=torch.float32)
-            features, context = self.contexts(states, goals)
+            states = torch.as_tensor(roll.states, dtype=torch.float32)
+            features, context = self.contexts(states[:, :-1], goals, states[:, -1])
+            states = states[:, :-1]
             theta = update(theta, states, features, context, torch.as_tensor(roll.actions, dtype=torch.float32))
         return curve, roll
 

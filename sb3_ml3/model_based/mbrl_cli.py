@@ -22,7 +22,7 @@ import torch
 from sb3_ml3.inner_optimizers import INNER_OPTIMIZERS
 from sb3_ml3.model_based.dynamics import RealEnvs
 from sb3_ml3.model_based.mbrl import MBRLConfig, MBRLExperiment, config_dict
-from sb3_ml3.model_based.mbrl_config import LOSS_TIME_WEIGHTS, TASK_MODEL_FROM
+from sb3_ml3.model_based.mbrl_config import LOSS_OUTCOMES, LOSS_TIME_WEIGHTS, TASK_MODEL_FROM
 from sb3_ml3.model_based.mbrl_envs import ENV_IDS, LOSS_FEATURES, mbrl_env
 from sb3_ml3.model_based.mbrl_store import SEEDS_DIR, SeedStore
 
@@ -309,6 +309,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--time-weight-lr", type=positive_float, default=None,
                    help="the outer step size of the per-step weights' logs (default: --meta-lr); larger lets "
                         "meta-training move them further")
+    p.add_argument("--loss-outcome", choices=LOSS_OUTCOMES, default=d.loss_outcome,
+                   help="the learned loss also reads, at every step, where the trajectory ended relative to the goal "
+                        "(final-error; at meta-test: the real rollout's miss); none: only the step's own context")
     p.add_argument("--horizon", type=positive_int, default=None, help="unroll/rollout length (default: the env's)")
     p.add_argument("--meta-restarts", type=positive_int, default=d.meta_restarts,
                    help="independent meta-trainings per seed, the best by --val-every's score on train goals kept")
@@ -357,6 +360,7 @@ def run(args: Any) -> dict[str, Any]:
                         alpha_init=args.alpha_init, inner_optimizer=args.inner_optimizer, adam_eps=args.adam_eps,
                         target_bound=args.target_bound, loss_features=args.loss_features,
                         loss_time_weights=args.loss_time_weights, time_weight_lr=args.time_weight_lr,
+                        loss_outcome=args.loss_outcome,
                         policy_features=args.policy_features,
                         task_policy_features=tuple(args.task_policy_features or ()), val_every=args.val_every,
                         val_updates=args.val_updates, val_goals=args.val_goals or 0,

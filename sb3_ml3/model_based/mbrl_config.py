@@ -9,6 +9,8 @@ from typing import Any
 TASK_MODEL_FROM = ("kept", "restarts")
 #: the meta-loss's learned per-step weights (MBRLConfig.loss_time_weights): none, or where they start
 LOSS_TIME_WEIGHTS = ("none", "uniform", "late")
+#: what of a trajectory's outcome the meta-loss reads (MBRLConfig.loss_outcome; mbrl_envs.final_error_features)
+LOSS_OUTCOMES = ("none", "final-error")
 
 
 @dataclass
@@ -61,6 +63,10 @@ class MBRLConfig:
     # the outer (Adam) step size of those weights' logs; None: meta_lr. Adam moves each log weight by about its step
     # size per outer iteration, so at meta_lr 1e-3 a weight can change at most ~e-fold in 1,000 iterations
     time_weight_lr: float | None = None
+    # what of the trajectory's outcome M_phi also reads at every step: "none", or "final-error" (where the recorded
+    # trajectory ended relative to the goal, mbrl_envs.final_error_features): real feedback the loss may act on at
+    # meta-test, e.g. a target that leans against the last rollout's miss, a rate that shrinks as it closes
+    loss_outcome: str = "none"
     # what M_phi reads besides the actions: "state" (the policy's features) or "arm-frame" (ReacherGoal4D: the arm's
     # own frame, mbrl_envs.reacher_arm_frame; the policies read policy_features)
     loss_features: str = "state"
@@ -115,6 +121,9 @@ class MBRLConfig:
         if self.time_weight_lr is not None and (not self.time_weight_lr > 0 or self.loss_time_weights == "none"):
             raise ValueError(f"time_weight_lr ({self.time_weight_lr}) must be a positive step size, and it needs "
                              "learned per-step weights (--loss-time-weights uniform or late).")
+        if self.loss_outcome not in LOSS_OUTCOMES:
+            raise ValueError(f"loss_outcome must be one of {list(LOSS_OUTCOMES)}, got {self.loss_outcome!r} "
+                             "(--loss-outcome).")
         if self.task_model_from not in TASK_MODEL_FROM:
             raise ValueError(f"task_model_from must be one of {list(TASK_MODEL_FROM)}, got {self.task_model_from!r} "
                              "(--task-model-from).")
@@ -143,4 +152,4 @@ def config_from_dict(saved: dict[str, Any]) -> MBRLConfig:
     return MBRLConfig(**{k: (as_tuple(v) if k in tuple_fields else v) for k, v in saved.items()})
 
 
-__all__ = ["MBRLConfig", "LOSS_TIME_WEIGHTS", "TASK_MODEL_FROM", "config_dict", "config_from_dict"]
+__all__ = ["MBRLConfig", "LOSS_OUTCOMES", "LOSS_TIME_WEIGHTS", "TASK_MODEL_FROM", "config_dict", "config_from_dict"]

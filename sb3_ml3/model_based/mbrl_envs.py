@@ -68,6 +68,31 @@ def reacher_arm_frame(state: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
 
 #: what the meta-loss may read besides the policy's features: name -> (env id, function, width)
 LOSS_FEATURES = {"arm-frame": ("ReacherGoal4D-v0", reacher_arm_frame, 7)}
+#: the width final_error_features adds to the meta-loss's context
+OUTCOME_DIM = 2
+
+
+def final_error_features(env_id: str, states: torch.Tensor, final: torch.Tensor | None,
+                         goals: torch.Tensor) -> torch.Tensor:
+    """Where the trajectory ended relative to its goal, as a column pair beside each step's context, ``(B, T, 2)``.
+
+    ``states (B, T, S)``: the steps the loss reads; ``final (B, S)``: the trajectory's last state s_H (data: it is
+    the outcome of the recorded rollout, not a function of the policy being updated); ``goals (B, 2)``.
+    PointmassGoal: (position(s_H) - g) / 2.5, the arena's scale. ReacherGoal4D: 10 (tip(s_H) - g) rotated into the
+    upper arm's frame *of each step* (by -q1_t), the scale and frame of the arm-frame features, so the feature stays
+    unchanged when arm and goal turn together about the base. ``final=None``: zeros, the context of a trajectory that
+    ends on its goal (where the loss's minimiser t(c) is read as a controller).
+    """
+    if final is None:
+        return states.new_zeros(*states.shape[:-1], OUTCOME_DIM)
+    if env_id == "PointmassGoal-v0":
+        error = (pointmass_position(final) - goals) / 2.5
+        return error[:, None].expand(-1, states.shape[1], -1)
+    if env_id == "ReacherGoal4D-v0":
+        error = 10.0 * (reacher_position(final) - goals)[:, None]
+        c, s = torch.cos(states[..., 0]), torch.sin(states[..., 0])
+        return torch.stack([c * error[..., 0] + s * error[..., 1], -s * error[..., 0] + c * error[..., 1]], -1)
+    raise ValueError(f"model-based ML3 runs on {list(ENV_IDS)}; got {env_id!r}.")
 
 
 class MujocoStep(torch.autograd.Function):
@@ -195,5 +220,5 @@ def mbrl_env(env_id: str, horizon: int | None = None) -> MBRLEnv:
     return env
 
 
-__all__ = ["ENV_IDS", "LOSS_FEATURES", "MBRLEnv", "MujocoSimulator", "MujocoStep", "mbrl_env", "pointmass_features",
-           "pointmass_position", "reacher_arm_frame", "reacher_features", "reacher_position", "with_features"]
+__all__ = ["ENV_IDS", "LOSS_FEATURES", "OUTCOME_DIM", "MBRLEnv", "MujocoSimulator", "MujocoStep",
+           "final_error_features", "mbrl_env", "pointmass_features", "pointmass_position", "reacher_arm_frame", "reacher_features", "reacher_position", "with_features"]
