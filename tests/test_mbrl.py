@@ -506,7 +506,7 @@ def test_meta_restarts_train_independent_losses_and_keep_the_best_validation_sco
 def test_task_model_from_restarts_tunes_the_model_baseline_on_every_restarts_model(monkeypatch):
     """--task-model-from restarts: the task loss through the model is tuned on train goals with each restart's P and
     keeps the lowest score (its choice and every score logged); "kept" tunes only the kept restart's P."""
-    from sb3_ml3.model_based import mbrl, mbrl_cli, mbrl_validation
+    from sb3_ml3.model_based import mbrl_baselines, mbrl_cli, mbrl_validation
 
     config = MBRLConfig(horizon=5, n_outer=2, model_every=100, random_episodes=4, model_epochs=1, batch_goals=2,
                         inner_steps=1, n_test_goals=2, val_every=2, val_updates=1, meta_restarts=3, test_updates=2,
@@ -516,14 +516,14 @@ def test_task_model_from_restarts_tunes_the_model_baseline_on_every_restarts_mod
     experiment, log = mbrl_cli.meta_train_with_restarts("PointmassGoal-v0", config, 0, lambda *a: None)
     assert experiment.restart == 1 and [r for r, _ in experiment.restart_models] == [0, 1, 2]
     tuned_on = []
-    original = mbrl.tune_task_loss
+    original = mbrl_baselines.tune_task_loss
 
-    def recording(exp, step, updates):
+    def recording(exp, step, updates, real_states=False):
         tuned_on.append(step)
-        return original(exp, step, updates)
+        return original(exp, step, updates, real_states)
 
-    monkeypatch.setattr(mbrl, "tune_task_loss", recording)
-    step, tuned, chosen_scores, choice = experiment._tune_model_baseline()
+    monkeypatch.setattr(mbrl_baselines, "tune_task_loss", recording)
+    step, tuned, chosen_scores, choice = mbrl_baselines.tune_model_baseline(experiment)
     assert tuned_on == [m for _, m in experiment.restart_models]  # every restart's P was tried
     by_restart = choice["task_tuning_scores_model_by_restart"]
     best = min(by_restart, key=lambda r: min(by_restart[r].values()))
@@ -532,7 +532,7 @@ def test_task_model_from_restarts_tunes_the_model_baseline_on_every_restarts_mod
     assert len({min(v.values()) for v in by_restart.values()}) == 3  # the three models differ
     tuned_on.clear()
     experiment.config = replace(config, task_model_from="kept")
-    step, _, _, choice = experiment._tune_model_baseline()
+    step, _, _, choice = mbrl_baselines.tune_model_baseline(experiment)
     assert tuned_on == [experiment.model] and step is experiment.model and choice == {}
     with pytest.raises(ValueError, match="task_model_from"):
         MBRLConfig(task_model_from="best")
@@ -620,9 +620,9 @@ def test_task_loss_baselines_choose_their_policy_class_on_train_goals(monkeypatc
     seen = []
     original = mbrl_baselines.optimise_task_loss
     monkeypatch.setattr(mbrl_baselines, "optimise_task_loss",
-                        lambda exp, envs, theta, updates, opt, lr, step, features: seen.append(
+                        lambda exp, envs, theta, updates, opt, lr, step, features, real=False: seen.append(
                             (features, theta["w0"].shape[1])) or original(exp, envs, theta, updates, opt, lr, step,
-                                                                          features))
+                                                                          features, real))
     tuned, scores = mbrl_baselines.tune_task_loss(experiment, experiment.env.exact_step_fn(), 2)
     assert sorted(scores) == ["arm-frame adam 0.01", "arm-frame sgd 0.01", "state adam 0.01", "state sgd 0.01"]
     assert sorted(set(seen)) == [("arm-frame", 7), ("state", 10)]

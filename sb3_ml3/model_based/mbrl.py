@@ -38,7 +38,8 @@ from torch.func import functional_call, grad_and_value
 from sb3_ml3.envs import sample_tasks
 from sb3_ml3.functional import Params, apply_meta_gradient, make_meta_optimizer
 from sb3_ml3.model_based.dynamics import EnsembleDynamics, RealEnvs, TransitionBuffer, random_action_rollouts
-from sb3_ml3.model_based.mbrl_baselines import StepFn, optimise_task_loss, starting_policies, tune_task_loss
+from sb3_ml3.model_based.mbrl_baselines import (StepFn, optimise_task_loss, starting_policies, tune_model_baseline,
+                                                 tune_task_loss)
 from sb3_ml3.model_based.mbrl_config import MBRLConfig, config_dict
 from sb3_ml3.model_based.mbrl_envs import (LOSS_FEATURES, OUTCOME_DIM, MBRLEnv, final_error_features, mbrl_env,
                                             with_features)
@@ -331,35 +332,20 @@ class MBRLExperiment:
         """Meta-train, then meta-test on held-out (and train) goals beside the baselines; a JSON-ready row."""
         return self.meta_test(self.meta_train(progress))
 
-    def _tune_model_baseline(self) -> tuple[StepFn, tuple[str, str, float], dict[str, float], dict[str, Any]]:
-        """The learned model, (class, optimizer, step) and scores of the task loss through the model, tuned on train
-        goals. With ``task_model_from="restarts"`` every restart's P is a candidate too (the lowest train-goal score
-        wins), so the baseline does not hang on the restart ML3's validation kept; the choice is logged."""
-        cfg = self.config
-        candidates = (self.restart_models if cfg.task_model_from == "restarts" and self.restart_models
-                      else [(self.restart, self.model)])
-        best, by_restart = None, {}
-        for restart, model in candidates:
-            tuned, scores = tune_task_loss(self, model, cfg.test_updates)
-            score = min(scores.values())  # the tuned setting's score: tune_task_loss keeps the lowest
-            by_restart[str(restart)] = scores
-            if best is None or score < best[0]:
-                best = (score, restart, model, tuned, scores)
-        assert best is not None
-        choice = ({"task_model_restart": best[1], "task_tuning_scores_model_by_restart": by_restart}
-                  if len(candidates) > 1 else {})
-        return best[2], best[3], best[4], choice
-
     def meta_test(self, train_log: dict[str, Any]) -> dict[str, Any]:
         """Meta-test the (meta-trained) loss on held-out and train goals beside the tuned baselines (Alg. 5)."""
         cfg = self.config
         t0 = time.time()
-        model_step, tuned_model, scores_model, model_choice = self._tune_model_baseline()
+        model_step, tuned_model, scores_model, model_choice = tune_model_baseline(self)
+        real = tune_model_baseline(self, real_states=True) if cfg.real_state_baseline else None
         exact_step = self.env.exact_step_fn()
         tuned_exact, scores_exact = tune_task_loss(self, exact_step, cfg.test_updates)
         row: dict[str, Any] = {"seed": self.seed, "meta_train": train_log, "task_tuned_model": list(tuned_model),
                                "task_tuned_exact": list(tuned_exact), "task_tuning_scores_model": scores_model,
                                "task_tuning_scores_exact": scores_exact, **model_choice}
+        if real is not None:
+            row.update({"task_tuned_model_real": list(real[1]), "task_tuning_scores_model_real": real[2],
+                        **{f"{k}_real": v for k, v in real[3].items()}})
         for split in ("test", "train"):
             goals = self.meta_test_goals(split)
             envs = RealEnvs(self.env.env_id, goals)
@@ -371,11 +357,13 @@ class MBRLExperiment:
                     roll = envs.rollout(self.minimiser_actor(), self.horizon, cfg.eval_seed)
                     result["minimiser_final_distance"] = roll.final_distance.tolist()
                 if split == "test":
-                    for key, (features, optimizer, lr), step in (("task_model", tuned_model, model_step),
-                                                                 ("task_exact", tuned_exact, exact_step)):
+                    runs = [("task_model", tuned_model, model_step, False), ("task_exact", tuned_exact, exact_step, False)]
+                    if real is not None:
+                        runs.append(("task_model_real", real[1], real[0], True))
+                    for key, (features, optimizer, lr), step, on_real in runs:
                         start = starting_policies(self, features, len(goals), self.seed * 1000 + 9)  # ML3's theta
                         result[key] = optimise_task_loss(self, envs, start, cfg.test_updates, optimizer, lr, step,
-                                                         features)
+                                                         features, on_real)
             finally:
                 envs.close()
             row[split] = result

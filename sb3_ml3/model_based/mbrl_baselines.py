@@ -7,6 +7,12 @@ dynamics (the upper reference). Its optimizer and step size come from ``MBRLConf
 ``MBRLConfig.task_policy_features`` it also chooses what its policies read (the env's features or the arm's frame),
 all on **train** goals, so that the baseline runs in the class its own users would pick, not only in ML3's.
 Every policy is scored by its real rollout.
+
+With ``real_states`` (``ml3 mbrl --real-state-baseline``) the task loss through P is taken along the **real** rollout
+of each update instead of P's own unroll: the states keep the real values and P supplies only the derivatives,
+s_t+1 = real_t+1 + P(s_t, a_t) - stop_gradient(P(s_t, a_t)) (stochastic value gradients' way of using a model, Heess et
+al. 2015). Its loss is the real final distance, so it gets the same real feedback as a meta-loss that reads the
+rollout's outcome (``--loss-outcome``), and model error only bends its gradient, not its target.
 """
 
 from __future__ import annotations
@@ -47,12 +53,24 @@ def starting_policies(exp: "MBRLExperiment", features: str | None, n: int, seed:
     return policy_class(exp, features)[0].init(n, generator)
 
 
+def unroll_on_real(step: StepFn, policy: PolicyBatch, params: Params, env: MBRLEnv, real: torch.Tensor,
+                   goals: torch.Tensor) -> torch.Tensor:
+    """The last state ``(B, S)`` of the policies re-run along their real trajectory ``real (B, H + 1, S)``: equal to
+    the real s_H in value, differentiable in theta through ``step``'s derivatives at the real states (module docstring)."""
+    s = real[:, 0]
+    for t in range(real.shape[1] - 1):
+        predicted = step(s, policy(params, env.features(s, goals)))
+        s = real[:, t + 1] + predicted - predicted.detach()
+    return s
+
+
 def optimise_task_loss(exp: "MBRLExperiment", envs: RealEnvs, theta: Params, updates: int, optimizer: str, lr: float,
-                       step: StepFn, features: str | None = None) -> dict[str, Any]:
+                       step: StepFn, features: str | None = None, real_states: bool = False) -> dict[str, Any]:
     """The task loss (final distance) minimised through ``step`` (P or exact) from the real start states.
 
     ``optimizer``: "adam" (``torch.optim.Adam``, as users run it) or "sgd"; Adam's per-parameter statistics are per
     policy (the parameters are disjoint slices). ``features``: the policy class (:func:`policy_class`).
+    ``real_states``: along each update's real rollout, ``step`` giving only the derivatives (:func:`unroll_on_real`).
     """
     from sb3_ml3.model_based.mbrl import final_distance, unroll
 
@@ -69,8 +87,12 @@ def optimise_task_loss(exp: "MBRLExperiment", envs: RealEnvs, theta: Params, upd
         curve.append(roll.final_distance.tolist())
         if j == updates:
             break
-        states, _ = unroll(step, policy, leaves, env, start, goals, exp.horizon)
-        loss = final_distance(env, states, goals).sum()
+        if real_states:
+            last = unroll_on_real(step, policy, leaves, env, torch.as_tensor(roll.states, dtype=torch.float32), goals)
+            loss = torch.linalg.vector_norm(env.position(last) - goals, dim=-1).sum()
+        else:
+            states, _ = unroll(step, policy, leaves, env, start, goals, exp.horizon)
+            loss = final_distance(env, states, goals).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -78,7 +100,7 @@ def optimise_task_loss(exp: "MBRLExperiment", envs: RealEnvs, theta: Params, upd
             "policy_features": features or exp.config.policy_features, "states": roll.states.tolist()}
 
 
-def tune_task_loss(exp: "MBRLExperiment", step: StepFn, updates: int
+def tune_task_loss(exp: "MBRLExperiment", step: StepFn, updates: int, real_states: bool = False
                    ) -> tuple[tuple[str, str, float], dict[str, float]]:
     """The (policy features, optimizer, step size) of the task-loss baseline with the lowest final distance after
     ``updates`` on **train** goals (never the held-out ones): ``config.task_grid`` times the policy classes of
@@ -92,7 +114,8 @@ def tune_task_loss(exp: "MBRLExperiment", step: StepFn, updates: int
         for features in classes:
             theta = starting_policies(exp, features, len(goals), exp.seed + 77)
             for optimizer, lr in cfg.task_grid:
-                curve = optimise_task_loss(exp, envs, theta, updates, optimizer, lr, step, features)["final_distance"]
+                curve = optimise_task_loss(exp, envs, theta, updates, optimizer, lr, step, features,
+                                           real_states)["final_distance"]
                 final = float(np.mean(curve[-1]))
                 scores[f"{features} {optimizer} {lr:g}"] = final if math.isfinite(final) else float("inf")
     finally:
@@ -102,4 +125,27 @@ def tune_task_loss(exp: "MBRLExperiment", step: StepFn, updates: int
     return (features, name, float(lr_text)), scores
 
 
-__all__ = ["StepFn", "policy_class", "starting_policies", "optimise_task_loss", "tune_task_loss"]
+def tune_model_baseline(exp: "MBRLExperiment", real_states: bool = False
+                        ) -> tuple[StepFn, tuple[str, str, float], dict[str, float], dict[str, Any]]:
+    """The learned model, (class, optimizer, step) and scores of the task loss through the model (``real_states``:
+    along the real rollouts, :func:`unroll_on_real`), tuned on train goals. With ``task_model_from="restarts"`` every
+    restart's P is a candidate too (the lowest train-goal score wins), so the baseline does not hang on the restart
+    ML3's validation kept; the choice is logged."""
+    cfg = exp.config
+    candidates = (exp.restart_models if cfg.task_model_from == "restarts" and exp.restart_models
+                  else [(exp.restart, exp.model)])
+    best, by_restart = None, {}
+    for restart, model in candidates:
+        tuned, scores = tune_task_loss(exp, model, cfg.test_updates, real_states)
+        score = min(scores.values())  # the tuned setting's score: tune_task_loss keeps the lowest
+        by_restart[str(restart)] = scores
+        if best is None or score < best[0]:
+            best = (score, restart, model, tuned, scores)
+    assert best is not None
+    choice = ({"task_model_restart": best[1], "task_tuning_scores_model_by_restart": by_restart}
+              if len(candidates) > 1 else {})
+    return best[2], best[3], best[4], choice
+
+
+__all__ = ["StepFn", "policy_class", "starting_policies", "optimise_task_loss", "tune_model_baseline", "tune_task_loss",
+           "unroll_on_real"]

@@ -26,8 +26,9 @@ from sb3_ml3.model_based.mbrl_config import LOSS_OUTCOMES, LOSS_TIME_WEIGHTS, TA
 from sb3_ml3.model_based.mbrl_envs import ENV_IDS, LOSS_FEATURES, mbrl_env
 from sb3_ml3.model_based.mbrl_store import SEEDS_DIR, SeedStore
 
-METHODS = ("ml3", "task_model", "task_exact")
-COLORS = {"ml3": "tab:blue", "task_model": "tab:orange", "task_exact": "tab:green"}
+#: every method a seed's row may hold (task_model_real only with --real-state-baseline)
+METHODS = ("ml3", "task_model", "task_exact", "task_model_real")
+COLORS = {"ml3": "tab:blue", "task_model": "tab:orange", "task_exact": "tab:green", "task_model_real": "tab:brown"}
 QUICK = dict(n_outer=40, model_every=20, random_episodes=60, model_epochs=20, test_updates=12, n_test_goals=4,
              batch_goals=4)
 
@@ -77,17 +78,24 @@ def updates_to_reach(curve: Sequence[float], level: float) -> int | None:
     return next((j for j, value in enumerate(curve) if value <= level), None)
 
 
+def methods_of(rows: list[dict[str, Any]]) -> list[str]:
+    """The :data:`METHODS` every seed's held-out row holds, in that order."""
+    return [m for m in METHODS if all(m in r["test"] for r in rows)]
+
+
 def summarise(env_id: str, rows: list[dict[str, Any]], references: dict[str, Any]) -> dict[str, Any]:
-    """Mean curves over seeds (goals averaged inside a seed) and the updates ML3 needs to reach each baseline's end."""
-    curves = {m: np.array([np.mean(r["test"][m]["final_distance"], axis=1) for r in rows]) for m in METHODS}
-    mean = {m: curves[m].mean(0) for m in METHODS}
+    """Mean curves over seeds (goals averaged inside a seed) and the updates ML3 needs to reach each baseline's end.
+    The goal reads the issue's baseline, the task loss through the model (task_model)."""
+    methods = methods_of(rows)
+    curves = {m: np.array([np.mean(r["test"][m]["final_distance"], axis=1) for r in rows]) for m in methods}
+    mean = {m: curves[m].mean(0) for m in methods}
     budget = len(mean["ml3"]) - 1
     out: dict[str, Any] = {"env_id": env_id, "updates": budget, "references": {k: v["final_distance"] for k, v in references.items()}}
-    for m in METHODS:
+    for m in methods:
         out[f"final_{m}"] = float(mean[m][-1])
         out[f"curve_{m}"] = mean[m].tolist()
     out["final_ml3_train_goals"] = float(np.mean([np.mean(r["train"]["ml3"]["final_distance"][-1]) for r in rows]))
-    for base in ("task_model", "task_exact"):
+    for base in methods[1:]:
         reach = updates_to_reach(mean["ml3"], float(mean[base][-1]))
         out[f"ml3_updates_to_{base}_final"] = reach
         out[f"ratio_to_{base}"] = None if reach is None else reach / budget
@@ -179,7 +187,8 @@ REFERENCE_NAMES = {"zero_action": "zero action", "random": "random actions", "be
                    "oracle": "oracle (PD / IK + PD)"}
 REFERENCE_COLORS = {"zero_action": "black", "random": "0.55", "best_constant_action": "tab:purple", "oracle": "tab:red"}
 LABELS = {"ml3": "ML3 (loss + learned rate, real rollouts, no model)",
-          "task_model": "task loss through the learned model", "task_exact": "task loss through the exact dynamics"}
+          "task_model": "task loss through the learned model", "task_exact": "task loss through the exact dynamics",
+          "task_model_real": "task loss, real states + the model's derivatives"}
 
 
 def plot_mbrl(results: dict[str, Any], out_dir: str) -> list[str]:
@@ -192,12 +201,13 @@ def plot_mbrl(results: dict[str, Any], out_dir: str) -> list[str]:
         rows, s = entry["per_seed"], entry["summary"]
         short = env_id.split("-")[0]
         x = list(range(s["updates"] + 1))
-        curves = {LABELS[m]: [np.mean(r["test"][m]["final_distance"], axis=1).tolist() for r in rows] for m in METHODS}
+        methods = methods_of(rows)
+        curves = {LABELS[m]: [np.mean(r["test"][m]["final_distance"], axis=1).tolist() for r in rows] for m in methods}
         hlines = {REFERENCE_NAMES[k]: v for k, v in s["references"].items()}
         figures.append(plot_curves(
             os.path.join(out_dir, f"mbrl_{short}_final_distance.png"), x, curves, xlabel="policy update (meta-test)",
             ylabel=f"final distance to the goal (real env, {len(rows[0]['test']['goals'])} held-out goals)", logy=True,
-            title=f"{env_id}: ML3 vs task loss, held-out goals", colors={LABELS[m]: COLORS[m] for m in METHODS},
+            title=f"{env_id}: ML3 vs task loss, held-out goals", colors={LABELS[m]: COLORS[m] for m in methods},
             hlines=hlines, band_note="goals averaged in a seed; references: seed 0's goals",
             hline_colors={REFERENCE_NAMES[k]: c for k, c in REFERENCE_COLORS.items()}))
         plt = _pyplot()
@@ -228,24 +238,29 @@ def plot_mbrl(results: dict[str, Any], out_dir: str) -> list[str]:
 
 def format_table(results: dict[str, Any]) -> str:
     lines = []
+    heads = {"ml3": "ML3", "task_model": "task loss, model", "task_exact": "task loss, exact",
+             "task_model_real": "task loss, real states + model"}
     for env_id, entry in results["envs"].items():
         s = entry["summary"]
+        methods = methods_of(entry["per_seed"])
         lines.append(f"{env_id} (horizon {entry['horizon']}, {s['updates']} updates, final distance on held-out goals):")
-        lines.append("  seed | ML3 | task loss, model | task loss, exact | ML3 on train goals | ML3 updates to model's final | wall s"
-                     " | model baseline as tuned on train goals")
+        lines.append("  seed | " + " | ".join(heads[m] for m in methods) + " | ML3 on train goals | ML3 updates to "
+                     "model's final | wall s | model baseline as tuned on train goals")
         for r, reach in zip(entry["per_seed"], s["per_seed_ml3_updates_to_task_model_final"]):
-            finals = [np.mean(r["test"][m]["final_distance"][-1]) for m in METHODS]
+            finals = [np.mean(r["test"][m]["final_distance"][-1]) for m in methods]
             lines.append(f"  {r['seed']:4d} | " + " | ".join(f"{v:.4f}" for v in finals)
                          + f" | {np.mean(r['train']['ml3']['final_distance'][-1]):.4f} | {reach} | {r['wall_s']:.0f}"
                          + f" | {' '.join(str(v) for v in r.get('task_tuned_model', []))}"
                          + (f" (P of restart {r['task_model_restart']})" if "task_model_restart" in r else ""))
-        lines.append(f"  mean | {s['final_ml3']:.4f} | {s['final_task_model']:.4f} | {s['final_task_exact']:.4f} | "
-                     f"{s['final_ml3_train_goals']:.4f} | {s['ml3_updates_to_task_model_final']}")
+        lines.append("  mean | " + " | ".join(f"{s[f'final_{m}']:.4f}" for m in methods)
+                     + f" | {s['final_ml3_train_goals']:.4f} | {s['ml3_updates_to_task_model_final']}")
         lines.append("  references: " + ", ".join(f"{k} {v:.4f}" for k, v in s["references"].items()))
         lines.append(f"  ML3 reaches the model task loss's final distance after {s['ml3_updates_to_task_model_final']} of "
                      f"{s['updates']} updates (ratio {s['ratio_to_task_model']}; goal <= 1/3: "
                      f"{'met' if s['goal_met'] else 'not met'}); the exact dynamics' after "
-                     f"{s['ml3_updates_to_task_exact_final']}")
+                     f"{s['ml3_updates_to_task_exact_final']}"
+                     + (f"; the real-state baseline's after {s['ml3_updates_to_task_model_real_final']}"
+                        if "task_model_real" in methods else ""))
     return "\n".join(lines)
 
 
@@ -312,6 +327,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--loss-outcome", choices=LOSS_OUTCOMES, default=d.loss_outcome,
                    help="the learned loss also reads, at every step, where the trajectory ended relative to the goal "
                         "(final-error; at meta-test: the real rollout's miss); none: only the step's own context")
+    p.add_argument("--real-state-baseline", action="store_true",
+                   help="also run the task loss through the learned model along each update's real rollout (real "
+                        "states, the model's derivatives), tuned on train goals like the other baselines")
     p.add_argument("--horizon", type=positive_int, default=None, help="unroll/rollout length (default: the env's)")
     p.add_argument("--meta-restarts", type=positive_int, default=d.meta_restarts,
                    help="independent meta-trainings per seed, the best by --val-every's score on train goals kept")
@@ -360,7 +378,7 @@ def run(args: Any) -> dict[str, Any]:
                         alpha_init=args.alpha_init, inner_optimizer=args.inner_optimizer, adam_eps=args.adam_eps,
                         target_bound=args.target_bound, loss_features=args.loss_features,
                         loss_time_weights=args.loss_time_weights, time_weight_lr=args.time_weight_lr,
-                        loss_outcome=args.loss_outcome,
+                        loss_outcome=args.loss_outcome, real_state_baseline=args.real_state_baseline,
                         policy_features=args.policy_features,
                         task_policy_features=tuple(args.task_policy_features or ()), val_every=args.val_every,
                         val_updates=args.val_updates, val_goals=args.val_goals or 0,
