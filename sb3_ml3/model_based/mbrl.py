@@ -21,8 +21,9 @@ M_phi: the same form as the inner step of meta-training, with real states in pla
 baselines start from the same initial policies and optimise the task loss (final distance, summed
 over the goals so each policy gets its own gradient) with plain gradient descent through the learned
 model P, or through the env's exact dynamics (:meth:`~.mbrl_envs.MBRLEnv.exact_step_fn`), the upper
-reference (:mod:`.mbrl_baselines`); their step size, and optionally their policy class, are tuned on train goals.
-Every policy is evaluated by its real rollout.
+reference (:mod:`.mbrl_baselines`), and with ``real_state_baseline`` through P along each update's real rollout (the
+feedback a loss reading the outcome gets); their step size, and optionally their policy class, are tuned on train
+goals. Every policy is evaluated by its real rollout.
 """
 
 from __future__ import annotations
