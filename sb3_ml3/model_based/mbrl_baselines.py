@@ -55,13 +55,14 @@ def starting_policies(exp: "MBRLExperiment", features: str | None, n: int, seed:
 
 def unroll_on_real(step: StepFn, policy: PolicyBatch, params: Params, env: MBRLEnv, real: torch.Tensor,
                    goals: torch.Tensor) -> torch.Tensor:
-    """The last state ``(B, S)`` of the policies re-run along their real trajectory ``real (B, H + 1, S)``: equal to
-    the real s_H in value, differentiable in theta through ``step``'s derivatives at the real states (module docstring)."""
-    s = real[:, 0]
+    """The states ``(B, H + 1, S)`` of the policies re-run along their real trajectory ``real (B, H + 1, S)``: equal
+    to the real ones in value, differentiable in theta through ``step``'s derivatives at the real states (module
+    docstring)."""
+    states = [real[:, 0]]
     for t in range(real.shape[1] - 1):
-        predicted = step(s, policy(params, env.features(s, goals)))
-        s = real[:, t + 1] + predicted - predicted.detach()
-    return s
+        predicted = step(states[-1], policy(params, env.features(states[-1], goals)))
+        states.append(real[:, t + 1] + predicted - predicted.detach())
+    return torch.stack(states, 1)
 
 
 def optimise_task_loss(exp: "MBRLExperiment", envs: RealEnvs, theta: Params, updates: int, optimizer: str, lr: float,
@@ -87,12 +88,9 @@ def optimise_task_loss(exp: "MBRLExperiment", envs: RealEnvs, theta: Params, upd
         curve.append(roll.final_distance.tolist())
         if j == updates:
             break
-        if real_states:
-            last = unroll_on_real(step, policy, leaves, env, torch.as_tensor(roll.states, dtype=torch.float32), goals)
-            loss = torch.linalg.vector_norm(env.position(last) - goals, dim=-1).sum()
-        else:
-            states, _ = unroll(step, policy, leaves, env, start, goals, exp.horizon)
-            loss = final_distance(env, states, goals).sum()
+        states = (unroll_on_real(step, policy, leaves, env, torch.as_tensor(roll.states, dtype=torch.float32), goals)
+                  if real_states else unroll(step, policy, leaves, env, start, goals, exp.horizon)[0])
+        loss = final_distance(env, states, goals).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

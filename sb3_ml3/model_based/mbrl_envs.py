@@ -221,4 +221,5 @@ def mbrl_env(env_id: str, horizon: int | None = None) -> MBRLEnv:
 
 
 __all__ = ["ENV_IDS", "LOSS_FEATURES", "OUTCOME_DIM", "MBRLEnv", "MujocoSimulator", "MujocoStep",
-           "final_error_features", "mbrl_env", "pointmass_features", "pointmass_position", "reacher_arm_frame", "reacher_features", "reacher_position", "with_features"]
+           "final_error_features", "mbrl_env", "pointmass_features", "pointmass_position", "reacher_arm_frame",
+           "reacher_features", "reacher_position", "with_features"]
