@@ -1,10 +1,11 @@
 """How far can five policy updates go from a fresh policy, given a loss that already knows the answer?
 
 The paper's MountainCar claim asks a learned loss to take a policy to the goal within 5 updates from every start
-state. This script bounds what any learned loss can do there with fresh policies: it replaces M_phi by two
-hand-written losses that encode a solution, and takes the inner step on them from fresh policies, one per start
-state, 5 updates: Adam (the statistics kept across updates), or with ``--optimizer sgd`` plain SGD, whose step size
-also stands for any rescaling of the loss:
+state. This script asks how far losses that already know the answer get there with fresh policies (a reference
+for what a learned loss could do, not a proof): it replaces M_phi by two hand-written losses that encode a
+solution, and takes the inner step on them from fresh policies, one per start state, 5 updates: Adam (the
+statistics kept across updates), or with ``--optimizer sgd`` plain SGD, whose step size also stands for any
+rescaling of the loss:
 
 * ``feedback``: sum_t (a_t - c(s_t))^2 with c(s) = clamp(0.3 x + 5 v - 0.05, -F, F), a linear state feedback that
   takes the car to the goal from each of the seven default start states within the 35 steps (checked here);
