@@ -109,8 +109,8 @@ def main() -> None:
         print(f"{loss_name:8} {policy:6} {args.optimizer} lr {lr:<5g} success within {args.updates}: "
               f"{row['all']:.2f} of start x seed, every start in {row['every_start_seeds']:.0%} of seeds; per start "
               + " ".join(f"{v:.1f}" for v in row["per_start"].values()), flush=True)
-    atomic_write_json(args.out, {"starts": starts, "feedback_law_final_distances": solved, "optimizer": args.optimizer, "eps": args.eps,
-                                 "seeds": args.seeds, "updates": args.updates, "rows": rows,
+    atomic_write_json(args.out, {"starts": starts, "feedback_law_final_distances": solved, "optimizer": args.optimizer,
+                                 "eps": args.eps, "seeds": args.seeds, "updates": args.updates, "rows": rows,
                                  "wall_seconds": time.perf_counter() - t0})
     print(json.dumps({"wrote": args.out}))
 
