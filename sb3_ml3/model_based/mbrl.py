@@ -50,12 +50,20 @@ from sb3_ml3.model_based.mbrl_validation import KeepBest
 
 
 def unroll(step: StepFn, policy: PolicyBatch, params: Params, env: MBRLEnv, start: torch.Tensor,
-           goals: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """pi_theta unrolled through ``step`` (P or the exact dynamics): states ``(B, H + 1, S)``, actions ``(B, H, A)``."""
+           goals: torch.Tensor, horizon: int, anchor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """pi_theta unrolled through ``step`` (P or the exact dynamics): states ``(B, H + 1, S)``, actions ``(B, H, A)``.
+
+    ``anchor``: real states ``(B, H + 1, S)`` (``start`` is their first). Each next state then equals the anchor's in
+    value and keeps ``step``'s derivatives, s_t+1 = real_t+1 + step(s_t, a_t) - stop_gradient(step(s_t, a_t)): the
+    task loss along a real rollout, the model supplying only the gradient (the real-state baseline,
+    :mod:`.mbrl_baselines`).
+    """
     states, actions, s = [start], [], start
-    for _ in range(horizon):
+    for t in range(horizon):
         a = policy(params, env.features(s, goals))
         s = step(s, a)
+        if anchor is not None:
+            s = anchor[:, t + 1] + s - s.detach()
         states.append(s)
         actions.append(a)
     return torch.stack(states, 1), torch.stack(actions, 1)
@@ -358,7 +366,8 @@ class MBRLExperiment:
                     roll = envs.rollout(self.minimiser_actor(), self.horizon, cfg.eval_seed)
                     result["minimiser_final_distance"] = roll.final_distance.tolist()
                 if split == "test":
-                    runs = [("task_model", tuned_model, model_step, False), ("task_exact", tuned_exact, exact_step, False)]
+                    runs = [("task_model", tuned_model, model_step, False),
+                            ("task_exact", tuned_exact, exact_step, False)]
                     if real is not None:
                         runs.append(("task_model_real", real[1], real[0], True))
                     for key, (features, optimizer, lr), step, on_real in runs:

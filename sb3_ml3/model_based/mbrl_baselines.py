@@ -53,25 +53,13 @@ def starting_policies(exp: "MBRLExperiment", features: str | None, n: int, seed:
     return policy_class(exp, features)[0].init(n, generator)
 
 
-def unroll_on_real(step: StepFn, policy: PolicyBatch, params: Params, env: MBRLEnv, real: torch.Tensor,
-                   goals: torch.Tensor) -> torch.Tensor:
-    """The states ``(B, H + 1, S)`` of the policies re-run along their real trajectory ``real (B, H + 1, S)``: equal
-    to the real ones in value, differentiable in theta through ``step``'s derivatives at the real states (module
-    docstring)."""
-    states = [real[:, 0]]
-    for t in range(real.shape[1] - 1):
-        predicted = step(states[-1], policy(params, env.features(states[-1], goals)))
-        states.append(real[:, t + 1] + predicted - predicted.detach())
-    return torch.stack(states, 1)
-
-
 def optimise_task_loss(exp: "MBRLExperiment", envs: RealEnvs, theta: Params, updates: int, optimizer: str, lr: float,
                        step: StepFn, features: str | None = None, real_states: bool = False) -> dict[str, Any]:
     """The task loss (final distance) minimised through ``step`` (P or exact) from the real start states.
 
     ``optimizer``: "adam" (``torch.optim.Adam``, as users run it) or "sgd"; Adam's per-parameter statistics are per
     policy (the parameters are disjoint slices). ``features``: the policy class (:func:`policy_class`).
-    ``real_states``: along each update's real rollout, ``step`` giving only the derivatives (:func:`unroll_on_real`).
+    ``real_states``: along each update's real rollout, ``step`` giving only the derivatives (``unroll``'s ``anchor``).
     """
     from sb3_ml3.model_based.mbrl import final_distance, unroll
 
@@ -88,8 +76,8 @@ def optimise_task_loss(exp: "MBRLExperiment", envs: RealEnvs, theta: Params, upd
         curve.append(roll.final_distance.tolist())
         if j == updates:
             break
-        states = (unroll_on_real(step, policy, leaves, env, torch.as_tensor(roll.states, dtype=torch.float32), goals)
-                  if real_states else unroll(step, policy, leaves, env, start, goals, exp.horizon)[0])
+        real = torch.as_tensor(roll.states, dtype=torch.float32) if real_states else None
+        states, _ = unroll(step, policy, leaves, env, start if real is None else real[:, 0], goals, exp.horizon, real)
         loss = final_distance(env, states, goals).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -126,7 +114,7 @@ def tune_task_loss(exp: "MBRLExperiment", step: StepFn, updates: int, real_state
 def tune_model_baseline(exp: "MBRLExperiment", real_states: bool = False
                         ) -> tuple[StepFn, tuple[str, str, float], dict[str, float], dict[str, Any]]:
     """The learned model, (class, optimizer, step) and scores of the task loss through the model (``real_states``:
-    along the real rollouts, :func:`unroll_on_real`), tuned on train goals. With ``task_model_from="restarts"`` every
+    along the real rollouts), tuned on train goals. With ``task_model_from="restarts"`` every
     restart's P is a candidate too (the lowest train-goal score wins), so the baseline does not hang on the restart
     ML3's validation kept; the choice is logged."""
     cfg = exp.config
@@ -145,5 +133,4 @@ def tune_model_baseline(exp: "MBRLExperiment", real_states: bool = False
     return best[2], best[3], best[4], choice
 
 
-__all__ = ["StepFn", "policy_class", "starting_policies", "optimise_task_loss", "tune_model_baseline", "tune_task_loss",
-           "unroll_on_real"]
+__all__ = ["StepFn", "policy_class", "starting_policies", "optimise_task_loss", "tune_model_baseline", "tune_task_loss"]

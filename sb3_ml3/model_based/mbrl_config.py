@@ -101,7 +101,7 @@ class MBRLConfig:
     # which learned model P the task loss through the model uses: "kept" (the kept restart's, whose P moves with the
     # restart ML3's validation keeps) or "restarts" (every restart's P, the best on train goals with the grid above)
     task_model_from: str = "kept"
-    # also run the task loss through P along each update's real rollout (mbrl_baselines.unroll_on_real: real states,
+    # also run the task loss through P along each update's real rollout (mbrl.unroll's anchor: real states,
     # P's derivatives), tuned the same way: the baseline with the real feedback a loss reading the outcome gets
     real_state_baseline: bool = False
     eval_seed: int = 12345  # reset seeds of the real rollouts: eval_seed + goal index
